@@ -1,0 +1,14 @@
+"""The default experiment: an MLP on scikit-learn's 8x8 handwritten digits."""
+
+from pipeline.config import Config, ModelConfig, OptimizerConfig
+
+
+def config() -> Config:
+    return Config(
+        data="digits",
+        steps=2000,
+        batch_size=64,
+        eval_every=500,
+        model=ModelConfig(name="mlp", hidden=(128,), activation="relu"),
+        optimizer=OptimizerConfig(name="adam", learning_rate=1e-3),
+    )

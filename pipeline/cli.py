@@ -1,0 +1,155 @@
+"""The command line: argument parsing only; every command calls a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def _store(args):
+    from pipeline.data import Store
+
+    return Store(args.store)
+
+
+def cmd_data_import(args) -> int:
+    from pipeline.data import import_dataset
+
+    info = import_dataset(_store(args), args.source, args.name, target=args.target,
+                          test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite)
+    rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
+    print(f"imported '{info.name}': {info.task}, features {list(info.feature_shape)}, {rows} rows")
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from pipeline.data.report import list_rows
+    from pipeline.track.table import print_table
+
+    rows = list_rows(_store(args))
+    if not rows:
+        print(f"no datasets in {_store(args).root}")
+        return 0
+    print_table(rows)
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from pipeline.data.report import show_text
+
+    print(show_text(_store(args), args.name))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.experiments import experiment_name, load_config
+    from pipeline.train.loop import train
+    from pipeline.track.run_dir import default_runs_root, new_run_dir
+
+    cfg = load_config(args.experiment, args.overrides)
+    name = experiment_name(args.experiment)
+    runs_root = Path(args.runs) if args.runs else default_runs_root()
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(runs_root, name)
+    summary = train(cfg, name, run_dir, _store(args), show_progress=not args.no_progress)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+    print(f"{metrics}\nrun folder: {summary['run_dir']}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_runs_list(args) -> int:
+    from pipeline.track.runs import list_runs
+    from pipeline.track.table import print_table
+
+    root = Path(args.runs) if args.runs else None
+    rows = list_runs(root)
+    if not rows:
+        print("no runs")
+        return 0
+    print_table(rows)
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    from pipeline.track.runs import show_run
+
+    print(show_run(Path(args.run)))
+    return 0
+
+
+def cmd_runs_plot(args) -> int:
+    from pipeline.track.runs import plot_run_dir
+
+    print(plot_run_dir(Path(args.run)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=None, help="data store root (default ./data or $PIPELINE_STORE)")
+    common.add_argument("--runs", default=None, help="runs root (default ./runs or $PIPELINE_RUNS)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    parser = argparse.ArgumentParser(prog="pipeline",
+                                     description="Train, sweep and benchmark JAX models on Parquet data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the Parquet data store").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("import", parents=[common], help="import a .npz, .csv, .parquet or builtin:NAME")
+    p.add_argument("source")
+    p.add_argument("--name", required=True)
+    p.add_argument("--target", default=None, help="label column of a table source")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_data_import)
+    p = data.add_parser("list", parents=[common], help="datasets in the store")
+    p.set_defaults(func=cmd_data_list)
+    p = data.add_parser("show", parents=[common], help="schema, shapes, rows, bytes and fingerprint")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser("train", parents=[common], help="train an experiment")
+    p.add_argument("experiment", help="a name in experiments/ or a path to an experiment file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", help="recorded runs").add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_runs_list)
+    p = runs.add_parser("show", parents=[common])
+    p.add_argument("run")
+    p.set_defaults(func=cmd_runs_show)
+    p = runs.add_parser("plot", parents=[common])
+    p.add_argument("run")
+    p.set_defaults(func=cmd_runs_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

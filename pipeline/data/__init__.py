@@ -1,0 +1,8 @@
+"""The Parquet data store: write, read, validate, batch."""
+
+from pipeline.data.dataset import DatasetInfo, Split
+from pipeline.data.imports import ensure_dataset, import_dataset
+from pipeline.data.store import Store
+from pipeline.data.validate import DataError
+
+__all__ = ["DataError", "DatasetInfo", "Split", "Store", "ensure_dataset", "import_dataset"]

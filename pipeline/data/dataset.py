@@ -1,0 +1,94 @@
+"""In-memory datasets: arrays per split plus the metadata stored beside them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+TASKS = ("classification", "regression", "language_modeling")
+
+
+@dataclass
+class Split:
+    """The examples of one split: features ``x`` (N, ...) and labels ``y`` (N, ...)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class DatasetInfo:
+    """Everything a model and an objective need to know about a dataset."""
+
+    name: str
+    task: str
+    feature_shape: tuple[int, ...]
+    feature_dtype: str
+    label_shape: tuple[int, ...]
+    label_dtype: str
+    num_classes: int = 0  # 0 for regression
+    class_names: list[str] = field(default_factory=list)
+    feature_column: str = "x"
+    label_column: str = "y"
+    source: str = ""
+    rows: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "DatasetInfo":
+        data: dict[str, Any] = json.loads(text)
+        data["feature_shape"] = tuple(data["feature_shape"])
+        data["label_shape"] = tuple(data["label_shape"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def output_size(self) -> int:
+        """Width of the model's last layer for this task."""
+        if self.task in ("classification", "language_modeling"):
+            return self.num_classes
+        return int(np.prod(self.label_shape, dtype=np.int64)) if self.label_shape else 1
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """A content hash over split names, shapes, dtypes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        split = splits[name]
+        for arr in (split.x, split.y):
+            arr = np.ascontiguousarray(arr)
+            digest.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+            digest.update(memoryview(arr).cast("B"))
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def describe(name: str, splits: dict[str, Split], task: str, source: str,
+             class_names: list[str] | None = None, num_classes: int = 0) -> DatasetInfo:
+    """Build the metadata of a validated dataset from its arrays."""
+    first = splits["train"]
+    return DatasetInfo(
+        name=name,
+        task=task,
+        feature_shape=tuple(int(d) for d in first.x.shape[1:]),
+        feature_dtype=str(first.x.dtype),
+        label_shape=tuple(int(d) for d in first.y.shape[1:]),
+        label_dtype=str(first.y.dtype),
+        num_classes=num_classes,
+        class_names=list(class_names or []),
+        source=source,
+        rows={k: len(v) for k, v in splits.items()},
+        fingerprint=fingerprint(splits),
+    )

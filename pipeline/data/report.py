@@ -1,0 +1,47 @@
+"""Human-readable descriptions of the store's datasets."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from pipeline.data.store import Store
+
+
+def list_rows(store: Store) -> list[dict]:
+    rows = []
+    for name in store.names():
+        info = store.info(name)
+        rows.append({
+            "name": name, "task": info.task, "features": "x".join(map(str, info.feature_shape)) or "scalar",
+            "classes": info.num_classes or "", "rows": " / ".join(f"{k} {v}" for k, v in info.rows.items()),
+            "bytes": store.size_bytes(name),
+        })
+    return rows
+
+
+def show_text(store: Store, name: str) -> str:
+    info = store.info(name)
+    schema = pq.read_schema(store.files(name, "train")[0])
+    lines = [
+        f"dataset      {info.name}",
+        f"path         {store.path(name)}",
+        f"task         {info.task}",
+        f"features     column '{info.feature_column}' {info.feature_dtype} {list(info.feature_shape)}",
+        f"labels       column '{info.label_column}' {info.label_dtype} {list(info.label_shape)}",
+    ]
+    if info.num_classes:
+        names = ", ".join(info.class_names[:12]) + (" ..." if len(info.class_names) > 12 else "")
+        lines.append(f"classes      {info.num_classes} ({names})")
+    for split, rows in info.rows.items():
+        files = store.files(name, split)
+        size = sum(f.stat().st_size for f in files)
+        lines.append(f"split        {split}: {rows} rows, {len(files)} file(s), {size:,} bytes")
+    lines += [
+        f"bytes        {store.size_bytes(name):,}",
+        f"source       {info.source}",
+        f"fingerprint  {info.fingerprint}",
+        f"format       version {info.format_version}",
+        "schema",
+    ]
+    lines += [f"  {field.name}: {field.type}" for field in schema]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Losses and metrics per task.
+
+Each objective has a training ``loss`` (mean over the batch, what the gradient follows)
+and evaluation ``sums`` that add up over batches (with a mask for padded rows) and are
+turned into metrics by ``finalize``: sums make whole-split metrics exact, whatever the
+evaluation batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Metrics = dict[str, jax.Array]
+
+
+def _classification_loss(logits_BxC: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
+    num_classes = logits_BxC.shape[-1]
+    onehot = jax.nn.one_hot(y_B, num_classes)
+    targets = onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+    loss = optax.softmax_cross_entropy(logits_BxC, targets).mean()
+    accuracy = (jnp.argmax(logits_BxC, -1) == y_B).mean()
+    return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def _classification_sums(logits_BxC: jax.Array, y_B: jax.Array, mask_B: jax.Array) -> Metrics:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B)
+    correct = (jnp.argmax(logits_BxC, -1) == y_B)
+    return {"loss": (ce * mask_B).sum(), "correct": (correct * mask_B).sum(), "count": mask_B.sum()}
+
+
+def _classification_finalize(s: dict[str, float]) -> dict[str, float]:
+    return {"loss": s["loss"] / s["count"], "accuracy": s["correct"] / s["count"]}
+
+
+def _regression_loss(out_BxD: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
+    err = out_BxD - y_B.reshape(out_BxD.shape)
+    mse = jnp.mean(err**2)
+    return mse, {"loss": mse, "mae": jnp.mean(jnp.abs(err))}
+
+
+def _regression_sums(out_BxD: jax.Array, y_B: jax.Array, mask_B: jax.Array) -> Metrics:
+    y = y_B.reshape(out_BxD.shape)
+    m = mask_B[:, None]
+    err = out_BxD - y
+    return {
+        "sse": (err**2 * m).sum(), "sae": (jnp.abs(err) * m).sum(),
+        "sy": (y * m).sum(), "syy": (y**2 * m).sum(), "count": m.sum() * y.shape[-1],
+    }
+
+
+def _regression_finalize(s: dict[str, float]) -> dict[str, float]:
+    n = s["count"]
+    mse = s["sse"] / n
+    variance = s["syy"] / n - (s["sy"] / n) ** 2
+    r2 = 1.0 - mse / variance if variance > 0 else float("nan")
+    return {"loss": mse, "mse": mse, "mae": s["sae"] / n, "r2": r2}
+
+
+def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
+    loss, _ = _classification_loss(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), y_BxL.reshape(-1), label_smoothing)
+    return loss, {"loss": loss, "bits_per_byte": loss / math.log(2)}
+
+
+def _lm_sums(logits_BxLxV: jax.Array, y_BxL: jax.Array, mask_B: jax.Array) -> Metrics:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, y_BxL)  # B x L
+    m = mask_B[:, None] * jnp.ones_like(ce)
+    return {"loss": (ce * m).sum(), "count": m.sum()}
+
+
+def _lm_finalize(s: dict[str, float]) -> dict[str, float]:
+    loss = s["loss"] / s["count"]
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": loss / math.log(2)}
+
+
+@dataclass(frozen=True)
+class Objective:
+    loss: Callable[..., tuple[jax.Array, Metrics]]
+    sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]
+    finalize: Callable[[dict[str, float]], dict[str, float]]
+    best: str  # the metric to report as "best", with its direction
+    maximize: bool
+
+
+OBJECTIVES = {
+    "classification": Objective(_classification_loss, _classification_sums, _classification_finalize, "accuracy", True),
+    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss", False),
+    "language_modeling": Objective(_lm_loss, _lm_sums, _lm_finalize, "loss", False),
+}
+
+
+def objective_for(task: str) -> Objective:
+    return OBJECTIVES[task]

@@ -1,0 +1,70 @@
+"""Optax optimizers by name, with every numeric hyperparameter a traced value.
+
+``optax.inject_hyperparams`` stores learning rate, weight decay, momentum, Adam betas
+and the clipping norm as arrays in the optimizer state: changing them never recompiles
+and a sweep can vmap a population of them through one compiled step. The schedule is a
+multiplier in [0, 1] on the updates, so its shape is fixed by the config while the peak
+learning rate stays traced; this equals Optax's own scheduled learning rate exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pipeline.config import OptimizerConfig
+
+HYPERPARAMS = ("learning_rate", "weight_decay", "momentum", "b1", "b2", "clip_norm")
+
+
+def schedule_multiplier(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """The schedule's shape as a multiplier of the (traced) peak learning rate."""
+    warmup = min(cfg.warmup_steps, total_steps)
+    if cfg.schedule == "constant":
+        if warmup == 0:
+            return lambda count: jnp.ones([], jnp.float32)
+        return optax.linear_schedule(0.0, 1.0, warmup)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(1.0, max(total_steps, 1))
+    if cfg.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total_steps, warmup + 1))
+    raise ValueError(cfg.schedule)
+
+
+def decay_mask(params) -> object:
+    """Weight decay applies to matrices and kernels, not to biases, scales or norms."""
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    multiplier = schedule_multiplier(cfg, total_steps)
+    clip = cfg.clip_norm > 0
+
+    def build(learning_rate, weight_decay, momentum, b1, b2, clip_norm):
+        parts = [optax.clip_by_global_norm(clip_norm)] if clip else []
+        if cfg.name == "adamw":
+            parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask))
+        else:
+            # L2 coupled to the gradient, as torch.optim does for these optimizers.
+            parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+            if cfg.name == "sgd":
+                parts.append(optax.sgd(learning_rate))
+            elif cfg.name == "momentum":
+                parts.append(optax.sgd(learning_rate, momentum=momentum))
+            elif cfg.name == "adam":
+                parts.append(optax.adam(learning_rate, b1=b1, b2=b2))
+            else:
+                raise ValueError(cfg.name)
+        parts.append(optax.scale_by_schedule(multiplier))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(build)(
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        b1=cfg.b1, b2=cfg.b2, clip_norm=cfg.clip_norm if clip else 1.0,
+    )
+
+
+def hyperparams(opt_state) -> dict[str, jax.Array]:
+    """The traced hyperparameters inside an optimizer state made by ``make_optimizer``."""
+    return opt_state.hyperparams

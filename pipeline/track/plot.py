@@ -1,0 +1,47 @@
+"""Learning curves as PNG, drawn from the metrics table alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def plot_run(metrics_path: Path, out_path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pq.read_table(metrics_path).to_pydict()
+    steps = np.asarray(table["step"])
+    splits = np.asarray(table["split"], dtype=object)
+    names = np.asarray(table["name"], dtype=object)
+    values = np.asarray(table["value"])
+    metric_names = [n for n in dict.fromkeys(names) if n != "loss"]
+    panels = ["loss"] + metric_names[:2]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        for split in dict.fromkeys(splits):
+            sel = (names == name) & (splits == split)
+            if not sel.any():
+                continue
+            x, y = steps[sel], values[sel]
+            if split == "train" and sel.sum() > 200:  # smooth noisy per-step curves
+                width = max(1, int(sel.sum()) // 100)
+                y = np.convolve(y, np.ones(width) / width, mode="valid")
+                x = x[width - 1:]
+            ax.plot(x, y, label=split, marker="o" if split != "train" else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        if name == "loss":
+            ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path

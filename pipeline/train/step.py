@@ -1,0 +1,93 @@
+"""Pure step functions: one update, K updates in a scan, and whole-split evaluation.
+
+Every function takes a ``StepSpec`` first so that ``functools.partial(fn, spec)`` can be
+handed to ``jax.jit``. The model is merged from its pytrees inside the compiled code.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from pipeline.train.state import StepSpec, TrainState
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def apply_model(spec: StepSpec, params, rest, x, hparams, key):
+    """Model outputs in float32; computed in ``spec.compute_dtype``. ``key=None`` is eval mode."""
+    if spec.compute_dtype != jnp.float32:
+        params, x = _cast_floats(params, spec.compute_dtype), _cast_floats(x, spec.compute_dtype)
+    model = nnx.merge(spec.graphdef, params, rest)
+    out = model(x, dropout_rate=hparams["dropout"], key=key)
+    _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    return out.astype(jnp.float32), new_rest
+
+
+def loss_fn(params, spec: StepSpec, state: TrainState, x, y):
+    key = jax.random.fold_in(state.key, state.step)
+    out, new_rest = apply_model(spec, params, state.rest, x, state.hparams, key)
+    loss, metrics = spec.objective.loss(out, y, state.hparams["label_smoothing"])
+    return loss, (metrics, new_rest)
+
+
+def train_step(spec: StepSpec, state: TrainState, x, y) -> tuple[TrainState, dict]:
+    """One optimizer update on one batch."""
+    grads, (metrics, new_rest) = jax.grad(loss_fn, has_aux=True)(state.params, spec, state, x, y)
+    if spec.compute_dtype != jnp.float32:
+        grads = _cast_floats(grads, jnp.float32)
+    updates, opt_state = spec.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(params=params, rest=_keep_dtypes(new_rest, state.rest),
+                              opt_state=opt_state, step=state.step + 1)
+    return new_state, metrics
+
+
+def _keep_dtypes(new, old):
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+def batch_indices(data_key: jax.Array, first_step: jax.Array, num_steps: int,
+                  batch_size: int, num_rows: int) -> jax.Array:
+    """Row indices (num_steps x batch) for steps ``first_step ...``: a pure function of the step.
+
+    Each epoch is a permutation seeded by ``fold_in(data_key, epoch)``; the tail that does
+    not fill a batch is dropped. Being a function of the step alone, a resumed run and a
+    vmapped population member see exactly the batches of an uninterrupted solo run.
+    """
+    steps_per_epoch = num_rows // batch_size
+    first_epoch = first_step // steps_per_epoch
+    epochs_touched = num_steps // steps_per_epoch + 2  # static bound
+    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), num_rows))(
+        first_epoch + jnp.arange(epochs_touched)
+    )
+    steps = first_step + jnp.arange(num_steps)
+    rows = (steps // steps_per_epoch - first_epoch)[:, None]
+    cols = ((steps % steps_per_epoch) * batch_size)[:, None] + jnp.arange(batch_size)[None, :]
+    return perms[rows, cols]
+
+
+def train_many(spec: StepSpec, num_steps: int, state: TrainState, x_all, y_all) -> tuple[TrainState, dict]:
+    """``num_steps`` updates in one compiled call over device-resident data (a lax.scan)."""
+    idx_KxB = batch_indices(state.data_key, state.step, num_steps, spec.batch_size, x_all.shape[0])
+
+    def body(s, idx_B):
+        return train_step(spec, s, x_all[idx_B], y_all[idx_B])
+
+    return jax.lax.scan(body, state, idx_KxB)
+
+
+def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> dict:
+    """Sums of the objective's evaluation statistics over padded batches (lax.map)."""
+
+    def one(batch):
+        x, y, mask = batch
+        out, _ = apply_model(spec, state.params, state.rest, x, state.hparams, None)
+        return spec.objective.sums(out, y, mask)
+
+    per_batch = jax.lax.map(one, (x_NbxB, y_NbxB, mask_NbxB))
+    return jax.tree.map(lambda a: a.sum(0), per_batch)
