@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -49,8 +48,8 @@ def cmd_data_show(args) -> int:
 
 def cmd_train(args) -> int:
     from pipeline.experiments import experiment_name, load_config
-    from pipeline.train.loop import train
     from pipeline.track.run_dir import default_runs_root, new_run_dir
+    from pipeline.train.loop import train
 
     cfg = load_config(args.experiment, args.overrides)
     name = experiment_name(args.experiment)
@@ -138,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options (argparse stops the positional list at them).
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except PipelineError as exc:

@@ -63,10 +63,21 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Which dataset and how it is fed. ``data=NAME`` on the command line sets ``data.name``."""
+
+    name: str = "digits"  # a dataset name in the store
+    validation_fraction: float = 0.0  # > 0 carves a seeded validation split from train
+    max_device_bytes: int = 2 * 1024**3  # larger training splits stream from disk
+    shuffle_buffer: int = 16384  # rows mixed by the streaming reader
+    prefetch: int = 4  # batches the streaming reader keeps ready
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment: what data, which model, how to optimise and for how long."""
 
-    data: str = "digits"  # a dataset name in the store
+    data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0  # parameter initialisation and dropout
     data_seed: int | None = None  # order of batches; None means `seed`
     steps: int = 2000
@@ -79,6 +90,10 @@ class Config:
     precision: str = "fp32"  # fp32 | bf16
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # Config(data="digits") is shorthand for DataConfig(name=...)
+            object.__setattr__(self, "data", DataConfig(name=self.data))
 
     @property
     def resolved_data_seed(self) -> int:
@@ -165,9 +180,12 @@ def parse_value(key: str, text: str, typ: Any) -> Any:
     raise ConfigError(f"key '{key}' has a type that overrides cannot set ({typ})")
 
 
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
 def _type_name(typ: Any) -> str:
     if typing.get_origin(typ) is tuple:
-        return f"a comma-separated list of {_type_name(typing.get_args(typ)[0])}s"
+        return f"a comma-separated list of {_PLURAL.get(typing.get_args(typ)[0], 'values')}"
     return {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}.get(
         typ, str(typ)
     )
@@ -188,10 +206,21 @@ def split_override(item: str) -> tuple[str, str]:
     return key.strip(), text.strip()
 
 
+def resolve_key(cfg: Any, key: str) -> str:
+    """``data`` means ``data.name``: a section given a value sets its ``name``."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    if dataclasses.is_dataclass(node) and any(f.name == "name" for f in dataclasses.fields(node)):
+        return key + ".name"
+    return key
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply ``KEY=VALUE`` strings in order, type-checked against the config's fields."""
     for item in overrides:
         key, text = split_override(item)
+        key = resolve_key(cfg, key)
         cfg = set_key(cfg, key, parse_value(key, text, leaf_type(cfg, key)))
     validate(cfg)
     return cfg
@@ -222,6 +251,9 @@ def validate(cfg: Config) -> None:
     for key in ("epochs", "steps_per_call", "optimizer.warmup_steps"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
+    if not 0.0 <= flat["data.validation_fraction"] < 1.0:
+        fraction = flat["data.validation_fraction"]
+        raise ConfigError(f"bad value for 'data.validation_fraction': {fraction} must be in [0, 1)")
     if not 0.0 <= flat["model.dropout"] < 1.0:
         raise ConfigError(f"bad value for 'model.dropout': {flat['model.dropout']} must be in [0, 1)")
     if flat["optimizer.learning_rate"] <= 0:

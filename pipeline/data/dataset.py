@@ -48,7 +48,7 @@ class DatasetInfo:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "DatasetInfo":
+    def from_json(cls, text: str | bytes) -> DatasetInfo:
         data: dict[str, Any] = json.loads(text)
         data["feature_shape"] = tuple(data["feature_shape"])
         data["label_shape"] = tuple(data["label_shape"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from pipeline.data.builtins import BUILTINS
 from pipeline.data.dataset import DatasetInfo, Split, describe
-from pipeline.data.sources import BUILTINS, load_source, split_off_test
+from pipeline.data.sources import load_source, split_off_test
 from pipeline.data.store import Store
 from pipeline.data.validate import DataError, check_split
 

@@ -15,8 +15,6 @@ from pipeline.data.dataset import Split
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError
 
-BUILTINS = ("digits", "regression")
-
 
 @dataclass
 class Loaded:
@@ -152,20 +150,12 @@ def load_table(path: Path, table: pa.Table, target: str | None) -> Loaded:
 
 
 def load_builtin(name: str, seed: int) -> Loaded:
-    if name == "digits":
-        from sklearn.datasets import load_digits
+    from pipeline.data.builtins import BUILTINS
 
-        bunch = load_digits()
-        x = (bunch.images / 16.0).astype(np.float32)  # 8x8 images in [0, 1]
-        y = bunch.target.astype(np.int32)
-        return Loaded(Split(x, y), None, "classification", 10, [str(i) for i in range(10)])
-    if name == "regression":
-        rng = np.random.default_rng(1234)  # fixed: the built-in is the same everywhere
-        x = rng.normal(size=(4000, 8)).astype(np.float32)
-        w = rng.normal(size=(8,)).astype(np.float32)
-        y = x @ w + 0.5 * np.sin(2.0 * x[:, 0]) * x[:, 1] + 0.1 * rng.normal(size=4000)
-        return Loaded(Split(x, y.astype(np.float32)), None, "regression")
-    raise DataError(f"unknown built-in source 'builtin:{name}'; built-ins: {', '.join('builtin:' + b for b in BUILTINS)}")
+    if name not in BUILTINS:
+        known = ", ".join("builtin:" + b for b in BUILTINS)
+        raise DataError(f"unknown built-in source 'builtin:{name}'; built-ins: {known}")
+    return BUILTINS[name](seed)
 
 
 def split_off_test(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -18,7 +18,7 @@ class Progress:
         self._start = time.time()
         self._eval = ""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.enabled:
             self._bar = RichProgress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),

@@ -71,13 +71,13 @@ def check_compatible(cfg: Config, info: DatasetInfo) -> None:
 
 
 def prepare(cfg: Config, store: Store) -> Prepared:
-    info = ensure_dataset(store, cfg.data)
+    info = ensure_dataset(store, cfg.data.name)
     check_compatible(cfg, info)
     mesh = data_mesh()
-    train_split = store.read(cfg.data, "train")
+    train_split = store.read(cfg.data.name, "train")
     if "test" not in info.rows:
-        raise DataError(f"dataset '{cfg.data}' has no test split")
-    test_split = store.read(cfg.data, "test")
+        raise DataError(f"dataset '{cfg.data.name}' has no test split")
+    test_split = store.read(cfg.data.name, "test")
     steps = total_steps(cfg, len(train_split))
     spec, state = create_state(cfg, info, steps)
     return Prepared(cfg, info, spec, state, to_device(train_split, mesh),
@@ -119,8 +119,9 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
                 steps = np.arange(step - k + 1, step + 1)
                 bad = ~np.isfinite(host["loss"])
                 if bad.any():
-                    first = int(steps[np.argmax(bad)])
-                    metrics.add(steps[: np.argmax(bad)], "train", {n: v[: np.argmax(bad)] for n, v in host.items()}, wall)
+                    good = int(np.argmax(bad))
+                    first = int(steps[good])
+                    metrics.add(steps[:good], "train", {n: v[:good] for n, v in host.items()}, wall)
                     metrics.flush()
                     raise NonFiniteLoss(
                         f"non-finite training loss at step {first}; the run stopped "
@@ -150,11 +151,11 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
     summary = {
         "run_dir": str(run_dir),
         "experiment": experiment,
-        "data": cfg.data,
+        "data": cfg.data.name,
         "steps": prep.total_steps,
         "wall_s": round(time.time() - started, 3),
         "metrics": {f"test/{name}": value for name, value in last_test.items()},
     }
     write_json(run_dir / "summary.json", summary)
-    plot_run(run_dir / "metrics.parquet", run_dir / "curves.png", title=f"{experiment} on {cfg.data}")
+    plot_run(run_dir / "metrics.parquet", run_dir / "curves.png", title=f"{experiment} on {cfg.data.name}")
     return summary
