@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--store", default=None, help="data store root (default ./data or $PIPELINE_STORE)")
     common.add_argument("--runs", default=None, help="runs root (default ./runs or $PIPELINE_RUNS)")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--compile-cache", default=None,
+                        help="persistent compilation cache folder (default ~/.cache/pipeline/jax)")
+    common.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh")
 
     parser = argparse.ArgumentParser(prog="pipeline",
                                      description="Train, sweep and benchmark JAX models on Parquet data.")
@@ -118,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train an experiment")
     p.add_argument("experiment", help="a name in experiments/ or a path to an experiment file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--run-dir", default=None)
+    p.add_argument("--run-dir", default=None, help="run folder; an existing run of the same config resumes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -87,7 +87,13 @@ class Config:
     eval_batch_size: int = 512
     steps_per_call: int = 0  # 0 picks a value automatically
     label_smoothing: float = 0.0
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16: compute in bfloat16, parameters and optimizer state in float32
+    grad_accum: int = 1  # > 1 averages gradients of that many batches per update (optax.MultiSteps)
+    ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the parameters for evaluation
+    patience: int = 0  # > 0 stops after that many evaluations without improvement of `best_metric`
+    best_metric: str = ""  # evaluation metric that picks the best checkpoint; "" is the task's default
+    checkpoint_every: int = 0  # 0 checkpoints at every evaluation
+    checkpoint_keep: int = 3  # latest checkpoints kept, besides the best one
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -244,11 +250,11 @@ def validate(cfg: Config) -> None:
     for key, allowed in _CHOICES.items():
         if key in flat and flat[key] not in allowed:
             raise ConfigError(f"bad value for '{key}': {flat[key]!r}; choose one of {', '.join(allowed)}")
-    positive = ("steps", "batch_size", "eval_every", "eval_batch_size")
+    positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum", "checkpoint_keep")
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must be at least 1")
-    for key in ("epochs", "steps_per_call", "optimizer.warmup_steps"):
+    for key in ("epochs", "steps_per_call", "optimizer.warmup_steps", "patience", "checkpoint_every"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
     if not 0.0 <= flat["data.validation_fraction"] < 1.0:
@@ -256,6 +262,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'data.validation_fraction': {fraction} must be in [0, 1)")
     if not 0.0 <= flat["model.dropout"] < 1.0:
         raise ConfigError(f"bad value for 'model.dropout': {flat['model.dropout']} must be in [0, 1)")
+    if not 0.0 <= flat["ema_decay"] < 1.0:
+        raise ConfigError(f"bad value for 'ema_decay': {flat['ema_decay']} must be in [0, 1)")
     if flat["optimizer.learning_rate"] <= 0:
         raise ConfigError("bad value for 'optimizer.learning_rate': must be positive")
 

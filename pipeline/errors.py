@@ -3,3 +3,5 @@
 
 class PipelineError(Exception):
     """A user-facing error: its message is printed as one line, without a traceback."""
+
+    exit_code = 2

@@ -83,15 +83,18 @@ class Objective:
     loss: Callable[..., tuple[jax.Array, Metrics]]
     sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]
     finalize: Callable[[dict[str, float]], dict[str, float]]
-    best: str  # the metric to report as "best", with its direction
-    maximize: bool
+    best: str  # the metric that picks the best checkpoint by default
 
 
 OBJECTIVES = {
-    "classification": Objective(_classification_loss, _classification_sums, _classification_finalize, "accuracy", True),
-    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss", False),
-    "language_modeling": Objective(_lm_loss, _lm_sums, _lm_finalize, "loss", False),
+    "classification": Objective(_classification_loss, _classification_sums, _classification_finalize, "accuracy"),
+    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss"),
+    "language_modeling": Objective(_lm_loss, _lm_sums, _lm_finalize, "loss"),
 }
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in ("accuracy", "r2")
 
 
 def objective_for(task: str) -> Objective:

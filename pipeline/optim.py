@@ -37,7 +37,13 @@ def decay_mask(params) -> object:
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig, total_steps: int, grad_accum: int = 1) -> optax.GradientTransformation:
+    """The optimizer of ``cfg``; with ``grad_accum > 1`` it updates once every that many steps."""
+    tx = _injected(cfg, max(total_steps // grad_accum, 1))
+    return optax.MultiSteps(tx, every_k_schedule=grad_accum) if grad_accum > 1 else tx
+
+
+def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     multiplier = schedule_multiplier(cfg, total_steps)
     clip = cfg.clip_norm > 0
 
@@ -67,4 +73,6 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
 
 def hyperparams(opt_state) -> dict[str, jax.Array]:
     """The traced hyperparameters inside an optimizer state made by ``make_optimizer``."""
+    if isinstance(opt_state, optax.MultiStepsState):
+        return opt_state.inner_opt_state.hyperparams
     return opt_state.hyperparams

@@ -1,13 +1,16 @@
-"""The training loop: K compiled steps per dispatch, evaluation, records of the run.
+"""The training loop: K compiled steps per dispatch, evaluation, checkpoints, records.
 
-The host never waits on the call it just dispatched: it reads back the metrics of the
-previous call while the next one runs, logs them, and checks them for a non-finite loss.
+The host never waits on the call it just dispatched: between evaluations it reads back
+the metrics of the previous call while the next one runs. At evaluations and
+checkpoints it catches up, decides (best so far, early stopping) and saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +19,34 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipeline.config import Config, ConfigError, to_dict
-from pipeline.data import DataError, DatasetInfo, Store, ensure_dataset
+from pipeline.config import Config, ConfigError
+from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
 from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, to_device
+from pipeline.data.sources import split_off_test
 from pipeline.errors import PipelineError
+from pipeline.objectives import higher_is_better
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.plot import plot_run
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
+from pipeline.train.checkpoint import Checkpointer
+from pipeline.train.evaluation import Bookkeeping, finalize
+from pipeline.train.record import open_run_dir
 from pipeline.train.state import StepSpec, TrainState, create_state
 from pipeline.train.step import eval_sums, train_many
 
 AUTO_STEPS_PER_CALL = 100
+FLUSH_SECONDS = 5.0
 
 
 class NonFiniteLoss(PipelineError):
     pass
+
+
+class Interrupted(PipelineError):
+    """Ctrl-C: the run saved a checkpoint and can be resumed."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -43,9 +58,14 @@ class Prepared:
     spec: StepSpec
     state: TrainState
     train: DeviceSplit
-    test: EvalBatches
+    evals: dict[str, EvalBatches]  # "val" (when there is one) and "test"
     total_steps: int
     steps_per_call: int
+
+    @property
+    def select_split(self) -> str:
+        """The split that picks the best checkpoint and drives early stopping."""
+        return "val" if "val" in self.evals else "test"
 
 
 def total_steps(cfg: Config, train_rows: int) -> int:
@@ -55,33 +75,43 @@ def total_steps(cfg: Config, train_rows: int) -> int:
 
 
 def choose_steps_per_call(cfg: Config, steps: int) -> int:
-    """The largest K <= target that divides both the run and the evaluation interval.
+    """The largest K <= target dividing the run, the evaluation and the checkpoint intervals.
 
-    A fixed K means one compiled program for the whole run; dividing the evaluation
-    interval means evaluations land exactly on their steps.
+    A fixed K means one compiled program for the whole run, and evaluations and
+    checkpoints land exactly on their steps.
     """
     target = cfg.steps_per_call or AUTO_STEPS_PER_CALL
-    common = math.gcd(steps, min(cfg.eval_every, steps))
+    common = math.gcd(steps, min(cfg.eval_every, steps), min(checkpoint_interval(cfg), steps))
     return max(k for k in range(1, min(target, common) + 1) if common % k == 0)
 
 
-def check_compatible(cfg: Config, info: DatasetInfo) -> None:
-    if info.task == "language_modeling" and cfg.model.name != "transformer":
-        raise ConfigError(f"dataset '{info.name}' holds token sequences; use model.name=transformer")
+def checkpoint_interval(cfg: Config) -> int:
+    return cfg.checkpoint_every or cfg.eval_every
+
+
+def read_splits(cfg: Config, store: Store, info: DatasetInfo) -> dict[str, Split]:
+    """train, test and (stored or carved from train by ``data.validation_fraction``) val."""
+    splits = {name: store.read(cfg.data.name, name) for name in ("train", "test") if name in info.rows}
+    if "test" not in splits:
+        raise DataError(f"dataset '{cfg.data.name}' has no test split")
+    if "validation" in info.rows:
+        splits["val"] = store.read(cfg.data.name, "validation")
+    elif cfg.data.validation_fraction > 0:
+        splits["train"], splits["val"] = split_off_test(splits["train"], cfg.data.validation_fraction,
+                                                        cfg.resolved_data_seed)
+    return splits
 
 
 def prepare(cfg: Config, store: Store) -> Prepared:
     info = ensure_dataset(store, cfg.data.name)
-    check_compatible(cfg, info)
-    mesh = data_mesh()
-    train_split = store.read(cfg.data.name, "train")
-    if "test" not in info.rows:
-        raise DataError(f"dataset '{cfg.data.name}' has no test split")
-    test_split = store.read(cfg.data.name, "test")
-    steps = total_steps(cfg, len(train_split))
+    if info.task == "language_modeling" and cfg.model.name != "transformer":
+        raise ConfigError(f"dataset '{info.name}' holds token sequences; use model.name=transformer")
+    splits = read_splits(cfg, store, info)
+    steps = total_steps(cfg, len(splits["train"]))
     spec, state = create_state(cfg, info, steps)
-    return Prepared(cfg, info, spec, state, to_device(train_split, mesh),
-                    eval_batches(test_split, cfg.eval_batch_size, mesh), steps,
+    mesh = data_mesh()
+    evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
+    return Prepared(cfg, info, spec, state, to_device(splits["train"], mesh), evals, steps,
                     choose_steps_per_call(cfg, steps))
 
 
@@ -92,69 +122,153 @@ def compiled(spec: StepSpec, steps_per_call: int):
     return run, evaluate
 
 
-def finalize_eval(prep: Prepared, sums: dict) -> dict[str, float]:
-    host = {k: float(v) for k, v in jax.device_get(sums).items()}
-    return {k: float(v) for k, v in prep.spec.objective.finalize(host).items()}
+@contextlib.contextmanager
+def sigint_flag():
+    """Ctrl-C sets a flag that the loop checks between calls, so it can save and stop cleanly."""
+    flag = {"set": False}
+
+    def handler(signum, frame):
+        flag["set"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Run:
+    """One training run's moving parts; ``train()`` below is the whole story."""
+
+    def __init__(self, prep: Prepared, run_dir: Path, show_progress: bool):
+        self.prep, self.run_dir = prep, run_dir
+        self.k = prep.steps_per_call
+        self.metrics = MetricsTable(run_dir / "metrics.parquet")
+        self.checkpointer = Checkpointer(run_dir, prep.cfg.checkpoint_keep)
+        self.run, self.evaluate = compiled(prep.spec, self.k)
+        self.book = Bookkeeping()
+        self.started = time.time()
+        self.last_flush = time.time()
+        self.progress = Progress(prep.total_steps, enabled=show_progress)
+        self.best_metric = prep.cfg.best_metric or prep.spec.objective.best
+
+    def restore(self, state: TrainState) -> TrainState:
+        restored = self.checkpointer.restore_latest(state)
+        if restored is None:
+            self.metrics.truncate_after(0)  # an earlier attempt that never checkpointed: start over
+            return state
+        host_state, meta = restored
+        self.book = Bookkeeping.from_meta(meta)
+        self.metrics.truncate_after(self.book.step)
+        return jax.device_put(host_state, jax.tree.map(lambda a: a.sharding, state))
+
+    def wall(self) -> float:
+        return self.book.wall_s + time.time() - self.started
+
+    def log_train(self, last_step: int, values: dict) -> None:
+        host = {name: np.asarray(v) for name, v in jax.device_get(values).items()}
+        steps = np.arange(last_step - len(host["loss"]) + 1, last_step + 1)
+        bad = ~np.isfinite(host["loss"])
+        if bad.any():
+            good = int(np.argmax(bad))
+            self.metrics.add(steps[:good], "train", {n: v[:good] for n, v in host.items()}, self.wall())
+            self.metrics.flush()
+            raise NonFiniteLoss(f"non-finite training loss at step {int(steps[good])}; the run stopped "
+                                f"(metrics up to step {int(steps[good]) - 1} are in {self.metrics.path})")
+        self.metrics.add(steps, "train", host, self.wall())
+        self.progress.update(last_step, float(host["loss"][-1]))
+
+    def log_eval(self, step: int, sums: dict[str, Any]) -> bool:
+        """Record the evaluations of ``step``; True when the selection split improved."""
+        improved = False
+        for split, split_sums in sums.items():
+            values = finalize(self.prep.spec.objective, split_sums)
+            self.book.last_eval[split] = values
+            self.metrics.add(step, split, values, self.wall())
+            if split == self.prep.select_split:
+                if self.best_metric not in values:
+                    raise ConfigError(f"bad value for 'best_metric': '{self.best_metric}' is not one of "
+                                      f"{', '.join(values)}")
+                improved = self.book.observe(step, values[self.best_metric], higher_is_better(self.best_metric))
+        self.progress.note(step, self.book.last_eval.get("test", {}))
+        return improved
+
+    def save(self, step: int, state: TrainState, best: bool = False) -> None:
+        self.metrics.flush()
+        self.book.step = step
+        meta = self.book.to_meta()
+        meta["wall_s"] = self.wall()
+        meta["reader"] = {"epoch_of_next_step": step // max(self.prep.train.rows // self.prep.cfg.batch_size, 1),
+                          "step": step, "seed": self.prep.cfg.resolved_data_seed}
+        self.checkpointer.save(step, state, meta, best=best)
+
+    def evaluate_all(self, state: TrainState) -> dict[str, Any]:
+        return {name: self.evaluate(state, b.x, b.y, b.mask) for name, b in self.prep.evals.items()}
 
 
 def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` and record the run in ``run_dir``. Returns the summary object."""
-    started = time.time()
+    """Train ``cfg`` into ``run_dir``, resuming it when it holds an earlier run of this config.
+
+    Returns the summary object (also written to ``run_dir/summary.json``).
+    """
     prep = prepare(cfg, store)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"experiment": experiment, "config": to_dict(cfg)})
-    metrics = MetricsTable(run_dir / "metrics.parquet")
-    run, evaluate = compiled(prep.spec, prep.steps_per_call)
-    state, k = prep.state, prep.steps_per_call
-    last_test: dict[str, float] = {}
-    pending: list[tuple[str, int, Any]] = []
-    last_flush = time.time()
-
-    def consume(items: list[tuple[str, int, Any]], progress: Progress) -> None:
-        nonlocal last_test
-        for kind, step, values in items:
-            wall = time.time() - started
-            if kind == "train":
-                host = {name: np.asarray(v) for name, v in jax.device_get(values).items()}
-                steps = np.arange(step - k + 1, step + 1)
-                bad = ~np.isfinite(host["loss"])
-                if bad.any():
-                    good = int(np.argmax(bad))
-                    first = int(steps[good])
-                    metrics.add(steps[:good], "train", {n: v[:good] for n, v in host.items()}, wall)
-                    metrics.flush()
-                    raise NonFiniteLoss(
-                        f"non-finite training loss at step {first}; the run stopped "
-                        f"(metrics up to step {first - 1} are in {run_dir / 'metrics.parquet'})"
-                    )
-                metrics.add(steps, "train", host, wall)
-                progress.update(step, float(host["loss"][-1]))
-            else:
-                last_test = finalize_eval(prep, values)
-                metrics.add(step, "test", last_test, wall)
-                progress.note(step, last_test)
-
-    with Progress(prep.total_steps, enabled=show_progress) as progress:
-        for call in range(prep.total_steps // k):
-            state, step_metrics = run(state, prep.train.x, prep.train.y)
-            step = (call + 1) * k
-            current = [("train", step, step_metrics)]
-            if step % cfg.eval_every == 0 or step == prep.total_steps:
-                current.append(("test", step, evaluate(state, prep.test.x, prep.test.y, prep.test.mask)))
-            consume(pending, progress)  # the previous call's results, while this one runs
-            pending = current
-            if time.time() - last_flush > 5.0:
-                metrics.flush()
-                last_flush = time.time()
-        consume(pending, progress)
-    metrics.flush()
+    resuming = open_run_dir(run_dir, experiment, cfg)
+    r = _Run(prep, run_dir, show_progress)
+    state = r.restore(prep.state) if resuming else prep.state
+    if not resuming:
+        r.metrics.truncate_after(0)
+    k, total = r.k, prep.total_steps
+    pending: list[tuple[int, Any]] = []  # (last step, device metrics) of the previous call
+    try:
+        with sigint_flag() as interrupted, r.progress:
+            step = r.book.step
+            r.progress.update(step, float("nan"))
+            while step < total and not r.book.stopped_early:
+                state, step_metrics = r.run(state, prep.train.x, prep.train.y)
+                step += k
+                for item in pending:  # the previous call's results, while this one runs
+                    r.log_train(*item)
+                pending = [(step, step_metrics)]
+                eval_due = step % cfg.eval_every == 0 or step == total
+                save_due = step % checkpoint_interval(cfg) == 0 or step == total
+                if eval_due or save_due or interrupted["set"]:
+                    for item in pending:
+                        r.log_train(*item)
+                    pending = []
+                    improved = False
+                    if eval_due:
+                        improved = r.log_eval(step, r.evaluate_all(state))
+                        if cfg.patience and r.book.evals_since_best >= cfg.patience:
+                            r.book.stopped_early = True
+                    r.save(step, state, best=improved)
+                    if interrupted["set"]:
+                        r.checkpointer.wait()
+                        raise Interrupted(f"interrupted at step {step}; a checkpoint is saved; resume with "
+                                          f"--run-dir {run_dir} --resume")
+                elif time.time() - r.last_flush > FLUSH_SECONDS:
+                    r.metrics.flush()
+                    r.last_flush = time.time()
+            for item in pending:
+                r.log_train(*item)
+    finally:
+        r.checkpointer.wait()
+        r.checkpointer.close()
+        r.metrics.flush()
     summary = {
         "run_dir": str(run_dir),
         "experiment": experiment,
         "data": cfg.data.name,
-        "steps": prep.total_steps,
-        "wall_s": round(time.time() - started, 3),
-        "metrics": {f"test/{name}": value for name, value in last_test.items()},
+        "steps": r.book.step,
+        "wall_s": round(r.wall(), 3),
+        "metrics": {f"{split}/{name}": value for split in ("test", "val")
+                    for name, value in r.book.last_eval.get(split, {}).items()},
+        "best": {"split": prep.select_split, "metric": r.best_metric, "value": r.book.best_value,
+                 "step": r.book.best_step},
+        "stopped_early": r.book.stopped_early,
     }
     write_json(run_dir / "summary.json", summary)
     plot_run(run_dir / "metrics.parquet", run_dir / "curves.png", title=f"{experiment} on {cfg.data.name}")

@@ -25,7 +25,8 @@ class TrainState:
     step: jax.Array  # int32 count of applied updates
     key: jax.Array  # dropout randomness, folded with the step
     data_key: jax.Array  # order of batches, folded with the epoch
-    hparams: dict[str, jax.Array]  # traced model/objective hyperparameters (dropout, label smoothing)
+    hparams: dict[str, jax.Array]  # traced model/objective hyperparameters (dropout, label smoothing, EMA)
+    ema: Any = None  # moving average of params when cfg.ema_decay > 0, else None
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
     """Build the model, split it once, and initialise the optimizer."""
     model = build_model(cfg.model, info.feature_shape, info.output_size, cfg.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(cfg.optimizer, total_steps)
+    tx = make_optimizer(cfg.optimizer, total_steps, cfg.grad_accum)
     spec = StepSpec(
         graphdef=graphdef,
         tx=tx,
@@ -61,6 +62,8 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
         hparams={
             "dropout": jnp.asarray(cfg.model.dropout, jnp.float32),
             "label_smoothing": jnp.asarray(cfg.label_smoothing, jnp.float32),
+            "ema_decay": jnp.asarray(cfg.ema_decay, jnp.float32),
         },
+        ema=jax.tree.map(jnp.copy, params) if cfg.ema_decay > 0 else None,
     )
     return spec, state

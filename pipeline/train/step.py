@@ -42,8 +42,12 @@ def train_step(spec: StepSpec, state: TrainState, x, y) -> tuple[TrainState, dic
         grads = _cast_floats(grads, jnp.float32)
     updates, opt_state = spec.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+        decay = state.hparams["ema_decay"]
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     new_state = state.replace(params=params, rest=_keep_dtypes(new_rest, state.rest),
-                              opt_state=opt_state, step=state.step + 1)
+                              opt_state=opt_state, step=state.step + 1, ema=ema)
     return new_state, metrics
 
 
@@ -82,11 +86,15 @@ def train_many(spec: StepSpec, num_steps: int, state: TrainState, x_all, y_all) 
 
 
 def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> dict:
-    """Sums of the objective's evaluation statistics over padded batches (lax.map)."""
+    """Sums of the objective's evaluation statistics over padded batches (lax.map).
+
+    Evaluates the moving average of the parameters when the state keeps one.
+    """
+    params = state.params if state.ema is None else state.ema
 
     def one(batch):
         x, y, mask = batch
-        out, _ = apply_model(spec, state.params, state.rest, x, state.hparams, None)
+        out, _ = apply_model(spec, params, state.rest, x, state.hparams, None)
         return spec.objective.sums(out, y, mask)
 
     per_batch = jax.lax.map(one, (x_NbxB, y_NbxB, mask_NbxB))
