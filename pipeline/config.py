@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,7 +173,10 @@ def parse_value(key: str, text: str, typ: Any) -> Any:
                 raise ValueError(text)
             return int(as_float)
         if typ is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):  # nan or inf would only fail later, inside a run
+                raise ValueError(text)
+            return number
         if typ is str:
             return text
         if origin is tuple:
@@ -186,13 +190,13 @@ def parse_value(key: str, text: str, typ: Any) -> Any:
     raise ConfigError(f"key '{key}' has a type that overrides cannot set ({typ})")
 
 
-_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+_PLURAL = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
 
 
 def _type_name(typ: Any) -> str:
     if typing.get_origin(typ) is tuple:
         return f"a comma-separated list of {_PLURAL.get(typing.get_args(typ)[0], 'values')}"
-    return {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}.get(
+    return {int: "an integer", float: "a finite number", bool: "a boolean", str: "a string"}.get(
         typ, str(typ)
     )
 
@@ -264,6 +268,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'model.dropout': {flat['model.dropout']} must be in [0, 1)")
     if not 0.0 <= flat["ema_decay"] < 1.0:
         raise ConfigError(f"bad value for 'ema_decay': {flat['ema_decay']} must be in [0, 1)")
+    for key in ("label_smoothing", "optimizer.momentum", "optimizer.b1", "optimizer.b2"):
+        if not 0.0 <= flat[key] < 1.0:
+            raise ConfigError(f"bad value for '{key}': {flat[key]} must be in [0, 1)")
+    for key in ("optimizer.weight_decay", "optimizer.clip_norm"):
+        if flat[key] < 0:
+            raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
     if flat["optimizer.learning_rate"] <= 0:
         raise ConfigError("bad value for 'optimizer.learning_rate': must be positive")
 
