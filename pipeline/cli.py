@@ -46,6 +46,13 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def _compile_cache(args) -> None:
+    if not args.no_compile_cache:
+        from pipeline.compile_cache import enable
+
+        enable(args.compile_cache)
+
+
 def cmd_train(args) -> int:
     from pipeline.experiments import experiment_name, load_config
     from pipeline.track.run_dir import default_runs_root, new_run_dir
@@ -55,6 +62,9 @@ def cmd_train(args) -> int:
     name = experiment_name(args.experiment)
     runs_root = Path(args.runs) if args.runs else default_runs_root()
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(runs_root, name)
+    if args.resume and not (run_dir / "config.json").is_file():
+        raise PipelineError(f"--resume: {run_dir} is not a run folder (no config.json); give --run-dir of a run")
+    _compile_cache(args)
     summary = train(cfg, name, run_dir, _store(args), show_progress=not args.no_progress)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     print(f"{metrics}\nrun folder: {summary['run_dir']}")

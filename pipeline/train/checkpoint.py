@@ -49,8 +49,17 @@ class Checkpointer:
                 print(f"warning: checkpoint at step {step} is unreadable ({type(exc).__name__}); "
                       "falling back to the previous one", file=sys.stderr)
                 continue
+            self._forget_after(step)
             return restored["state"], dict(restored["meta"])
+        self._forget_after(-1)
         return None
+
+    def _forget_after(self, step: int) -> None:
+        """Delete checkpoints newer than the one resumed from: the run will write them again."""
+        for manager in (self.latest, self.best):
+            manager.reload()
+            for newer in [s for s in manager.all_steps() if s > step]:
+                manager.delete(newer)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
