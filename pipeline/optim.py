@@ -28,7 +28,9 @@ def schedule_multiplier(cfg: OptimizerConfig, total_steps: int) -> optax.Schedul
     if cfg.schedule == "cosine":
         return optax.cosine_decay_schedule(1.0, max(total_steps, 1))
     if cfg.schedule == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warmup, 1), max(total_steps, warmup + 1))
+        if warmup == 0:  # no warm-up step at multiplier 0: exactly Optax's schedule with warmup_steps=0
+            return optax.cosine_decay_schedule(1.0, max(total_steps, 1))
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1))
     raise ValueError(cfg.schedule)
 
 
