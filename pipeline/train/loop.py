@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
-from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, to_device
+from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, replicated, to_device
 from pipeline.data.sources import split_off_test
 from pipeline.errors import PipelineError
 from pipeline.objectives import higher_is_better
@@ -110,6 +110,8 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     steps = total_steps(cfg, len(splits["train"]))
     spec, state = create_state(cfg, info, steps)
     mesh = data_mesh()
+    # Committed to the mesh like every later state, so the step compiles once, not twice.
+    state = jax.device_put(state, replicated(mesh))
     evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
     return Prepared(cfg, info, spec, state, to_device(splits["train"], mesh), evals, steps,
                     choose_steps_per_call(cfg, steps))

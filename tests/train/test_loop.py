@@ -1,0 +1,152 @@
+"""The loop's compiled programs: K steps per call, compile counts, training features."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pipeline.config import Config, ModelConfig, OptimizerConfig, apply_overrides
+from pipeline.data import Store, ensure_dataset
+from pipeline.train.loop import prepare, train
+from pipeline.train.state import create_state
+from pipeline.train.step import train_many, train_step
+
+TINY = Config(data="digits", steps=60, batch_size=16, eval_every=30, model=ModelConfig(hidden=(8,)),
+              optimizer=OptimizerConfig(name="adam", learning_rate=1e-2))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    store = Store(tmp_path_factory.mktemp("store"))
+    ensure_dataset(store, "digits")
+    return store
+
+
+@pytest.fixture(scope="module")
+def prep(store):
+    return prepare(TINY, store)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_k_steps_per_call_equal_k_single_steps(prep):
+    many = jax.jit(functools.partial(train_many, prep.spec, 5))
+    one = jax.jit(functools.partial(train_many, prep.spec, 1))
+    state_k, metrics_k = many(prep.state, prep.train.x, prep.train.y)
+    state_1, losses = prep.state, []
+    for _ in range(5):
+        state_1, m = one(state_1, prep.train.x, prep.train.y)
+        losses.append(float(m["loss"][0]))
+    assert int(state_k.step) == int(state_1.step) == 5
+    np.testing.assert_allclose(np.asarray(metrics_k["loss"]), losses, rtol=1e-5)
+    for a, b in zip(leaves(state_k.params), leaves(state_1.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_one_compilation_per_run_and_none_after_step_one(store, tmp_path, caplog):
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        train(dataclasses.replace(TINY, steps=90, steps_per_call=10), "t", tmp_path / "run", store, show_progress=False)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert sum("train_many" in m for m in compiles) == 1, compiles
+    assert sum("eval_sums" in m for m in compiles) == 1, compiles
+
+
+def test_a_learning_rate_override_gives_the_same_program(store):
+    """Traced hyperparameters: a changed learning rate (or weight decay, dropout) is the same HLO."""
+    texts = []
+    for overrides in ([], ["optimizer.learning_rate=0.3", "optimizer.weight_decay=0.1", "model.dropout=0.2",
+                           "label_smoothing=0.1", "seed=7"]):
+        cfg = apply_overrides(TINY, overrides)
+        p = prepare(cfg, store)
+        texts.append(jax.jit(functools.partial(train_many, p.spec, 10)).lower(p.state, p.train.x, p.train.y).as_text())
+    assert texts[0] == texts[1]
+
+
+def test_warm_compilation_cache_compiles_nothing_new(tmp_path):
+    """Two runs in one fresh process-level cache: the second (other learning rate) adds no entry."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from pipeline.cli import main
+        cache = Path({str(tmp_path / 'cache')!r})
+        args = ["train", "digits_mlp", "model.hidden=8", "steps=20", "eval_every=20", "--no-progress",
+                "--compile-cache", str(cache), "--store", {str(tmp_path / 'data')!r}]
+        assert main(args + ["--run-dir", {str(tmp_path / 'a')!r}]) == 0
+        first = len(list(cache.iterdir()))
+        assert main(args + ["optimizer.learning_rate=0.05", "--run-dir", {str(tmp_path / 'b')!r}]) == 0
+        print("ENTRIES", first, len(list(cache.iterdir())))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, second = map(int, out.stdout.strip().splitlines()[-1].split()[1:])
+    assert first >= 2 and second == first
+
+
+def test_ema_is_the_moving_average_of_the_parameter_trajectory(store):
+    cfg = dataclasses.replace(TINY, ema_decay=0.5)
+    p = prepare(cfg, store)
+    step = jax.jit(functools.partial(train_step, p.spec))
+    state, expected = p.state, leaves(p.state.params)
+    for i in range(3):
+        idx = np.arange(16) + 16 * i
+        state, _ = step(state, p.train.x[idx], p.train.y[idx])
+        expected = [0.5 * e + 0.5 * q for e, q in zip(expected, leaves(state.params), strict=True)]
+    for a, b in zip(leaves(state.ema), expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_accumulation_equals_one_step_on_the_joined_batch(store):
+    info = ensure_dataset(store, "digits")
+    sgd = OptimizerConfig(name="sgd", learning_rate=0.5)
+    x, y = jnp.asarray(np.random.default_rng(0).random((32, 8, 8), np.float32)), jnp.arange(32) % 10
+    spec_a, acc = create_state(dataclasses.replace(TINY, grad_accum=2, optimizer=sgd), info, 10)
+    spec_b, big = create_state(dataclasses.replace(TINY, batch_size=32, optimizer=sgd), info, 10)
+    acc, _ = train_step(spec_a, acc, x[:16], y[:16])
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(acc.params), leaves(big.params), strict=True))
+    acc, _ = train_step(spec_a, acc, x[16:], y[16:])
+    big, _ = train_step(spec_b, big, x, y)
+    for a, b in zip(leaves(acc.params), leaves(big.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_stops_after_patience_evaluations(store, tmp_path):
+    # A learning rate too small to change accuracy: no evaluation improves on the first.
+    cfg = apply_overrides(TINY, ["optimizer.learning_rate=1e-12", "steps=300", "eval_every=20", "patience=2"])
+    summary = train(cfg, "t", tmp_path / "run", store, show_progress=False)
+    assert summary["stopped_early"] is True
+    assert summary["steps"] == 60  # evaluations at 20 (best), 40 and 60 (no improvement): stop
+    assert summary["best"]["step"] == 20
+
+
+def test_validation_split_is_carved_from_train_and_evaluated(store, tmp_path):
+    cfg = apply_overrides(TINY, ["data.validation_fraction=0.25"])
+    p = prepare(cfg, store)
+    assert set(p.evals) == {"val", "test"}
+    assert p.train.rows == 1438 - round(0.25 * 1438)
+    summary = train(cfg, "t", tmp_path / "run", store, show_progress=False)
+    assert summary["best"]["split"] == "val"
+    assert 0.0 <= summary["metrics"]["val/accuracy"] <= 1.0
+
+
+def test_bf16_compute_stays_close_to_float32(store):
+    info = ensure_dataset(store, "digits")
+    x, y = jnp.asarray(np.random.default_rng(0).random((16, 8, 8), np.float32)), jnp.arange(16) % 10
+    spec32, s32 = create_state(TINY, info, 10)
+    spec16, s16 = create_state(dataclasses.replace(TINY, precision="bf16"), info, 10)
+    s32, m32 = train_step(spec32, s32, x, y)
+    s16, m16 = train_step(spec16, s16, x, y)
+    assert m16["loss"].dtype == jnp.float32
+    assert abs(float(m16["loss"]) - float(m32["loss"])) < 2e-2
+    for leaf in jax.tree.leaves((s16.params, s16.opt_state)):
+        assert leaf.dtype != jnp.bfloat16  # parameters and optimizer state stay float32
