@@ -274,6 +274,9 @@ def validate(cfg: Config) -> None:
     for key in ("optimizer.weight_decay", "optimizer.clip_norm"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
+    for key in ("model.hidden", "model.channels"):
+        if any(width < 1 for width in flat[key]):
+            raise ConfigError(f"bad value for '{key}': {','.join(map(str, flat[key]))}: every width must be at least 1")
     if flat["optimizer.learning_rate"] <= 0:
         raise ConfigError("bad value for 'optimizer.learning_rate': must be positive")
 

@@ -117,6 +117,8 @@ def test_paths_that_are_not_leaves_are_unknown(key):
     ("label_smoothing=1.5", "bad value for 'label_smoothing': 1.5 must be in [0, 1)"),
     ("optimizer.weight_decay=-0.1", "bad value for 'optimizer.weight_decay': -0.1 must not be negative"),
     ("optimizer.b2=1", "bad value for 'optimizer.b2': 1.0 must be in [0, 1)"),
+    ("model.hidden=64,0", "bad value for 'model.hidden': 64,0: every width must be at least 1"),
+    ("model.hidden=-3", "bad value for 'model.hidden': -3: every width must be at least 1"),
     ("steps", "override 'steps' is not KEY=VALUE"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(item, message):
