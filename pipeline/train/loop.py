@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
+from pipeline.data.budget import fits_on_device
 from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, replicated, to_device
 from pipeline.data.sources import split_off_test
+from pipeline.data.stream import StreamingReader
 from pipeline.errors import PipelineError
 from pipeline.objectives import higher_is_better
 from pipeline.track.metrics import MetricsTable
@@ -33,7 +36,7 @@ from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.record import open_run_dir
 from pipeline.train.state import StepSpec, TrainState, create_state
-from pipeline.train.step import eval_sums, train_many
+from pipeline.train.step import eval_sums, train_many, train_scan
 
 AUTO_STEPS_PER_CALL = 100
 FLUSH_SECONDS = 5.0
@@ -57,10 +60,15 @@ class Prepared:
     info: DatasetInfo
     spec: StepSpec
     state: TrainState
-    train: DeviceSplit
+    train: DeviceSplit | None  # the device-resident path, or
+    reader: StreamingReader | None  # the streaming path (a training split over data.max_device_bytes)
     evals: dict[str, EvalBatches]  # "val" (when there is one) and "test"
     total_steps: int
     steps_per_call: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.reader.steps_per_epoch if self.reader else self.train.rows // self.cfg.batch_size
 
     @property
     def select_split(self) -> str:
@@ -72,6 +80,11 @@ def total_steps(cfg: Config, train_rows: int) -> int:
     if cfg.batch_size > train_rows:
         raise ConfigError(f"bad value for 'batch_size': {cfg.batch_size} is more than the {train_rows} training rows")
     return cfg.epochs * (train_rows // cfg.batch_size) if cfg.epochs else cfg.steps
+
+
+def streaming(cfg: Config, info: DatasetInfo) -> bool:
+    """A training split over the device budget is streamed from disk instead of loaded whole."""
+    return not fits_on_device(info, cfg.data.max_device_bytes)
 
 
 def choose_steps_per_call(cfg: Config, steps: int) -> int:
@@ -90,12 +103,16 @@ def checkpoint_interval(cfg: Config) -> int:
 
 
 def read_splits(cfg: Config, store: Store, info: DatasetInfo) -> dict[str, Split]:
-    """train, test and (stored or carved from train by ``data.validation_fraction``) val."""
-    splits = {name: store.read(cfg.data.name, name) for name in ("train", "test") if name in info.rows}
+    """train (unless streamed), test and (stored or carved from train) val, as numpy arrays."""
+    names = ("test",) if streaming(cfg, info) else ("train", "test")
+    splits = {name: store.read(cfg.data.name, name) for name in names if name in info.rows}
     if "test" not in splits:
         raise DataError(f"dataset '{cfg.data.name}' has no test split")
     if "validation" in info.rows:
         splits["val"] = store.read(cfg.data.name, "validation")
+    elif cfg.data.validation_fraction > 0 and streaming(cfg, info):
+        raise ConfigError(f"'data.validation_fraction' cannot carve a split from the streamed dataset "
+                          f"'{cfg.data.name}'; import it with a validation split")
     elif cfg.data.validation_fraction > 0:
         splits["train"], splits["val"] = split_off_test(splits["train"], cfg.data.validation_fraction,
                                                         cfg.resolved_data_seed)
@@ -107,21 +124,53 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     if info.task == "language_modeling" and cfg.model.name != "transformer":
         raise ConfigError(f"dataset '{info.name}' holds token sequences; use model.name=transformer")
     splits = read_splits(cfg, store, info)
-    steps = total_steps(cfg, len(splits["train"]))
-    spec, state = create_state(cfg, info, steps)
     mesh = data_mesh()
+    train_split, reader = None, None
+    if "train" in splits:
+        train_split = to_device(splits["train"], mesh)
+        steps = total_steps(cfg, train_split.rows)
+    else:
+        reader = StreamingReader(store, cfg.data.name, "train", cfg.batch_size, cfg.resolved_data_seed,
+                                 cfg.data.shuffle_buffer, cfg.data.prefetch, jax.process_index(),
+                                 jax.process_count(), mesh=mesh)
+        steps = cfg.epochs * reader.steps_per_epoch if cfg.epochs else cfg.steps
+    spec, state = create_state(cfg, info, steps)
     # Committed to the mesh like every later state, so the step compiles once, not twice.
     state = jax.device_put(state, replicated(mesh))
     evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
-    return Prepared(cfg, info, spec, state, to_device(splits["train"], mesh), evals, steps,
-                    choose_steps_per_call(cfg, steps))
+    return Prepared(cfg, info, spec, state, train_split, reader, evals, steps, choose_steps_per_call(cfg, steps))
 
 
-def compiled(spec: StepSpec, steps_per_call: int):
-    """The two programs of a run: K train steps (state donated) and a whole-split evaluation."""
-    run = jax.jit(functools.partial(train_many, spec, steps_per_call), donate_argnums=0)
+def compiled(spec: StepSpec, steps_per_call: int, stream: bool = False):
+    """The two programs of a run: K train steps (state donated) and a whole-split evaluation.
+
+    The device-resident program gathers its own batches; the streaming one scans K stacked batches.
+    """
+    if stream:
+        run = jax.jit(functools.partial(train_scan, spec), donate_argnums=0)
+    else:
+        run = jax.jit(functools.partial(train_many, spec, steps_per_call), donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_sums, spec))
     return run, evaluate
+
+
+class Batches:
+    """What one compiled call trains on: the resident split, or K batches from the stream."""
+
+    def __init__(self, prep: Prepared, start_step: int):
+        self.prep = prep
+        self._stream = prep.reader.iterate(start_step) if prep.reader else None
+
+    def args(self) -> tuple:
+        if self._stream is None:
+            return self.prep.train.x, self.prep.train.y
+        batches = [next(self._stream) for _ in range(self.prep.steps_per_call)]
+        return tuple(jnp.stack(parts) for parts in zip(*batches, strict=True))
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self.prep.reader.close()
 
 
 @contextlib.contextmanager
@@ -151,7 +200,7 @@ class _Run:
         self.k = prep.steps_per_call
         self.metrics = MetricsTable(run_dir / "metrics.parquet")
         self.checkpointer = Checkpointer(run_dir, prep.cfg.checkpoint_keep)
-        self.run, self.evaluate = compiled(prep.spec, self.k)
+        self.run, self.evaluate = compiled(prep.spec, self.k, stream=prep.reader is not None)
         self.book = Bookkeeping()
         self.started = time.time()
         self.last_flush = time.time()
@@ -204,8 +253,8 @@ class _Run:
         self.book.step = step
         meta = self.book.to_meta()
         meta["wall_s"] = self.wall()
-        meta["reader"] = {"epoch_of_next_step": step // max(self.prep.train.rows // self.prep.cfg.batch_size, 1),
-                          "step": step, "seed": self.prep.cfg.resolved_data_seed}
+        epoch, offset = divmod(step, self.prep.steps_per_epoch)
+        meta["reader"] = {"epoch": epoch, "offset": offset, "seed": self.prep.cfg.resolved_data_seed}
         self.checkpointer.save(step, state, meta, best=best)
 
     def evaluate_all(self, state: TrainState) -> dict[str, Any]:
@@ -225,12 +274,13 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
         r.metrics.truncate_after(0)
     k, total = r.k, prep.total_steps
     pending: list[tuple[int, Any]] = []  # (last step, device metrics) of the previous call
+    batches = Batches(prep, r.book.step)
     try:
         with sigint_flag() as interrupted, r.progress:
             step = r.book.step
             r.progress.update(step, float("nan"))
             while step < total and not r.book.stopped_early:
-                state, step_metrics = r.run(state, prep.train.x, prep.train.y)
+                state, step_metrics = r.run(state, *batches.args())
                 step += k
                 for item in pending:  # the previous call's results, while this one runs
                     r.log_train(*item)
@@ -257,6 +307,7 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
             for item in pending:
                 r.log_train(*item)
     finally:
+        batches.close()
         r.checkpointer.wait()
         r.checkpointer.close()
         r.metrics.flush()

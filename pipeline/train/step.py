@@ -85,6 +85,11 @@ def train_many(spec: StepSpec, num_steps: int, state: TrainState, x_all, y_all) 
     return jax.lax.scan(body, state, idx_KxB)
 
 
+def train_scan(spec: StepSpec, state: TrainState, x_KxB, y_KxB) -> tuple[TrainState, dict]:
+    """K updates in one compiled call over K batches that the host stacked (the streaming path)."""
+    return jax.lax.scan(lambda s, batch: train_step(spec, s, *batch), state, (x_KxB, y_KxB))
+
+
 def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> dict:
     """Sums of the objective's evaluation statistics over padded batches (lax.map).
 
