@@ -19,11 +19,25 @@ def _store(args):
 
 def cmd_data_import(args) -> int:
     from pipeline.data import import_dataset
+    from pipeline.data.layout import Layout
 
+    mib = 1024 * 1024
+    layout = Layout(int(args.row_group_mb * mib), int(args.file_mb * mib), int(args.block_mb * mib))
     info = import_dataset(_store(args), args.source, args.name, target=args.target,
-                          test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite)
+                          test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
+                          layout=layout)
     rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
     print(f"imported '{info.name}': {info.task}, features {list(info.feature_shape)}, {rows} rows")
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from pipeline.data.verify import verify_dataset
+
+    report = verify_dataset(_store(args), args.name)
+    rows = ", ".join(f"{k} {v}" for k, v in report["rows"].items())
+    print(f"ok: '{report['name']}' {report['files']} files, {rows} rows, {report['bytes']:,} bytes, "
+          f"fingerprint {report['fingerprint']}")
     return 0
 
 
@@ -114,14 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the Parquet data store").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("import", parents=[common], help="import a .npz, .csv, .parquet or builtin:NAME")
+    p = data.add_parser("import", parents=[common],
+                        help="import a .npz, .csv, .parquet (file, folder, glob or URI) or builtin:NAME")
     p.add_argument("source")
     p.add_argument("--name", required=True)
     p.add_argument("--target", default=None, help="label column of a table source")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--row-group-mb", type=float, default=8.0, help="row group size (uncompressed MiB)")
+    p.add_argument("--file-mb", type=float, default=256.0, help="file size (uncompressed MiB)")
+    p.add_argument("--block-mb", type=float, default=4.0, help="chunk a table source is read in (MiB)")
     p.set_defaults(func=cmd_data_import)
+    p = data.add_parser("verify", parents=[common], help="recompute the fingerprint, check every file")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_data_verify)
     p = data.add_parser("list", parents=[common], help="datasets in the store")
     p.set_defaults(func=cmd_data_list)
     p = data.add_parser("show", parents=[common], help="schema, shapes, rows, bytes and fingerprint")

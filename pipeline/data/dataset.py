@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from pipeline.data.fingerprint import Fingerprint
+
+FORMAT_VERSION = 2  # 2: streaming fingerprint (fingerprint.py), many files and row groups per split
 TASKS = ("classification", "regression", "language_modeling")
 
 
@@ -56,6 +57,12 @@ class DatasetInfo:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one example in memory (features plus labels)."""
+        x = np.dtype(self.feature_dtype).itemsize * int(np.prod(self.feature_shape, dtype=np.int64))
+        return x + np.dtype(self.label_dtype).itemsize * int(np.prod(self.label_shape, dtype=np.int64))
+
+    @property
     def output_size(self) -> int:
         """Width of the model's last layer for this task."""
         if self.task in ("classification", "language_modeling"):
@@ -64,15 +71,11 @@ class DatasetInfo:
 
 
 def fingerprint(splits: dict[str, Split]) -> str:
-    """A content hash over split names, shapes, dtypes and bytes, in a fixed order."""
-    digest = hashlib.sha256()
-    for name in sorted(splits):
-        split = splits[name]
-        for arr in (split.x, split.y):
-            arr = np.ascontiguousarray(arr)
-            digest.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-            digest.update(memoryview(arr).cast("B"))
-    return "sha256:" + digest.hexdigest()[:32]
+    """The content fingerprint of in-memory splits (same definition as a streamed import)."""
+    digest = Fingerprint()
+    for name, split in splits.items():
+        digest.update(name, split.x, split.y)
+    return digest.hexdigest()
 
 
 def describe(name: str, splits: dict[str, Split], task: str, source: str,

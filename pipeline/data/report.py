@@ -21,7 +21,7 @@ def list_rows(store: Store) -> list[dict]:
 
 def show_text(store: Store, name: str) -> str:
     info = store.info(name)
-    schema = pq.read_schema(store.files(name, "train")[0])
+    schema = pq.read_schema(store.files(name, "train")[0], filesystem=store.fs)
     lines = [
         f"dataset      {info.name}",
         f"path         {store.path(name)}",
@@ -34,7 +34,7 @@ def show_text(store: Store, name: str) -> str:
         lines.append(f"classes      {info.num_classes} ({names})")
     for split, rows in info.rows.items():
         files = store.files(name, split)
-        size = sum(f.stat().st_size for f in files)
+        size = sum(store.file_size(f) for f in files)
         lines.append(f"split        {split}: {rows} rows, {len(files)} file(s), {size:,} bytes")
     lines += [
         f"bytes        {store.size_bytes(name):,}",

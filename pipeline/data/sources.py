@@ -1,18 +1,15 @@
-"""Sources a dataset can be imported from: .npz, .csv, .parquet and built-ins."""
+"""In-memory sources: ``.npz`` archives and built-ins. Table sources (.csv, .parquet) stream: tables.py."""
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
+from pipeline.data import fs as fsx
 from pipeline.data.dataset import Split
-from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError
 
 
@@ -28,40 +25,25 @@ class Loaded:
 
 
 def load_source(source: str, target: str | None, seed: int) -> Loaded:
-    """Read ``source`` into arrays. Raises DataError naming the file and what is wrong."""
+    """Read an ``.npz`` or ``builtin:NAME`` into arrays. Raises DataError naming the file and what is wrong."""
     if source.startswith("builtin:"):
         return load_builtin(source.removeprefix("builtin:"), seed)
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"{source}: no such file")
-    suffix = path.suffix.lower()
+    fs, paths = fsx.expand(source, (".npz",))
+    if len(paths) != 1:
+        raise DataError(f"{source}: {len(paths)} .npz files; import one at a time")
     try:
-        if suffix == ".npz":
-            return load_npz(path)
-        if suffix == ".csv":
-            return load_table(path, _read_csv(path), target)
-        if suffix == ".parquet":
-            return load_table(path, pq.read_table(path), target)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        raise DataError(f"{source}: cannot read: {_first_line(exc)}") from None
-    raise DataError(f"{source}: unknown source type '{suffix}'; use .npz, .csv, .parquet or builtin:NAME")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _read_csv(path: Path) -> pa.Table:
-    return pcsv.read_csv(path)
+        with fs.open_input_file(paths[0]) as handle:
+            return load_npz(source, handle)
+    except (OSError, pa.ArrowException, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{source}: cannot read: {fsx._first_line(exc)}") from None
 
 
 def infer_task(y: np.ndarray) -> str:
     return "classification" if y.dtype.kind in "iub" else "regression"
 
 
-def load_npz(path: Path) -> Loaded:
-    with np.load(path, allow_pickle=False) as archive:
+def load_npz(path: str, handle) -> Loaded:
+    with np.load(handle, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
     for key in ("x", "y"):
         if key not in arrays:
@@ -104,51 +86,6 @@ def _class_ids(train: Split, test: Split | None, names: list[str] | None) -> Loa
     return Loaded(train, test, "classification", int(values.size), [str(v) for v in values])
 
 
-def load_table(path: Path, table: pa.Table, target: str | None) -> Loaded:
-    """Numeric columns become one float32 feature vector; ``target`` becomes the label."""
-    if not target:
-        raise DataError(f"{path}: --target COLUMN is required for a table source")
-    if target not in table.column_names:
-        raise DataError(
-            f"{path}: no target column '{target}' (columns: {', '.join(table.column_names)})"
-        )
-    features = [c for c in table.column_names if c != target]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides the target '{target}'")
-    parts = []
-    for name in features:
-        column = table.column(name)
-        if isinstance(column.type, pa.FixedShapeTensorType):
-            parts.append(to_numpy(column).reshape(table.num_rows, -1).astype(np.float32))
-            continue
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-                or pa.types.is_boolean(column.type)):
-            raise DataError(f"{path}: feature column '{name}' is not numeric ({column.type})")
-        if column.null_count:
-            row = int(np.argmax(to_numpy(pc.is_null(column))))
-            raise DataError(f"{path}: column '{name}' row {row} is empty")
-        parts.append(to_numpy(pc.cast(column, pa.float32())).reshape(-1, 1))
-    x = np.concatenate(parts, axis=1)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        column = features[int(np.argmax(~np.isfinite(x[row])))] if len(parts) == len(features) else "?"
-        raise DataError(f"{path}: row {row} column '{column}' has a NaN or infinite value")
-    label = table.column(target)
-    if label.null_count:
-        row = int(np.argmax(to_numpy(pc.is_null(label))))
-        raise DataError(f"{path}: target column '{target}' row {row} is empty")
-    if pa.types.is_string(label.type) or pa.types.is_large_string(label.type) or pa.types.is_dictionary(label.type):
-        values = to_numpy(pc.cast(label, pa.string())).astype(str)
-        names, ids = np.unique(values, return_inverse=True)
-        return Loaded(Split(x, ids.astype(np.int32)), None, "classification", len(names), [str(n) for n in names])
-    y = to_numpy(label)
-    if y.dtype.kind in "iub":
-        return _class_ids(Split(x, y), None, names=None) if y.dtype.kind != "b" else _class_ids(
-            Split(x, y.astype(np.int32)), None, names=["false", "true"])
-    return Loaded(Split(x, y.astype(np.float32)), None, "regression")
-
-
 def load_builtin(name: str, seed: int) -> Loaded:
     from pipeline.data.builtins import BUILTINS
 
@@ -158,13 +95,20 @@ def load_builtin(name: str, seed: int) -> Loaded:
     return BUILTINS[name](seed)
 
 
-def split_off_test(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """A seeded random split: ``fraction`` of the rows go to the test split."""
+def test_mask(rows: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``rows`` rows go to the test split: ``round(fraction * rows)`` of them, seeded."""
     if not 0.0 < fraction < 1.0:
         raise DataError(f"--test-fraction must be between 0 and 1, not {fraction}")
-    order = np.random.default_rng(seed).permutation(len(split))
-    n_test = max(1, int(round(fraction * len(split))))
-    if n_test >= len(split):
-        raise DataError(f"--test-fraction {fraction} leaves no training rows out of {len(split)}")
-    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
-    return Split(split.x[train_idx], split.y[train_idx]), Split(split.x[test_idx], split.y[test_idx])
+    order = np.random.default_rng(seed).permutation(rows)
+    n_test = max(1, int(round(fraction * rows)))
+    if n_test >= rows:
+        raise DataError(f"--test-fraction {fraction} leaves no training rows out of {rows}")
+    mask = np.zeros(rows, dtype=bool)
+    mask[order[:n_test]] = True
+    return mask
+
+
+def split_off_test(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A seeded random split: ``fraction`` of the rows go to the test split, both keep row order."""
+    mask = test_mask(len(split), fraction, seed)
+    return Split(split.x[~mask], split.y[~mask]), Split(split.x[mask], split.y[mask])

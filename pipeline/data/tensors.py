@@ -11,6 +11,9 @@ def to_arrow(values: np.ndarray) -> pa.Array:
     values = np.ascontiguousarray(values)
     if values.ndim == 1:
         return pa.array(values)
+    if values.shape[0] == 0:  # from_numpy_ndarray refuses empty arrays
+        tensor = pa.fixed_shape_tensor(pa.from_numpy_dtype(values.dtype), list(values.shape[1:]))
+        return pa.ExtensionArray.from_storage(tensor, pa.array([], type=tensor.storage_type))
     return pa.FixedShapeTensorArray.from_numpy_ndarray(values)
 
 

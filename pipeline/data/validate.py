@@ -20,21 +20,29 @@ def check_split(where: str, split: Split, task: str, num_classes: int) -> None:
         )
     if len(split) == 0:
         raise DataError(f"{where}: the split is empty")
-    if split.x.dtype.kind == "f":
-        bad = ~np.isfinite(split.x.reshape(len(split.x), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(f"{where}: row {int(np.argmax(bad))} has a NaN or infinite feature value")
-    if task == "regression" and split.y.dtype.kind == "f":
-        bad = ~np.isfinite(split.y.reshape(len(split.y), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(f"{where}: row {int(np.argmax(bad))} has a NaN or infinite label")
-    if task in ("classification", "language_modeling") and num_classes:
-        if split.y.dtype.kind not in "iu":
-            raise DataError(f"{where}: class labels must be integers, not {split.y.dtype}")
-        flat = split.y.reshape(len(split.y), -1)
-        bad = ((flat < 0) | (flat >= num_classes)).any(axis=1)
-        if bad.any():
+    check_rows(where, split.x, split.y, task, num_classes)
+
+
+def check_rows(where: str, x: np.ndarray, y: np.ndarray, task: str, num_classes: int,
+               first_row: int = 0) -> None:
+    """Finite features (and regression labels), class ids in range; rows numbered from ``first_row``.
+
+    Vectorised: the common case (nothing wrong) is one pass over each array.
+    """
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        raise DataError(f"{where}: row {first_row + int(np.argmax(bad))} has a NaN or infinite feature value")
+    if task == "regression" and y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+        raise DataError(f"{where}: row {first_row + int(np.argmax(bad))} has a NaN or infinite label")
+    if task in ("classification", "language_modeling") and num_classes and len(y):
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{where}: class labels must be integers, not {y.dtype}")
+        if y.min() < 0 or y.max() >= num_classes:
+            flat = y.reshape(len(y), -1)
+            bad = ((flat < 0) | (flat >= num_classes)).any(axis=1)
             row = int(np.argmax(bad))
+            value = flat[row][(flat[row] < 0) | (flat[row] >= num_classes)][0]
             raise DataError(
-                f"{where}: row {row} has label {flat[row].max()} outside the {num_classes} classes"
+                f"{where}: row {first_row + row} has label {value} outside the {num_classes} classes"
             )
