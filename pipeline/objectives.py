@@ -48,18 +48,33 @@ def _regression_sums(out_BxD: jax.Array, y_B: jax.Array, mask_B: jax.Array) -> M
     y = y_B.reshape(out_BxD.shape)
     m = mask_B[:, None]
     err = out_BxD - y
+    count = m.sum() * y.shape[-1]
+    mean = (y * m).sum() / jnp.maximum(count, 1.0)
+    # Centred per batch: sum(y^2) - n*mean^2 would cancel catastrophically for offset targets.
     return {
         "sse": (err**2 * m).sum(), "sae": (jnp.abs(err) * m).sum(),
-        "sy": (y * m).sum(), "syy": (y**2 * m).sum(), "count": m.sum() * y.shape[-1],
+        "count": count, "mean_y": mean, "m2_y": (((y - mean) * m) ** 2).sum(),
     }
+
+
+def _regression_combine(b: Metrics) -> Metrics:
+    """Merge per-batch centred statistics (Chan et al.'s parallel variance)."""
+    count = b["count"].sum()
+    mean = (b["count"] * b["mean_y"]).sum() / jnp.maximum(count, 1.0)
+    m2 = b["m2_y"].sum() + (b["count"] * (b["mean_y"] - mean) ** 2).sum()
+    return {"sse": b["sse"].sum(), "sae": b["sae"].sum(), "count": count, "mean_y": mean, "m2_y": m2}
 
 
 def _regression_finalize(s: dict[str, float]) -> dict[str, float]:
     n = s["count"]
     mse = s["sse"] / n
-    variance = s["syy"] / n - (s["sy"] / n) ** 2
+    variance = s["m2_y"] / n
     r2 = 1.0 - mse / variance if variance > 0 else float("nan")
     return {"loss": mse, "mse": mse, "mae": s["sae"] / n, "r2": r2}
+
+
+def _sum_batches(b: Metrics) -> Metrics:
+    return jax.tree.map(lambda a: a.sum(0), b)
 
 
 def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
@@ -81,14 +96,15 @@ def _lm_finalize(s: dict[str, float]) -> dict[str, float]:
 @dataclass(frozen=True)
 class Objective:
     loss: Callable[..., tuple[jax.Array, Metrics]]
-    sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]
-    finalize: Callable[[dict[str, float]], dict[str, float]]
+    sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]  # statistics of one padded batch
+    finalize: Callable[[dict[str, float]], dict[str, float]]  # combined statistics -> metrics
     best: str  # the metric that picks the best checkpoint by default
+    combine: Callable[[Metrics], Metrics] = _sum_batches  # per-batch statistics (leading axis) -> one
 
 
 OBJECTIVES = {
     "classification": Objective(_classification_loss, _classification_sums, _classification_finalize, "accuracy"),
-    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss"),
+    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss", _regression_combine),
     "language_modeling": Objective(_lm_loss, _lm_sums, _lm_finalize, "loss"),
 }
 

@@ -22,7 +22,7 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def whole_split_metrics(task: str, out: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
-    """Metrics as the evaluation computes them: padded batches, per-batch sums added up in
+    """Metrics as the evaluation computes them: padded batches, per-batch statistics combined in
     float32 (as ``eval_sums`` does), one finalize on the host.
 
     Padded rows get garbage outputs, so a metric that forgot the mask would be far off.
@@ -31,7 +31,7 @@ def whole_split_metrics(task: str, out: np.ndarray, y: np.ndarray, batch_size: i
     batches = eval_batches(Split(out, y), batch_size, data_mesh())
     mask = np.asarray(batches.mask)
     garbage = np.where(mask.reshape(mask.shape + (1,) * (out.ndim - 1)) > 0, np.asarray(batches.x), 1e3)
-    sums = jax.jit(lambda *a: jax.tree.map(lambda s: s.sum(0), jax.vmap(objective.sums)(*a)))
+    sums = jax.jit(lambda *a: objective.combine(jax.vmap(objective.sums)(*a)))
     totals = {name: float(v) for name, v in sums(jnp.asarray(garbage), batches.y, batches.mask).items()}
     return {k: float(v) for k, v in objective.finalize(totals).items()}
 
@@ -91,11 +91,6 @@ def test_regression_eval_metrics_are_exact_for_any_batch_size(batch_size):
     assert got["r2"] == pytest.approx(1.0 - mse / np.var(y.astype(np.float64)), rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "r2 cancels catastrophically for targets with a large offset: the regression sums keep sum(y) and "
-    "sum(y^2) in float32 and eval_sums (pipeline/train/step.py) adds batches in float32, so "
-    "var = sum(y^2)/n - (sum(y)/n)^2 is noise. Needs per-batch centred statistics (count, mean, M2) "
-    "merged in float64 on the host, i.e. a combine step in eval_sums/finalize"))
 def test_r2_of_targets_with_a_large_offset():
     y = (1e4 + RNG.normal(size=1000)).astype(np.float32)
     pred = (y + 0.3 * RNG.normal(size=1000)).astype(np.float32)[:, None]

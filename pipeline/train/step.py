@@ -102,5 +102,4 @@ def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> d
         out, _ = apply_model(spec, params, state.rest, x, state.hparams, None)
         return spec.objective.sums(out, y, mask)
 
-    per_batch = jax.lax.map(one, (x_NbxB, y_NbxB, mask_NbxB))
-    return jax.tree.map(lambda a: a.sum(0), per_batch)
+    return spec.objective.combine(jax.lax.map(one, (x_NbxB, y_NbxB, mask_NbxB)))
