@@ -37,6 +37,7 @@ def last_line_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_import_train_json_end_to_end(cli, workdir):
     source = write_blobs(workdir / "x.npz")
     r = cli("data", "import", str(source), "--name", "n")
