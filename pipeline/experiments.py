@@ -46,10 +46,18 @@ def load_module(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"pipeline_experiment_{path.stem}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a broken experiment file: one line here, the traceback with --debug
+        raise ExperimentError(f"experiment {path}: {_one_line(exc)}") from exc
     if not hasattr(module, "config"):
         raise ExperimentError(f"experiment {path} has no config() function")
     return module
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def experiment_name(name: str) -> str:
@@ -58,5 +66,12 @@ def experiment_name(name: str) -> str:
 
 def load_config(name: str, overrides: list[str] | None = None) -> Config:
     """The experiment's ``config()`` with ``KEY=VALUE`` overrides applied and validated."""
-    cfg = load_module(name).config()
+    module = load_module(name)
+    try:
+        cfg = module.config()
+    except Exception as exc:
+        raise ExperimentError(f"experiment {module.__file__}: config() failed: {_one_line(exc)}") from exc
+    if not isinstance(cfg, Config):
+        raise ExperimentError(f"experiment {module.__file__}: config() returned {type(cfg).__name__}, "
+                              "not a pipeline.config.Config")
     return apply_overrides(cfg, list(overrides or []))

@@ -132,3 +132,18 @@ def test_non_finite_loss_names_the_step(cli, store_root, tmp_path):
                      f"(metrics up to step 1 are in {run_dir / 'metrics.parquet'})")
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     assert rows and {row["step"] for row in rows} == {1} and all(np.isfinite(row["value"]) for row in rows)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def config(:\n", "SyntaxError: "),
+    ("raise ImportError('no module named torch')\n", "ImportError: no module named torch"),
+    ("x = 1\n", "has no config() function"),
+    ("def config():\n    return {'steps': 1}\n", "config() returned dict, not a pipeline.config.Config"),
+    ("from pipeline.config import Config\ndef config():\n    return Config(step=1)\n",
+     "config() failed: TypeError: "),
+], ids=["syntax-error", "import-error", "no-config", "not-a-config", "config-raises"])
+def test_broken_experiment_file_is_one_line(cli, store_root, tmp_path, source, message):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    error = fails(cli, store_root, tmp_path / "runs", str(path))
+    assert error.startswith(f"experiment {path}") and message in error, error
