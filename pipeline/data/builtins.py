@@ -33,7 +33,15 @@ def regression(seed: int) -> Loaded:
     return Loaded(Split(x, y.astype(np.float32)), None, "regression")
 
 
+def text(seed: int) -> Loaded:
+    """Byte-level token windows of the Python standard library's source (see text_corpus.py)."""
+    from pipeline.data.text_corpus import text as load_text
+
+    return load_text(seed)
+
+
 BUILTINS: dict[str, Callable[[int], Loaded]] = {
     "digits": digits,
     "regression": regression,
+    "text": text,
 }
