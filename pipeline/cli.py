@@ -100,16 +100,27 @@ def cmd_runs_list(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pipeline.sweep.command import run_from_args
+
+    return run_from_args(args, _store(args), _compile_cache)
+
+
 def cmd_runs_show(args) -> int:
+    from pipeline.sweep.report import is_sweep, show_sweep
     from pipeline.track.runs import show_run
 
-    print(show_run(Path(args.run)))
+    print(show_sweep(Path(args.run)) if is_sweep(Path(args.run)) else show_run(Path(args.run)))
     return 0
 
 
 def cmd_runs_plot(args) -> int:
+    from pipeline.sweep.report import is_sweep, plot_sweep
     from pipeline.track.runs import plot_run_dir
 
+    if is_sweep(Path(args.run)):
+        print("\n".join(str(p) for p in plot_sweep(Path(args.run))))
+        return 0
     print(plot_run_dir(Path(args.run)))
     return 0
 
@@ -157,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", parents=[common], help="sweep hyperparameters: vmapped populations")
+    from pipeline.sweep.command import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_sweep)
 
     runs = sub.add_parser("runs", help="recorded runs").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("list", parents=[common])

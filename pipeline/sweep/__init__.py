@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: search spaces, strategies, vmapped populations, sweep folders."""

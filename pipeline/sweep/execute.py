@@ -1,0 +1,219 @@
+"""One population from first step to last: K steps a call, evaluations, halving, checkpoints.
+
+The host reads back the metrics of call N while call N+1 runs. At evaluations it catches
+up, records every live member, stops diverged, early-stopped and (at rungs) the worst
+members, and checkpoints the population so an interrupted sweep continues from here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from pipeline.objectives import higher_is_better
+from pipeline.sweep import checkpoint
+from pipeline.sweep.plan import Group, Trial
+from pipeline.sweep.population import SoloPopulation, VmapPopulation, stack, unstack
+from pipeline.sweep.records import Curves, TrialRecord
+from pipeline.train.evaluation import finalize
+from pipeline.train.loop import Interrupted, Prepared, checkpoint_interval
+from pipeline.train.state import create_state
+
+
+@dataclass
+class Halving:
+    rungs: tuple[int, ...] = ()
+    keep: float = 0.5  # the fraction of live members that continue at each rung
+
+
+@dataclass
+class GroupRun:
+    """What every population of one group shares: data, compiled programs, where to record."""
+
+    group: Group
+    prep: Prepared
+    programs: Any
+    vmap: bool
+    trials: list[Trial]
+    records: dict[int, TrialRecord]
+    checkpoints: Path
+    halving: Halving
+    interrupted: dict
+    on_checkpoint: Callable[[], None]  # rewrites trials.parquet
+    on_progress: Callable[[int, float], None] = lambda steps, loss: None
+    key_slots: int = 1  # distinct data keys a population of this group holds, at most
+    select: tuple[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.select = (self.prep.select_split, self.prep.cfg.best_metric or self.prep.spec.objective.best)
+
+
+class PopulationRun:
+    def __init__(self, run: GroupRun, index: int, members: list[int], size: int):
+        self.run, self.members = run, members
+        self.folder = run.checkpoints / f"g{run.group.id}-c{index}"
+        self.cfg = run.prep.cfg
+        self.k, self.total = run.group.steps_per_call, run.group.total_steps
+        self.slots: list[int | None] = members + [None] * (size - len(members))
+        self.step, self.wall0 = 0, 0.0
+        self.curves = Curves()
+        meta = checkpoint.read_meta(self.folder)
+        resumable = meta is not None and meta["members"] == members
+        if resumable:
+            self.slots = meta["slots"]  # after a repack, fewer slots than members
+        states = self._fresh_states()
+        self.live = np.array([s is not None for s in self.slots])
+        restored = checkpoint.load(self.folder, jax.device_get(stack(states))) if resumable else None
+        if restored is not None:
+            host_state, meta, table = restored
+            self.step, self.wall0 = meta["step"], meta["wall_s"]
+            self.live = np.array(meta["live"], bool)
+            for tid, rec in meta["records"].items():
+                run.records[int(tid)] = TrialRecord.from_json(rec)
+            self.curves.extend(table)
+            states = jax.device_put(host_state)
+        elif run.vmap:
+            states = stack(states)
+        for t in members:
+            if run.records[t].status == "pending":
+                run.records[t].status = "running"
+        if run.vmap:
+            self.pop = VmapPopulation(run.programs, states, self.live, run.prep.train, self.step, run.key_slots)
+        else:
+            states = states if isinstance(states, list) else unstack(states, len(self.slots))
+            self.pop = SoloPopulation(run.programs, states, self.live, run.prep.train)
+        self.started = time.time()
+
+    def _fresh_states(self) -> list[Any]:
+        prep, out = self.run.prep, []
+        for slot in self.slots:
+            cfg = self.run.trials[slot if slot is not None else self.members[0]].cfg
+            out.append(create_state(cfg, prep.info, self.total)[1])
+        return out
+
+    def wall(self) -> float:
+        return self.wall0 + time.time() - self.started
+
+    # -- the loop ------------------------------------------------------------------------
+    def execute(self) -> None:
+        pending = None
+        every_save = checkpoint_interval(self.cfg)
+        while self.step < self.total and self.live.any():
+            handle = self.pop.step()
+            self.step += self.k
+            if pending is not None:
+                self._train_metrics(*pending)  # the previous call's, while this one runs
+            pending = (self.step, handle)
+            eval_due = self.step % self.cfg.eval_every == 0 or self.step == self.total
+            save_due = self.step % every_save == 0
+            if eval_due or save_due or self.run.interrupted["set"]:
+                self._train_metrics(*pending)
+                pending = None
+                if eval_due:
+                    self._evaluate()
+                if self.step < self.total and self.live.any():
+                    self.save()
+                if self.run.interrupted["set"]:
+                    raise Interrupted(f"interrupted at step {self.step} of group {self.run.group.id}; the sweep "
+                                      f"is checkpointed: continue it with the same command and --sweep-dir "
+                                      f"{self.run.checkpoints.parent}")
+        if pending is not None:
+            self._train_metrics(*pending)
+        for slot in np.flatnonzero(self.live):
+            self._finish(self.slots[slot], "done", None)
+
+    def _finish(self, trial: int, status: str, at: int | None, steps: int | None = None) -> None:
+        rec = self.run.records[trial]
+        rec.status, rec.stopped_at = status, at
+        rec.steps = self.step if steps is None else steps
+        rec.wall_s = self.wall()
+
+    def _train_metrics(self, last_step: int, handle: Any) -> None:
+        host = self.pop.fetch(handle)
+        if not host:
+            return
+        steps = np.arange(last_step - self.k + 1, last_step + 1)
+        live = np.flatnonzero(self.live)
+        bad_LxK = ~np.isfinite(host["loss"][live])
+        ok = live[~bad_LxK.any(axis=1)]
+        ids = np.array([self.slots[s] for s in ok], np.int64)
+        self.curves.add(np.repeat(ids, self.k), np.tile(steps, len(ok)), "train",
+                        {n: v[ok].reshape(-1) for n, v in host.items()})
+        diverged = []
+        for row, slot in enumerate(live):
+            if not bad_LxK[row].any():
+                continue
+            first = int(np.argmax(bad_LxK[row]))
+            trial = self.slots[slot]
+            self.curves.add(np.full(first, trial), steps[:first], "train",
+                            {n: v[slot, :first] for n, v in host.items()})
+            # Frozen inside the compiled program at the state before this call.
+            self._finish(trial, "diverged", int(steps[first]), steps=last_step - self.k)
+            diverged.append(int(slot))
+        if diverged:
+            self.live[diverged] = False
+            self.pop.stop(diverged)
+        for slot in ok:
+            self.run.records[self.slots[slot]].steps = last_step
+        if len(ok):
+            self.run.on_progress(len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
+
+    def _evaluate(self) -> None:
+        sums = self.pop.eval_sums(self.run.prep.evals)
+        split, metric = self.run.select
+        objective = self.run.prep.spec.objective
+        live = np.flatnonzero(self.live)
+        for slot in live:
+            evals = {s: finalize(objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
+            trial = self.slots[slot]
+            self.run.records[trial].observe(self.step, evals, split, metric)
+            for s, values in evals.items():
+                self.curves.add(np.array([trial]), np.array([self.step]), s, values)
+        patience = self.cfg.patience
+        if patience:
+            done = [int(s) for s in live if self.run.records[self.slots[s]].evals_since_best >= patience]
+            self._stop(done, "early_stopped")
+        if self.step in self.run.halving.rungs and self.step < self.total:
+            self._halve(split, metric)
+
+    def _stop(self, slots: list[int], status: str) -> None:
+        if not slots:
+            return
+        for slot in slots:
+            self._finish(self.slots[slot], status, self.step)
+        self.live[slots] = False
+        self.pop.stop(slots)
+
+    def _halve(self, split: str, metric: str) -> None:
+        """Successive halving: the worst members of this population stop here; their records stay."""
+        live = [int(s) for s in np.flatnonzero(self.live)]
+        sign = -1.0 if higher_is_better(metric) else 1.0
+
+        def badness(slot: int) -> tuple[float, int]:
+            value = self.run.records[self.slots[slot]].last_eval[split][metric]
+            return (math.inf if math.isnan(value) else sign * value, self.slots[slot])
+
+        ranked = sorted(live, key=badness)
+        survivors = max(1, math.ceil(len(ranked) * self.run.halving.keep))
+        self._stop(ranked[survivors:], "stopped")
+        kept = [int(s) for s in np.flatnonzero(self.live)]
+        if len(kept) <= len(self.slots) // 2:  # repack: stopped members stop costing compute
+            self.pop.keep_only(kept)
+            self.slots = [self.slots[s] for s in kept]
+            self.live = self.live[kept]
+
+    def save(self) -> None:
+        meta = {
+            "members": self.members, "slots": self.slots, "live": self.live.tolist(), "step": self.step,
+            "wall_s": self.wall(),
+            "records": {str(t): self.run.records[t].to_json() for t in self.members},
+        }
+        checkpoint.save(self.folder, self.pop.host_state(), meta, self.curves.table())
+        self.run.on_checkpoint()

@@ -1,0 +1,130 @@
+"""From trials to groups and populations: what runs together in one compiled program.
+
+Trials whose configs differ only in traced hyperparameters share a group: their train
+states have the same structure and shapes, so they stack into one vmapped population.
+Everything else (model structure, batch size, steps, precision, optimizer name,
+schedule, ...) is part of the compiled program and splits trials into groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+
+from pipeline.config import Config, ConfigError, apply_overrides, flat_keys
+from pipeline.data import DatasetInfo
+from pipeline.sweep.space import Space, format_value
+from pipeline.train.loop import choose_steps_per_call, total_steps
+
+# Config keys that live in the train state as arrays (DESIGN.md section 2): a population
+# may hold different values of these in one compiled program.
+TRACED_KEYS = (
+    "seed", "data_seed", "label_smoothing", "ema_decay", "model.dropout",
+    "optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum",
+    "optimizer.b1", "optimizer.b2", "optimizer.clip_norm",
+)
+# Traced values whose being zero or not switches a piece of the program on or off.
+SWITCHES = ("optimizer.clip_norm", "ema_decay")
+DEFAULT_POPULATION_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Trial:
+    id: int
+    values: dict[str, Any]  # the swept keys' values
+    overrides: list[str]  # fixed then swept: `pipeline train EXPERIMENT *overrides` re-runs this trial
+    cfg: Config
+    group: int = -1
+
+
+@dataclass
+class Group:
+    id: int
+    key: str  # the config with traced keys blanked: equal keys, equal compiled programs
+    trials: list[int] = field(default_factory=list)
+    chunks: list[list[int]] = field(default_factory=list)  # populations, run one after another
+    total_steps: int = 0
+    steps_per_call: int = 0
+
+
+def make_trials(base: Config, space: Space, points: list[dict[str, Any]]) -> list[Trial]:
+    """Apply each point's overrides to ``base``; an invalid combination fails before anything runs."""
+    out = []
+    for i, point in enumerate(points):
+        overrides = list(space.fixed) + [f"{k}={format_value(v)}" for k, v in point.items()]
+        try:
+            cfg = apply_overrides(base, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"trial {i} ({' '.join(overrides[len(space.fixed):])}): {exc}") from None
+        out.append(Trial(i, dict(point), overrides, cfg))
+    return out
+
+
+def group_key(cfg: Config, carves_validation: bool) -> str:
+    flat = flat_keys(cfg)
+    for key in SWITCHES:
+        if key in flat:
+            flat[key + ">0"] = bool(flat[key] > 0)
+    for key in TRACED_KEYS:
+        flat.pop(key, None)
+    if carves_validation:  # the data seed also picks which rows are held out: different data
+        flat["validation_rows_seed"] = cfg.resolved_data_seed
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Group]:
+    """Group trials by their compiled program, in order of first appearance; fix each group's steps."""
+    groups: dict[str, Group] = {}
+    for t in trials:
+        info = infos[t.cfg.data.name]
+        carves = "validation" not in info.rows and t.cfg.data.validation_fraction > 0
+        key = group_key(t.cfg, carves)
+        g = groups.setdefault(key, Group(len(groups), key))
+        g.trials.append(t.id)
+        t.group = g.id
+    for g in groups.values():
+        cfg = trials[g.trials[0]].cfg
+        info = infos[cfg.data.name]
+        train_rows = info.rows["train"]
+        if cfg.data.validation_fraction > 0 and "validation" not in info.rows:
+            train_rows -= max(1, int(round(cfg.data.validation_fraction * train_rows)))
+        g.total_steps = total_steps(cfg, train_rows)
+        g.steps_per_call = choose_steps_per_call(cfg, g.total_steps)
+    return list(groups.values())
+
+
+def member_bytes(state: Any, cfg: Config, info: DatasetInfo) -> int:
+    """A rough device footprint of one member: state, gradients and update temporaries, activations."""
+    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    batch_bytes = cfg.batch_size * math.prod(info.feature_shape) * 4
+    return 4 * state_bytes + 8 * batch_bytes
+
+
+def chunk(trial_ids: list[int], capacity: int) -> list[list[int]]:
+    """Split into the fewest populations of at most ``capacity``, as even as possible."""
+    n = -(-len(trial_ids) // max(capacity, 1))
+    size = -(-len(trial_ids) // n)
+    return [trial_ids[i:i + size] for i in range(0, len(trial_ids), size)]
+
+
+def population_size(per_member: int, max_population: int | None, budget_bytes: int) -> int:
+    by_memory = max(1, budget_bytes // max(per_member, 1))
+    return min(by_memory, max_population) if max_population else by_memory
+
+
+def parse_bytes(text: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB`` or a plain number of bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise ConfigError(f"bad value for '--population-memory': {text!r} is not a size like 512M or 2G") from None
+    if value < 1:
+        raise ConfigError(f"bad value for '--population-memory': {text!r} must be positive")
+    return int(value)

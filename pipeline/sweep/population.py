@@ -1,0 +1,202 @@
+"""Populations: the train states of many trials, stepped together.
+
+``VmapPopulation`` stacks the members' solo ``TrainState``s along a new leading axis and
+runs K steps of all of them in ONE compiled program, ``jit(vmap(train_many))`` over the
+device-resident data (the purejaxrl pattern). A member whose loss turns non-finite is
+frozen inside that program: it keeps its previous state while the others move on.
+
+``SoloPopulation`` holds the same members and steps them one at a time with the solo
+programs of ``pipeline train`` (``--no-vmap``): the reference a population must match.
+Both expose the same small interface, so the sweep loop does not know which it drives.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, replicated
+from pipeline.train.loop import compiled
+from pipeline.train.state import StepSpec, TrainState
+from pipeline.train.step import batch_indices, eval_sums, train_step
+
+# How many times each program was traced, i.e. compiled: tests assert on it.
+TRACES: collections.Counter[str] = collections.Counter()
+
+
+@dataclass(frozen=True)
+class Programs:
+    run: Callable
+    evaluate: Callable
+    steps_per_call: int
+
+
+def on_mesh(tree: Any) -> Any:
+    """Committed like the data (and like the programs' outputs), so each program compiles once."""
+    return jax.device_put(tree, replicated(data_mesh()))
+
+
+def stack(states: list[TrainState]) -> TrainState:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def _select(keep_P: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    return jnp.where(keep_P.reshape(keep_P.shape + (1,) * (new.ndim - 1)), new, old)
+
+
+def vmapped_programs(spec: StepSpec, steps_per_call: int):
+    """K steps of a whole population (state donated), and its evaluation: two compiled programs.
+
+    ``train_many`` vmapped, with one change measured to matter: members that share a data
+    key (the usual case: one data seed, many learning rates) share one computation of
+    their batch order, instead of every member sorting the same permutations again.
+    """
+    k = steps_per_call
+    step_all = jax.vmap(functools.partial(train_step, spec))
+    evaluate_all = jax.vmap(functools.partial(eval_sums, spec), in_axes=(0, None, None, None))
+
+    def run(state: TrainState, live_P: jax.Array, rep_U: jax.Array, which_P: jax.Array,
+            first_step: jax.Array, x_all, y_all):
+        TRACES["train"] += 1
+        n = x_all.shape[0]
+        idx_UxKxB = jax.vmap(lambda key: batch_indices(key, first_step, k, spec.batch_size, n))(state.data_key[rep_U])
+        idx_KxPxB = jnp.swapaxes(idx_UxKxB[which_P], 0, 1)
+
+        def body(s, idx_PxB):
+            return step_all(s, x_all[idx_PxB], y_all[idx_PxB])
+
+        new, metrics_KxP = jax.lax.scan(body, state, idx_KxPxB)
+        metrics_PxK = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), metrics_KxP)
+        keep_P = live_P & jnp.all(jnp.isfinite(metrics_PxK["loss"]), axis=1)
+        # Frozen (diverged or stopped) members keep their state: one select, inside the program.
+        return jax.tree.map(functools.partial(_select, keep_P), new, state), metrics_PxK, keep_P
+
+    def evaluate(state: TrainState, x, y, mask):
+        TRACES["eval"] += 1
+        return evaluate_all(state, x, y, mask)
+
+    return Programs(jax.jit(run, donate_argnums=0), jax.jit(evaluate), k)
+
+
+def solo_programs(spec: StepSpec, steps_per_call: int) -> Programs:
+    """The two programs of ``pipeline train`` itself."""
+    return Programs(*compiled(spec, steps_per_call), steps_per_call)
+
+
+def shared_keys(data_keys: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rep_U`` (a member holding each distinct data key, padded to ``slots``) and ``which_P``."""
+    rows = [tuple(np.asarray(k).ravel().tolist()) for k in data_keys]
+    distinct = list(dict.fromkeys(rows))
+    rep = [rows.index(d) for d in distinct]
+    rep += [rep[0]] * (slots - len(rep))  # a fixed count: one compiled program for the whole group
+    return np.array(rep, np.int32), np.array([distinct.index(r) for r in rows], np.int32)
+
+
+class VmapPopulation:
+    def __init__(self, programs: Programs, state: TrainState, live: np.ndarray, train: DeviceSplit,
+                 first_step: int, key_slots: int):
+        self.programs, self.run, self.evaluate = programs, programs.run, programs.evaluate
+        self.state = on_mesh(state)
+        self.live = on_mesh(jnp.asarray(live))
+        self.train = train
+        self.step_count = first_step
+        self.key_slots = key_slots
+        self._share_keys()
+
+    def _share_keys(self) -> None:
+        data_keys = jax.device_get(self.state.data_key)
+        rep, which = shared_keys(data_keys, max(self.key_slots, len({tuple(k.ravel()) for k in data_keys})))
+        self.rep, self.which = on_mesh(rep), on_mesh(which)
+
+    def step(self) -> Any:
+        self.state, metrics, self.live = self.run(self.state, self.live, self.rep, self.which,
+                                                  jnp.int32(self.step_count), self.train.x, self.train.y)
+        self.step_count += self.programs.steps_per_call
+        return metrics
+
+    def fetch(self, handle: Any) -> dict[str, np.ndarray]:
+        """Device metrics of one call -> ``{name: (P, K) array}`` on the host."""
+        return {k: np.asarray(v) for k, v in jax.device_get(handle).items()}
+
+    def eval_sums(self, evals: dict[str, EvalBatches]) -> dict[str, dict[str, np.ndarray]]:
+        """``{split: {sum name: (P,) array}}`` for every member."""
+        out = {name: self.evaluate(self.state, b.x, b.y, b.mask) for name, b in evals.items()}
+        return {s: {k: np.asarray(v) for k, v in sums.items()} for s, sums in jax.device_get(out).items()}
+
+    def stop(self, slots: list[int]) -> None:
+        mask = np.ones(self.live.shape, bool)
+        mask[slots] = False
+        self.live = self.live & jnp.asarray(mask)
+
+    def keep_only(self, slots: list[int]) -> None:
+        """Repack to the given slots (successive halving frees the stopped members' compute)."""
+        idx = jnp.asarray(slots)
+        self.state = jax.tree.map(lambda a: a[idx], self.state)
+        self.live = self.live[idx]
+        self._share_keys()
+
+    def host_state(self) -> Any:
+        return jax.device_get(self.state)
+
+
+class SoloPopulation:
+    """The same members, each stepped by the solo compiled programs of ``pipeline train``."""
+
+    def __init__(self, programs: Programs, states: list[TrainState], live: np.ndarray, train: DeviceSplit,
+                 first_step: int = 0, key_slots: int = 0):
+        self.run, self.evaluate = programs.run, programs.evaluate
+        self.states = [on_mesh(s) for s in states]
+        self.live = np.array(live, bool)
+        self.train = train
+
+    def step(self) -> Any:
+        handles = {}
+        for i in np.flatnonzero(self.live):
+            self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y)
+        return handles
+
+    def fetch(self, handle: dict[int, Any]) -> dict[str, np.ndarray]:
+        host = jax.device_get(handle)
+        first = next(iter(host.values()), None)
+        if first is None:
+            return {}
+        out = {k: np.full((len(self.states), len(v)), np.nan) for k, v in first.items()}
+        for i, metrics in host.items():
+            for k, v in metrics.items():
+                out[k][i] = v
+        return out
+
+    def eval_sums(self, evals: dict[str, EvalBatches]) -> dict[str, dict[str, np.ndarray]]:
+        live = np.flatnonzero(self.live)
+        per = {int(i): {n: self.evaluate(self.states[i], b.x, b.y, b.mask) for n, b in evals.items()}
+               for i in live}
+        per = jax.device_get(per)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for split in evals:
+            names = per[int(live[0])][split] if len(live) else {}
+            out[split] = {k: np.full(len(self.states), np.nan) for k in names}
+            for i in live:
+                for k, v in per[int(i)][split].items():
+                    out[split][k][i] = v
+        return out
+
+    def stop(self, slots: list[int]) -> None:
+        self.live[slots] = False
+
+    def keep_only(self, slots: list[int]) -> None:
+        self.states = [self.states[i] for i in slots]
+        self.live = self.live[slots]
+
+    def host_state(self) -> Any:
+        return jax.tree.map(lambda *leaves: np.stack(leaves), *jax.device_get(self.states))
+
+
+def unstack(state: Any, size: int) -> list[Any]:
+    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(size)]

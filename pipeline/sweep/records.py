@@ -1,0 +1,168 @@
+"""What the host remembers about each trial, and the two tables of a sweep folder.
+
+``trials.parquet``: one row per trial (id, group, every swept hyperparameter as its own
+column, status, final and best metrics with the step of the best, steps, wall time and
+the exact override list that re-runs it with ``pipeline train``).
+``curves.parquet``: every trial's metrics in long format (trial, step, split, name, value).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.objectives import higher_is_better
+from pipeline.sweep.plan import Trial
+from pipeline.sweep.space import format_value
+
+METRIC_COLUMN = re.compile(r"^(?P<kind>final|best)_(?P<split>val|test)_(?P<name>.+)$")
+FINISHED = ("done", "diverged", "stopped", "early_stopped")
+
+CURVES_SCHEMA = pa.schema([
+    ("trial", pa.int32()),
+    ("step", pa.int64()),
+    ("split", pa.string()),
+    ("name", pa.string()),
+    ("value", pa.float64()),
+])
+
+
+@dataclass
+class TrialRecord:
+    status: str = "pending"  # pending | running | done | diverged | stopped | early_stopped
+    steps: int = 0  # updates in the trial's final state
+    wall_s: float = 0.0
+    stopped_at: int | None = None  # the step of divergence or of the rung that stopped it
+    last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+
+    def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str) -> None:
+        """Record one evaluation; track the best by ``split/metric`` (what the solo loop selects by)."""
+        self.last_eval = evals
+        value = evals[split][metric]
+        if math.isnan(value):
+            better = False
+        elif self.best_value is None:
+            better = True
+        else:
+            better = value > self.best_value if higher_is_better(metric) else value < self.best_value
+        if better:
+            self.best_value, self.best_step, self.best_eval, self.evals_since_best = value, step, evals, 0
+        else:
+            self.evals_since_best += 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrialRecord:
+        return cls(**data)
+
+
+class Curves:
+    """Long-format metric rows collected in memory (numpy blocks, concatenated on write)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[pa.Table] = []
+
+    def add(self, trial: np.ndarray, step: np.ndarray, split: str, values: dict[str, np.ndarray]) -> None:
+        """``trial`` and ``step`` are equal-length arrays; each value array matches them."""
+        trial = np.asarray(trial, np.int32)
+        step = np.asarray(step, np.int64)
+        if trial.size == 0:
+            return
+        for name, v in values.items():
+            self.blocks.append(pa.table({
+                "trial": trial, "step": step, "split": pa.array([split] * trial.size, pa.string()),
+                "name": pa.array([name] * trial.size, pa.string()),
+                "value": np.asarray(v, np.float64).reshape(trial.shape),
+            }, schema=CURVES_SCHEMA))
+
+    def table(self) -> pa.Table:
+        table = pa.concat_tables(self.blocks) if self.blocks else CURVES_SCHEMA.empty_table()
+        self.blocks = [table] if self.blocks else []
+        return table
+
+    def extend(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.blocks.append(table.cast(CURVES_SCHEMA))
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Through a temporary file and an atomic rename: readers never see half a table."""
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def merge_curves(path: Path, new: pa.Table) -> None:
+    """Replace the rows of ``new``'s trials in ``path`` (a re-run chunk never duplicates rows)."""
+    if path.is_file():
+        old = pq.read_table(path).cast(CURVES_SCHEMA)
+        ids = pa.array(np.unique(np.asarray(new.column("trial"))), pa.int32())
+        keep = pa.compute.invert(pa.compute.is_in(old.column("trial"), value_set=ids))
+        new = pa.concat_tables([old.filter(keep), new.cast(CURVES_SCHEMA)])
+    new = new.sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"), ("step", "ascending")])
+    write_parquet(new, path)
+
+
+def _hp_column(values: list[Any]) -> pa.Array:
+    if all(isinstance(v, tuple) for v in values):  # model.hidden=64,64: spelled as on the command line
+        return pa.array([format_value(v) for v in values], pa.string())
+    return pa.array(values)
+
+
+def trials_table(trials: list[Trial], records: dict[int, TrialRecord], swept: list[str]) -> pa.Table:
+    rows_metrics: dict[str, list] = {}
+    finals = [{f"final_{s}_{n}": v for s, m in records[t.id].last_eval.items() for n, v in m.items()} for t in trials]
+    bests = [{f"best_{s}_{n}": v for s, m in records[t.id].best_eval.items() for n, v in m.items()} for t in trials]
+    metric_names = list(dict.fromkeys(k for row in finals + bests for k in row))
+    for name in sorted(metric_names, key=lambda k: (not k.startswith("final_"), k)):
+        source = finals if name.startswith("final_") else bests
+        rows_metrics[name] = [row.get(name, float("nan")) for row in source]
+    columns: dict[str, Any] = {
+        "trial": pa.array([t.id for t in trials], pa.int32()),
+        "group": pa.array([t.group for t in trials], pa.int32()),
+        "status": pa.array([records[t.id].status for t in trials], pa.string()),
+        "steps": pa.array([records[t.id].steps for t in trials], pa.int64()),
+        "wall_s": pa.array([records[t.id].wall_s for t in trials], pa.float64()),
+    }
+    for key in swept:
+        columns[key] = _hp_column([t.values[key] for t in trials])
+    for name, vals in rows_metrics.items():
+        columns[name] = pa.array(vals, pa.float64())
+    columns["best_step"] = pa.array([records[t.id].best_step for t in trials], pa.int64())
+    columns["stopped_at"] = pa.array([records[t.id].stopped_at for t in trials], pa.int64())
+    columns["overrides"] = pa.array([t.overrides for t in trials], pa.list_(pa.string()))
+    return pa.table(columns)
+
+
+def read_records(path: Path) -> dict[int, TrialRecord]:
+    """The finished trials of an earlier (interrupted) sweep, rebuilt from ``trials.parquet``."""
+    if not path.is_file():
+        return {}
+    rows = pq.read_table(path).to_pylist()
+    out = {}
+    for row in rows:
+        if row["status"] not in FINISHED:
+            continue
+        rec = TrialRecord(status=row["status"], steps=row["steps"], wall_s=row["wall_s"],
+                          stopped_at=row["stopped_at"], best_step=row["best_step"])
+        for col, value in row.items():
+            match = METRIC_COLUMN.match(col)
+            if match and value is not None and not math.isnan(value):
+                target = rec.last_eval if match["kind"] == "final" else rec.best_eval
+                target.setdefault(match["split"], {})[match["name"]] = value
+        out[int(row["trial"])] = rec
+    return out

@@ -1,0 +1,190 @@
+"""``pipeline sweep``: space -> trials -> groups -> populations, recorded in a sweep folder.
+
+Everything that can be wrong with the input is checked before the folder is created or
+touched. Groups run one after another; each group's populations share one compiled
+program (padded to one size); a resumed sweep skips finished trials and continues its
+populations from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, apply_overrides, to_dict
+from pipeline.data import Store, ensure_dataset
+from pipeline.experiments import experiment_name, load_module
+from pipeline.objectives import higher_is_better
+from pipeline.sweep import checkpoint, folder, plan, records, strategy
+from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
+from pipeline.sweep.population import solo_programs, vmapped_programs
+from pipeline.sweep.space import Space, SpaceError, parse_space
+from pipeline.track.progress import Progress
+from pipeline.track.run_dir import write_json
+from pipeline.train.loop import prepare, sigint_flag
+from pipeline.train.state import create_state
+
+
+@dataclass
+class SweepOptions:
+    strategy: str | None = None  # None: the experiment's sweep() choice, else grid
+    trials: int | None = None
+    search_seed: int = 0
+    sweep_dir: Path | None = None
+    sweeps_root: Path | None = None
+    vmap: bool = True
+    max_population: int | None = None
+    population_memory: int = plan.DEFAULT_POPULATION_BYTES
+    rungs: tuple[int, ...] = ()
+    keep: float = 0.5
+    show_progress: bool = True
+
+
+def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, Any]]:
+    """The command line's space; or, when it sweeps nothing, the experiment's ``sweep()`` plus its fixed values."""
+    cli = parse_space(base, args)
+    if cli.dimensions or not hasattr(module, "sweep"):
+        return cli, {}
+    declared = module.sweep()
+    settings = {k: declared[k] for k in ("strategy", "trials") if isinstance(declared, dict) and "space" in declared
+                and k in declared}
+    items = declared["space"] if isinstance(declared, dict) and "space" in declared else declared
+    if not isinstance(items, dict):
+        raise SpaceError(f"sweep() of the experiment must return a dict of KEY -> SPACE, not {type(items).__name__}")
+    return parse_space(base, [f"{k}={v}" for k, v in items.items()] + list(cli.fixed)), settings
+
+
+def check_halving(opts: SweepOptions, groups: list[plan.Group], trials: list[plan.Trial]) -> None:
+    if opts.rungs and not 0.0 < opts.keep < 1.0:
+        raise ConfigError(f"bad value for '--keep': {opts.keep} must be between 0 and 1")
+    for g in groups:
+        cfg = trials[g.trials[0]].cfg
+        for rung in opts.rungs:
+            if not 0 < rung < g.total_steps or rung % cfg.eval_every:
+                raise ConfigError(f"bad value for '--rungs': {rung} must be an evaluation step (a multiple of "
+                                  f"eval_every={cfg.eval_every}) between 0 and the run's {g.total_steps} steps")
+
+
+def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns the summary object (also in ``SWEEP_DIR/summary.json``)."""
+    started = time.time()
+    module = load_module(experiment)
+    name = experiment_name(experiment)
+    base = apply_overrides(module.config(), [])
+    space, declared = resolve_space(module, base, args)
+    strategy_name = opts.strategy or declared.get("strategy", "grid")
+    count = opts.trials if opts.trials is not None else declared.get("trials")
+    points = strategy.trials(space, strategy_name, count, opts.search_seed)
+    trials = plan.make_trials(base, space, points)
+    infos = {}
+    for t in trials:
+        if t.cfg.data.name not in infos:
+            infos[t.cfg.data.name] = ensure_dataset(store, t.cfg.data.name)
+    groups = plan.make_groups(trials, infos)
+    check_halving(opts, groups, trials)
+
+    identity = json.loads(json.dumps({
+        "experiment": name, "base_config": to_dict(base), "space": space.spelling(), "strategy": strategy_name,
+        "trials_requested": count, "search_seed": opts.search_seed, "rungs": list(opts.rungs),
+        "keep": opts.keep if opts.rungs else None,
+    }))
+    saved = folder.check_resumable(opts.sweep_dir, identity) if opts.sweep_dir else None
+    if saved is not None:
+        sweep_dir = opts.sweep_dir
+        for g, chunks in zip(groups, saved["chunks"]):
+            g.chunks = chunks
+    else:
+        for g in groups:
+            cfg = trials[g.trials[0]].cfg
+            info = infos[cfg.data.name]
+            per_member = plan.member_bytes(create_state(cfg, info, g.total_steps)[1], cfg, info)
+            g.chunks = plan.chunk(g.trials, plan.population_size(per_member, opts.max_population,
+                                                                  opts.population_memory))
+        split, metric = selection(trials[0], infos)
+        description = {**identity, "trials": len(trials), "chunks": [g.chunks for g in groups],
+                       "swept": [d.key for d in space.dimensions], "selection": f"{split}/{metric}"}
+        sweep_dir = folder.create(opts.sweep_dir, opts.sweeps_root or folder.default_sweeps_root(), name,
+                                  description)
+    swept = [d.key for d in space.dimensions]
+    recs = {t.id: records.TrialRecord() for t in trials}
+    recs.update(records.read_records(sweep_dir / "trials.parquet"))
+
+    def write_trials() -> None:
+        records.write_parquet(records.trials_table(trials, recs, swept), sweep_dir / "trials.parquet")
+
+    write_trials()
+    todo = sum(g.total_steps * len(c) for g in groups for c in g.chunks
+               if any(recs[t].status not in records.FINISHED for t in c))
+    with Progress(todo, enabled=opts.show_progress) as progress, sigint_flag() as interrupted:
+        done_steps = [0]
+
+        def on_progress(member_steps: int, loss: float) -> None:
+            done_steps[0] += member_steps
+            progress.update(done_steps[0], loss)
+
+        for g in groups:
+            chunks = [c for c in g.chunks if any(recs[t].status not in records.FINISHED for t in c)]
+            if not chunks:
+                continue
+            prep = prepare(trials[g.trials[0]].cfg, store)
+            programs = (vmapped_programs if opts.vmap else solo_programs)(prep.spec, g.steps_per_call)
+            key_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
+            run = GroupRun(g, prep, programs, opts.vmap, trials, recs, sweep_dir / "checkpoints",
+                           Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, key_slots)
+            size = max(len(c) for c in g.chunks)
+            for index, members in enumerate(g.chunks):
+                if members not in chunks:
+                    continue
+                population = PopulationRun(run, index, members, size)
+                population.execute()
+                records.merge_curves(sweep_dir / "curves.parquet", population.curves.table())
+                write_trials()
+                checkpoint.remove(population.folder)
+    summary = summarize(sweep_dir, name, trials, recs, swept, groups, time.time() - started, opts.vmap, infos)
+    write_json(sweep_dir / "summary.json", summary)
+    from pipeline.sweep.report import plot_sweep
+
+    plot_sweep(sweep_dir)
+    return summary
+
+
+def selection(trial: plan.Trial, infos: dict) -> tuple[str, str]:
+    """The split and metric that rank trials: what ``pipeline train`` selects its best checkpoint by."""
+    from pipeline.objectives import objective_for
+
+    info = infos[trial.cfg.data.name]
+    has_val = "validation" in info.rows or trial.cfg.data.validation_fraction > 0
+    return ("val" if has_val else "test"), (trial.cfg.best_metric or objective_for(info.task).best)
+
+
+def summarize(sweep_dir: Path, name: str, trials: list[plan.Trial], recs: dict[int, records.TrialRecord],
+              swept: list[str], groups: list[plan.Group], wall: float, vmap: bool, infos: dict) -> dict[str, Any]:
+    split, metric = selection(trials[0], infos)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    candidates = [t for t in trials if recs[t.id].status in ("done", "early_stopped")
+                  and not math.isnan(recs[t.id].last_eval.get(split, {}).get(metric, math.nan))]
+    statuses: dict[str, int] = {}
+    for rec in recs.values():
+        statuses[rec.status] = statuses.get(rec.status, 0) + 1
+    summary: dict[str, Any] = {
+        "sweep_dir": str(sweep_dir), "experiment": name, "trials": len(trials),
+        "finished": sum(recs[t.id].status in records.FINISHED for t in trials), "status": statuses,
+        "groups": len(groups), "populations": sum(len(g.chunks) for g in groups), "vmap": vmap,
+        "selection": f"{split}/{metric}", "wall_s": round(wall, 3), "best": None,
+    }
+    if candidates:
+        best = max(candidates, key=lambda t: (sign * recs[t.id].last_eval[split][metric], -t.id))
+        rec = recs[best.id]
+        summary["best"] = {
+            "trial": best.id, "group": best.group, "status": rec.status,
+            "hyperparameters": {k: best.values[k] for k in swept},
+            "overrides": best.overrides,
+            "metrics": {f"{s}/{n}": v for s, m in rec.last_eval.items() for n, v in m.items()},
+            "best_step": rec.best_step, "steps": rec.steps,
+        }
+    return summary
+

@@ -1,0 +1,76 @@
+"""Sweep test helpers: run ``pipeline`` in-process (module-scoped folders) and read back what it wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.sweep.population import TRACES
+from tests.conftest import Result
+
+# A tiny, quick configuration: every sweep in these tests starts from it.
+TINY = ["model.hidden=16", "steps=40", "eval_every=20", "batch_size=32", "--no-progress"]
+
+
+def pipeline(*args: str) -> Result:
+    """``pipeline ARGS...`` in this process (no re-import of JAX); returns code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse errors
+            code = int(exc.code or 0)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@dataclass
+class Swept:
+    result: Result
+    summary: dict
+    trials: list[dict]  # trials.parquet rows, by trial id
+    folder: Path
+
+    def curve(self, trial: int, split: str = "train", name: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+        t = pq.read_table(self.folder / "curves.parquet").to_pydict()
+        sel = ((np.asarray(t["trial"]) == trial) & (np.asarray(t["split"], object) == split)
+               & (np.asarray(t["name"], object) == name))
+        return np.asarray(t["step"])[sel], np.asarray(t["value"])[sel]
+
+
+def read_sweep(folder: Path, result: Result | None = None, summary: dict | None = None) -> Swept:
+    rows = sorted(pq.read_table(folder / "trials.parquet").to_pylist(), key=lambda row: row["trial"])
+    return Swept(result, summary or {}, rows, folder)
+
+
+def sweep(*args: str) -> Swept:
+    """``pipeline sweep ARGS --json``, which must succeed."""
+    r = pipeline("sweep", *args, "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out.strip().splitlines()[-1])
+    return read_sweep(Path(summary["sweep_dir"]), r, summary)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """One store, runs root and sweeps root for a test module, set through the environment."""
+    root = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIPELINE_STORE", str(root / "data"))
+        mp.setenv("PIPELINE_RUNS", str(root / "runs"))
+        mp.setenv("PIPELINE_SWEEPS", str(root / "sweeps"))
+        yield root
+
+
+@pytest.fixture
+def traces():
+    """Compilations of the population programs during a test (each trace is one compilation)."""
+    TRACES.clear()
+    return TRACES

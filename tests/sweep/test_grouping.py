@@ -1,0 +1,41 @@
+"""Trials group by their compiled program; populations of a group share it; data order follows data_seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.sweep.population import TRACES
+from tests.sweep.conftest import TINY, sweep
+
+
+def test_one_compilation_per_model_shape_and_data_order_by_seed(home):
+    TRACES.clear()
+    # 2 widths x 2 learning rates x data seeds (0, 0, 1): 12 trials, 2 groups of 6, each group
+    # cut into 2 populations of 3 by --max-population 4.
+    s = sweep("digits_mlp", *TINY, "model.hidden=choice(8;16)", "optimizer.learning_rate=choice(1e-3;1e-2)",
+              "data_seed=choice(0;0;1)", "--max-population", "4")
+    assert TRACES["train"] == 2 and TRACES["eval"] == 2
+    assert s.summary["groups"] == 2 and s.summary["populations"] == 4
+    assert [r["group"] for r in s.trials] == [0] * 6 + [1] * 6
+    assert [r["model.hidden"] for r in s.trials] == ["8"] * 6 + ["16"] * 6
+    assert all(r["status"] == "done" for r in s.trials)
+    # Trial order is the grid's: hidden, then learning rate, then data seed (0, 0, 1).
+    for first in range(0, 12, 3):
+        _, a = s.curve(first)
+        _, b = s.curve(first + 1)  # same data seed (and everything else): the same batches, bit for bit
+        _, c = s.curve(first + 2)  # another data seed: another order from the first step on
+        np.testing.assert_array_equal(a, b)
+        assert a[0] != c[0]
+        assert np.all(a != c)
+    # A population member equals the same trial in a population of another size (here, the other chunk).
+    assert s.trials[0]["final_test_loss"] == s.trials[1]["final_test_loss"]
+
+
+def test_finished_sweep_resumes_to_nothing(home):
+    s = sweep("digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)")
+    before = (s.folder / "curves.parquet").read_bytes()
+    TRACES.clear()
+    again = sweep("digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)", "--sweep-dir", str(s.folder))
+    assert TRACES["train"] == 0  # every trial finished: nothing compiled, nothing run
+    assert again.trials == s.trials
+    assert (s.folder / "curves.parquet").read_bytes() == before

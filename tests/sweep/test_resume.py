@@ -1,0 +1,74 @@
+"""An interrupted sweep (Ctrl-C, then a kill) resumes from its checkpoints to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tests.conftest import ROOT
+from tests.sweep.conftest import pipeline, read_sweep, sweep
+
+# Two groups (two widths) of two members; checkpoints every 20 of 2000 steps.
+ARGS = ["model.hidden=choice(8;16)", "optimizer.learning_rate=choice(1e-3;1e-2)", "steps=2000",
+        "eval_every=20", "batch_size=32", "--no-progress"]
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of the newest complete population checkpoint in ``folder`` (0 when there is none)."""
+    steps = [json.loads((m).read_text())["step"] for m in folder.glob("checkpoints/*/meta.json")]
+    return max(steps, default=0)
+
+
+def start_and_interrupt(folder: Path, sig: int, after_step: int) -> subprocess.CompletedProcess:
+    """Start the sweep in a new process; send ``sig`` once a checkpoint past ``after_step`` exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", "digits_mlp", *ARGS,
+                             "--sweep-dir", str(folder)], cwd=ROOT, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while checkpoint_step(folder) <= after_step:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_interrupted_sweep_resumes_to_the_uninterrupted_result(home):
+    reference = sweep("digits_mlp", *ARGS)
+    folder = home / "interrupted"
+
+    stopped = start_and_interrupt(folder, signal.SIGINT, 0)
+    first = checkpoint_step(folder)
+    assert stopped.returncode == 130
+    assert f"interrupted at step {first} of group 0" in stopped.stderr  # saved where it stopped
+    assert f"--sweep-dir {folder}" in stopped.stderr
+    assert 0 < first < 2000
+    statuses = {r["status"] for r in read_sweep(folder).trials}
+    assert statuses <= {"running", "pending"}
+
+    killed = start_and_interrupt(folder, signal.SIGKILL, first)  # resumes, then is killed
+    assert killed.returncode == -signal.SIGKILL
+    assert checkpoint_step(folder) > first
+
+    r = pipeline("sweep", "digits_mlp", *ARGS, "--sweep-dir", str(folder))
+    assert r.code == 0, r.err
+    resumed = read_sweep(folder)
+    assert not list(folder.glob("checkpoints/*"))  # finished populations leave no checkpoints
+    for a, b in zip(resumed.trials, reference.trials, strict=True):
+        a.pop("wall_s"), b.pop("wall_s")
+        assert a == b
+    got = pq.read_table(folder / "curves.parquet")
+    want = pq.read_table(reference.folder / "curves.parquet")
+    # 4 trials x (loss and accuracy at 2000 steps + test loss and accuracy at 100 evaluations): no row lost or doubled
+    assert got.num_rows == want.num_rows == 4 * (2 * 2000 + 2 * 100)
+    assert got.equals(want)
+    np.testing.assert_array_equal(np.asarray(got.column("value")), np.asarray(want.column("value")))
