@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("bench", parents=[common], help="benchmark the pipeline side by side with its peers")
+    from pipeline.bench.command import add_arguments as add_bench_arguments
+    from pipeline.bench.command import run_from_args as run_bench_from_args
+
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench_from_args)
+
     runs = sub.add_parser("runs", help="recorded runs").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_runs_list)

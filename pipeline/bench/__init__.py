@@ -1,0 +1,1 @@
+"""Benchmarks: the pipeline timed side by side with a bare JAX loop and PyTorch, FLOPs, MFU, reports."""

@@ -1,0 +1,99 @@
+"""The pipeline measured with its own code: ``prepare`` and ``compiled`` from the train loop.
+
+Each call runs K steps (``steps_per_call``, chosen as ``pipeline train`` chooses it); after
+dispatching call N the host reads back the metrics of call N-1 and checks the loss, as
+the loop does. Evaluation, checkpoints and metric files are left out: they are not
+steps. The input share is the time the in-program batch gather (``batch_indices`` and
+the index into the device-resident split) takes when run alone, over the step time.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import numpy as np
+
+from pipeline.bench.measure import Runner, check_fits, device_peak_bytes, program_bytes, xla_flops
+from pipeline.bench.timing import Budget, Timing, time_alone
+from pipeline.bench.workload import Workload
+from pipeline.errors import PipelineError
+from pipeline.train.loop import compiled, prepare
+from pipeline.train.step import batch_indices, train_step
+
+INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
+
+
+class PipelineRunner(Runner):
+    impl = "pipeline"
+
+    def __init__(self, workload: Workload):
+        super().__init__()
+        self.workload = workload
+
+    def setup(self) -> None:
+        prep = self.prep = prepare(self.workload.cfg, self.workload.store)
+        self.steps_per_unit = prep.steps_per_call
+        self.call, _evaluate = compiled(prep.spec, prep.steps_per_call)
+        start = time.perf_counter()
+        program = self.call.lower(prep.state, prep.train.x, prep.train.y).compile()  # later calls reuse it
+        self.m.compile_s = time.perf_counter() - start
+        self.m.mem_program_bytes = program_bytes(program)
+        check_fits(program, "the pipeline's program")
+        self.m.flops_xla = step_flops(prep)
+        self.state, self.pending = prep.state, None
+
+    def run(self, units: int) -> None:
+        x, y = self.prep.train.x, self.prep.train.y
+        state, pending = self.state, self.pending
+        for _ in range(units):
+            state, metrics = self.call(state, x, y)
+            if pending is not None:  # the previous call's metrics, while this one runs
+                loss = np.asarray(jax.device_get(pending)["loss"])
+                if not np.isfinite(loss).all():
+                    raise PipelineError("non-finite loss while benchmarking")
+            pending = metrics
+        jax.block_until_ready(state)
+        self.state, self.pending = state, pending
+
+    def result(self, timing: Timing):
+        m = super().result(timing)
+        m.mem_peak_bytes = device_peak_bytes()
+        m.input_share = min(input_seconds_per_step(self.prep, self.state) / timing.median, 1.0)
+        return m
+
+    def close(self) -> None:
+        self.prep = self.state = self.pending = self.call = None
+
+
+def step_flops(prep) -> float | None:
+    """FLOPs of one pipeline train step (XLA counts a scanned loop's body once, so compile one)."""
+    b = prep.spec.batch_size
+    step = jax.jit(functools.partial(train_step, prep.spec))
+    return xla_flops(step.lower(prep.state, prep.train.x[:b], prep.train.y[:b]).compile())
+
+
+class _Gather:
+    """The input part of K pipeline steps alone: batch indices and the gather."""
+
+    def __init__(self, prep, state):
+        n, b, k = prep.train.rows, prep.spec.batch_size, prep.steps_per_call
+        self.steps_per_unit = k
+
+        @jax.jit
+        def gather(data_key, step, x_all, y_all):
+            idx = batch_indices(data_key, step, k, b, n)
+            return x_all[idx], y_all[idx]
+
+        self.fn = gather
+        self.args = (state.data_key, state.step, prep.train.x, prep.train.y)
+
+    def run(self, units: int) -> None:
+        for _ in range(units):
+            out = self.fn(*self.args)
+        jax.block_until_ready(out)
+
+
+def input_seconds_per_step(prep, state) -> float:
+    return time_alone(_Gather(prep, state), INPUT_BUDGET).median

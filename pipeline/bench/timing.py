@@ -1,0 +1,108 @@
+"""Steady-state timing: rounds of work, each closed by waiting for the device.
+
+A round runs ``n`` units (a unit is one dispatch: one step, or K scanned steps) and ends
+with ``block_until_ready`` (or the peer's own synchronisation), so a round's wall time is
+the time the steps really took. After warm-up, the round size is chosen so a round lasts
+about ``round_s``. The median over rounds is the figure; the spread says how noisy the
+machine was. Several implementations are timed round-robin (one round each in turn), so
+a burst of load from other processes hits them alike and their ratios stay fair.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to measure: warm-up rounds, timed rounds, and the target length of a round."""
+
+    warmup: int = 2
+    rounds: int = 7
+    round_s: float = 0.25
+    max_units: int = 10_000  # cap on units per round, whatever round_s asks
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per step over the timed rounds."""
+
+    median: float
+    p25: float
+    p75: float
+    fastest: float
+    slowest: float
+    steps: int  # timed steps in all rounds
+    rounds: int
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median."""
+        return (self.p75 - self.p25) / self.median if self.median > 0 else 0.0
+
+
+class Timed(Protocol):
+    steps_per_unit: int
+
+    def run(self, units: int) -> None:
+        """Run ``units`` dispatches and wait until the device has finished them."""
+
+
+def summarize(per_step: list[float]) -> tuple[float, float, float, float, float]:
+    ordered = sorted(per_step)
+    if len(ordered) >= 4:
+        q = statistics.quantiles(ordered, n=4, method="inclusive")
+        p25, p75 = q[0], q[2]
+    else:
+        p25, p75 = ordered[0], ordered[-1]
+    return statistics.median(ordered), p25, p75, ordered[0], ordered[-1]
+
+
+def _clock(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return max(time.perf_counter() - start, 1e-9)
+
+
+def _resize(units: int, took: float, budget: Budget) -> int:
+    return int(min(budget.max_units, max(1, round(units * budget.round_s / took))))
+
+
+class RoundRobin:
+    """Warm up and size each implementation, then time one round of each in turn."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.units: dict[str, int] = {}
+        self.samples: dict[str, list[float]] = {}
+
+    def warm(self, name: str, timed: Timed) -> None:
+        units = _resize(1, _clock(lambda: timed.run(1)), self.budget)
+        for _ in range(max(self.budget.warmup - 1, 0)):
+            units = _resize(units, _clock(lambda u=units: timed.run(u)), self.budget)
+        self.units[name] = units
+        self.samples[name] = []
+
+    def one_round(self, name: str, timed: Timed) -> None:
+        units = self.units[name]
+        took = _clock(lambda: timed.run(units))
+        self.samples[name].append(took / (units * timed.steps_per_unit))
+
+    def timing(self, name: str, steps_per_unit: int) -> Timing:
+        per_step = self.samples[name]
+        median, p25, p75, fastest, slowest = summarize(per_step)
+        steps = self.units[name] * steps_per_unit * len(per_step)
+        return Timing(median, p25, p75, fastest, slowest, steps, len(per_step))
+
+
+def time_alone(timed: Timed, budget: Budget) -> Timing:
+    """Warm-up and timed rounds of one implementation."""
+    rr = RoundRobin(budget)
+    rr.warm("it", timed)
+    for _ in range(budget.rounds):
+        rr.one_round("it", timed)
+    return rr.timing("it", timed.steps_per_unit)
