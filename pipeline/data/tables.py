@@ -104,12 +104,16 @@ class TableFiles:
     def _parquet(self, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
         try:
             with self.fs.open_input_file(path) as handle:
-                file = pq.ParquetFile(handle)
+                # No pre-buffering and buffered column reads: memory stays at a batch's pages even when
+                # the source's row groups are large (pre_buffer would read whole row groups ahead).
+                file = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
                 meta = file.metadata
                 row_bytes = max(1, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
                                 // max(1, meta.num_rows))
                 rows = max(1, self.layout.read_block_bytes // row_bytes)
-                yield from file.iter_batches(batch_size=rows, columns=columns, use_threads=True)
+                for group in range(meta.num_row_groups):
+                    yield from file.iter_batches(batch_size=rows, row_groups=[group], columns=columns,
+                                                 use_threads=True)
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: cannot read: {fsx._first_line(exc)}") from None
 

@@ -153,3 +153,32 @@ def test_bad_reader_arguments(store_n):
         reader(store_n, batch_size=20, shard_count=20)
     with pytest.raises(DataError, match="tail policy 'keep'"):
         reader(store_n, tail="keep")
+
+
+SHARDED = """
+import sys, numpy as np, jax
+from pipeline.data import Store
+from pipeline.data.stream import StreamingReader
+assert jax.device_count() == 8
+with StreamingReader(Store(sys.argv[1]), "n", "train", batch_size=16, seed=0, shuffle_buffer=25) as r:
+    x, y = next(r.iterate(3))
+    assert x.sharding.spec == jax.sharding.PartitionSpec("data"), x.sharding
+    assert sorted(s.data.shape[0] for s in x.addressable_shards) == [2] * 8
+    print(" ".join(str(int(v)) for v in np.asarray(x)[:, 0]))
+"""
+
+
+@pytest.mark.slow
+def test_batches_split_over_eight_devices_hold_the_same_rows(store_n):
+    """With 8 (host) devices each holds 1/8 of a batch, and the batch is the one a single device gets."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(store_n.root)], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    with reader(store_n, batch_size=16) as r:
+        want = take(r, 3, 1)[0][0][:, 0].astype(int)
+    assert proc.stdout.split() == [str(v) for v in want]
