@@ -34,7 +34,7 @@ class Point:
         return (f"model.name={self.family}", *self.overrides)
 
 
-QUICK = Budget(warmup=2, rounds=5, round_s=0.2)
+QUICK = Budget(warmup=2, rounds=15, round_s=0.1)
 ACCEL = Budget(warmup=2, rounds=5, round_s=0.5)
 SMOKE = Budget(warmup=1, rounds=3, round_s=0.02, max_units=5)
 
@@ -79,6 +79,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "cnn": ("cnn-c8-16-b32", "cnn-c32-64-b128", "cnn-c64-128-256-b256-bf16"),
     "transformer": ("lm-5m", "lm-25m", "lm-125m", "lm-350m", "lm-1b"),
     "data": ("read-256k-x64",),
+    # scripts/bench_accel: about 8 minutes on one modern GPU, the MFU target's points first.
+    "accel": ("lm-125m", "lm-1b", "lm-350m", "mlp-h32-b32", "mlp-h4096x3-b1024-bf16", "cnn-c64-128-256-b256-bf16"),
 }
 
 

@@ -55,7 +55,7 @@ def plain_numpy(column) -> np.ndarray:
 class PyarrowRead(_ReadRunner):
     def run(self, units: int) -> None:
         files = self.store.files(self.info.name, "train")
-        filesystem = getattr(self.store, "filesystem", None)
+        filesystem = getattr(self.store, "fs", None)
         for _ in range(units):
             table = pq.read_table(files, filesystem=filesystem) if filesystem else pq.read_table(files)
             x = plain_numpy(table.column(self.info.feature_column))

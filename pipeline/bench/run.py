@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +37,11 @@ def parse_peers(text: str | None) -> tuple[str, ...]:
 
 
 def run_bench(names: list[str], out: Path | None = None, peers: tuple[str, ...] = IMPLS,
-              echo: Callable[[str], None] = print) -> list[dict]:
-    """Measure every selected point; returns the new rows (also appended under ``out``)."""
+              echo: Callable[[str], None] = print, deadline: float | None = None) -> list[dict]:
+    """Measure every selected point; returns the new rows (also appended under ``out``).
+
+    ``deadline`` (a ``time.time()``): points not started by then are recorded as skipped.
+    """
     chosen = select(names)
     out = Path(out) if out else DEFAULT_OUT
     store = Store(out / "store")  # synthetic and built-in datasets of the benchmark, apart from the user's
@@ -49,6 +53,11 @@ def run_bench(names: list[str], out: Path | None = None, peers: tuple[str, ...] 
         echo(f"[{i}/{len(chosen)}] {suite} / {point.name}")
         base = {"run_id": run_id, "time_utc": now, "suite": suite, "point": point.name, "family": point.family,
                 "data": point.data, "batch": point.batch, "precision": point.precision, **env}
+        if deadline is not None and time.time() > deadline:
+            impls = READERS if point.family == "data" else IMPLS
+            rows += _with_ratios([{**base, "impl": i, "status": "skipped", "detail": "time budget spent"}
+                                  for i in impls], impls)
+            continue
         if point.family == "data":
             measured = measure_readers(point, store, synthetic.ensure(store, point.data), echo)
             rows += data_rows(base, measured)

@@ -72,3 +72,12 @@ def test_data_suite_reader_rows(cli, tmp_path, monkeypatch):
     assert plain["status"] == "ok" and plain["vs_pyarrow_read"] == 1.0
     assert plain["bytes_per_s"] == pytest.approx(plain["examples_per_s"] * (8 * 4 + 4))
     assert rows["stream_reader"]["status"] in ("ok", "unavailable")
+
+
+def test_points_past_the_deadline_are_skipped(tmp_path):
+    from pipeline.bench.run import run_bench
+
+    rows = run_bench(["tiny"], tmp_path, deadline=0.0, echo=lambda s: None)
+    assert [r["status"] for r in rows] == ["skipped"] * 5
+    assert rows[0]["detail"] == "time budget spent" and rows[0].get("steps_per_s") is None
+    assert pq.read_table(tmp_path / "bench.parquet").num_rows == 5
