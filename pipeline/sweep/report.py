@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
@@ -125,7 +126,8 @@ def plot_sweep(path: Path) -> list[Path]:
             ax.set_ylabel(f"final {split}/{metric}")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"{description.get('experiment', '')} sweep: {len(rows)} trials (red lines: diverged)")
+        diverged = " (red lines: diverged)" if (status == "diverged").any() else ""
+        fig.suptitle(f"{description.get('experiment', '')} sweep: {len(rows)} trials{diverged}")
         fig.tight_layout()
         fig.savefig(path / "hparams.png", dpi=100)
         plt.close(fig)
@@ -136,23 +138,22 @@ def plot_sweep(path: Path) -> list[Path]:
 
 
 def _plot_curves(path: Path, best: list[dict], split: str, metric: str, swept: list[str], plt) -> Path:
-    table = pq.read_table(path / "curves.parquet").to_pydict()
-    trial = np.asarray(table["trial"])
-    step = np.asarray(table["step"])
-    splits = np.asarray(table["split"], dtype=object)
-    names = np.asarray(table["name"], dtype=object)
-    value = np.asarray(table["value"])
+    table = pq.read_table(path / "curves.parquet", filters=[("trial", "in", [r["trial"] for r in best])])
+
+    def series(trial: int, split_name: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        where = (pc.field("trial") == trial) & (pc.field("split") == split_name) & (pc.field("name") == name)
+        sel = table.filter(where)
+        return np.asarray(sel.column("step")), np.asarray(sel.column("value"))
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, row in enumerate(best):
         label = f"trial {row['trial']}: " + ", ".join(f"{k.split('.')[-1]}={_fmt(row[k])}" for k in swept)
-        sel = (trial == row["trial"]) & (splits == "train") & (names == "loss")
-        x, y = step[sel], value[sel]
+        x, y = series(row["trial"], "train", "loss")
         if len(y) > 200:  # smooth noisy per-step curves
             width = max(1, len(y) // 100)
             y, x = np.convolve(y, np.ones(width) / width, mode="valid"), x[width - 1:]
         axes[0].plot(x, y, color=f"C{i}", label=label)
-        sel = (trial == row["trial"]) & (splits == split) & (names == metric)
-        axes[1].plot(step[sel], value[sel], color=f"C{i}", marker="o", markersize=3)
+        axes[1].plot(*series(row["trial"], split, metric), color=f"C{i}", marker="o", markersize=3)
     axes[0].set_yscale("log")
     axes[0].set_title("train loss")
     axes[1].set_title(f"{split}/{metric}")

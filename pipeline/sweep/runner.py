@@ -25,7 +25,7 @@ from pipeline.sweep.population import solo_programs, vmapped_programs
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
-from pipeline.train.loop import prepare, sigint_flag
+from pipeline.train.loop import prepare, sigint_flag, streaming
 from pipeline.train.state import create_state
 
 
@@ -85,6 +85,12 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         if t.cfg.data.name not in infos:
             infos[t.cfg.data.name] = ensure_dataset(store, t.cfg.data.name)
     groups = plan.make_groups(trials, infos)
+    for g in groups:
+        cfg = trials[g.trials[0]].cfg
+        if streaming(cfg, infos[cfg.data.name]):
+            raise ConfigError(f"dataset '{cfg.data.name}' is streamed from disk (its training split is over "
+                              f"data.max_device_bytes={cfg.data.max_device_bytes}); a sweep needs it on the device: "
+                              "raise data.max_device_bytes")
     check_halving(opts, groups, trials)
 
     identity = json.loads(json.dumps({
