@@ -31,15 +31,15 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     try:
         import fsspec
     except ImportError:
-        raise DataError(f"{text}: {_first_line(arrow_error)} (install fsspec for more filesystems)") from None
+        raise DataError(f"{text}: {first_line(arrow_error)} (install fsspec for more filesystems)") from None
     try:
         fs, path = fsspec.core.url_to_fs(text)
     except (ValueError, ImportError) as exc:
-        raise DataError(f"{text}: {_first_line(exc)}") from None
+        raise DataError(f"{text}: {first_line(exc)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -85,7 +85,7 @@ class SplitIndex:
                 table = pq.ParquetFile(handle, metadata=self.footers[group.file]).read_row_group(
                     group.index, columns=[info.feature_column, info.label_column], use_threads=False)
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{path}: cannot read row group {group.index} ({fsx._first_line(exc)})") from None
+            raise DataError(f"{path}: cannot read row group {group.index} ({fsx.first_line(exc)})") from None
         x, y = to_numpy(table.column(0)), to_numpy(table.column(1))
         if len(x) != group.rows:
             raise DataError(f"{path}: row group {group.index} has {len(x)} rows, its footer says {group.rows}")
@@ -100,7 +100,7 @@ def read_footer(store, path: str, info: DatasetInfo) -> pq.FileMetaData:
             footer = pq.read_metadata(handle)
         schema = footer.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({fsx._first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({fsx.first_line(exc)})") from None
     check_schema(path, schema, info)
     check_metadata(path, schema.metadata or {}, info)
     return footer

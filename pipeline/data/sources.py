@@ -35,7 +35,7 @@ def load_source(source: str, target: str | None, seed: int) -> Loaded:
         with fs.open_input_file(paths[0]) as handle:
             return load_npz(source, handle)
     except (OSError, pa.ArrowException, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{source}: cannot read: {fsx._first_line(exc)}") from None
+        raise DataError(f"{source}: cannot read: {fsx.first_line(exc)}") from None
 
 
 def infer_task(y: np.ndarray) -> str:

@@ -76,7 +76,7 @@ class Store:
         try:
             metadata = pq.read_schema(path, filesystem=self.fs).metadata or {}
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({fsx._first_line(exc)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({fsx.first_line(exc)})") from None
         if METADATA_KEY not in metadata:
             raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata in the schema")
         try:
@@ -97,7 +97,7 @@ class Store:
         try:
             table = pq.read_table(index.paths, filesystem=self.fs, schema=index.schema)
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{self.path(name, split)}: cannot read: {fsx._first_line(exc)}") from None
+            raise DataError(f"{self.path(name, split)}: cannot read: {fsx.first_line(exc)}") from None
         x, y = to_numpy(table.column(info.feature_column)), to_numpy(table.column(info.label_column))
         start = 0
         for path, rows in zip(index.paths, index.file_rows):

@@ -3,7 +3,8 @@
 Batches are a pure function of (seed, step). Epoch ``e = step // steps_per_epoch`` reads this
 shard's row groups in an order drawn from ``rng(seed, e, shard)``, mixes their rows through a
 shuffle buffer (shuffle.py) driven by the same generator, and cuts them into batches. A
-background thread reads row groups ahead (a small thread pool, results used in order), builds
+background thread reads row groups ahead (a pool of a thread per core up to 8, results used in
+order), builds
 the batches and places them on the devices ahead of use; a bounded queue holds ``prefetch``.
 
 Sharding: the split's row groups are dealt to ``shard_count`` shards round-robin (pass
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import queue
 import threading
 from collections import deque
@@ -43,7 +45,7 @@ class _Failed:
 class StreamingReader:
     def __init__(self, store, name: str, split: str, batch_size: int, seed: int, shuffle_buffer: int = 16384,
                  prefetch: int = 4, shard_index: int = 0, shard_count: int = 1, tail: str = "drop",
-                 mesh: Mesh | None = None, read_ahead: int = 4):
+                 mesh: Mesh | None = None, read_ahead: int | None = None):
         if tail not in TAILS:
             raise DataError(f"tail policy '{tail}': use drop or pad")
         if not 0 <= shard_index < shard_count:
@@ -71,7 +73,8 @@ class StreamingReader:
             raise DataError(f"batch size {batch_size} is more than the {min(shard_rows) * shard_count} rows "
                             f"of split '{split}' of '{name}'")
         self.mesh = mesh if mesh is not None else data_mesh()
-        self.read_ahead = max(1, int(read_ahead))
+        # Row groups decoded in parallel (pyarrow releases the GIL): one per core, up to 8.
+        self.read_ahead = max(1, int(read_ahead or min(8, os.cpu_count() or 1)))
         self._pool = ThreadPoolExecutor(self.read_ahead, thread_name_prefix="pipeline-read")
         self._active: list[tuple[threading.Event, threading.Thread, queue.Queue]] = []
 
@@ -93,8 +96,11 @@ class StreamingReader:
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed % 2**63, int(epoch), self.shard_index]))
 
-    def host_epoch(self, epoch: int, skip: int = 0) -> Iterator[Rows | None]:
-        """Exactly ``steps_per_epoch`` host batches of ``epoch``; the first ``skip`` are None."""
+    def host_epoch(self, epoch: int, skip: int = 0) -> Iterator[Rows]:
+        """The host batches of ``epoch`` from step ``skip`` on (``steps_per_epoch - skip`` of them).
+
+        The skipped ones are still drawn (the buffer and the generator advance the same) but not gathered.
+        """
         rng = self._rng(epoch)
         order = rng.permutation(len(self.groups))
         batches = shuffled_batches(self._read_in_order([self.groups[i] for i in order]), self.local_batch,

@@ -62,7 +62,7 @@ class TableFiles:
             with self.fs.open_input_stream(path) as stream:
                 return pcsv.open_csv(stream, read_options=self._read_options()).schema
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{path}: cannot read: {fsx._first_line(exc)}") from None
+            raise DataError(f"{path}: cannot read: {fsx.first_line(exc)}") from None
 
     def _check_same(self, path: str, schema: pa.Schema) -> None:
         first, reference = self.paths[0], self.schemas[0]
@@ -115,7 +115,7 @@ class TableFiles:
                     yield from file.iter_batches(batch_size=rows, row_groups=[group], columns=columns,
                                                  use_threads=True)
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{path}: cannot read: {fsx._first_line(exc)}") from None
+            raise DataError(f"{path}: cannot read: {fsx.first_line(exc)}") from None
 
     def _csv(self, path: str, columns: list[str], features: list[str]) -> Iterator[pa.RecordBatch]:
         types = {c: (pa.float32() if c in features else pa.string()) for c in columns}
@@ -132,13 +132,13 @@ class TableFiles:
         except pa.ArrowInvalid as exc:
             raise self._csv_error(path, exc, first) from None
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{path}: cannot read: {fsx._first_line(exc)}") from None
+            raise DataError(f"{path}: cannot read: {fsx.first_line(exc)}") from None
 
     def _csv_error(self, path: str, exc: Exception, first: int) -> DataError:
         """Name the column and row of a value that does not parse as a number."""
         found = _CSV_VALUE_ERROR.search(str(exc))
         if not found:
-            return DataError(f"{path}: cannot read: {fsx._first_line(exc)}")
+            return DataError(f"{path}: cannot read: {fsx.first_line(exc)}")
         column, value = self.columns[int(found.group(1))], found.group(2)
         row = self._find_value(path, column, value, first)
         at = f" row {row}" if row is not None else ""
