@@ -145,7 +145,8 @@ def chart(rows: list[dict], path: Path) -> Path | None:
         ax.set_xticks(np.arange(len(names)), names, fontsize=8)
         ax.set_title(title)
         if log:
-            ax.set_yscale("log")
+            if any(points[n].get(i, {}).get(key) for n in names for i in impls):  # log of nothing warns
+                ax.set_yscale("log")
         else:
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.grid(axis="y", alpha=0.3)
