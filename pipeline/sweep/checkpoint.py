@@ -4,7 +4,9 @@ One folder per population (``checkpoints/gG-cC``), replaced as a whole at every 
 written beside it as ``.tmp`` and renamed into place, so a killed sweep leaves either the
 previous checkpoint or the new one, never half of one. The state is a plain ``.npz`` of
 the pytree's leaves (a population of small models is small); the tree structure comes
-from a freshly built population, so nothing but arrays is stored.
+from a freshly built population, so nothing but arrays is stored. The curves grow in
+parts (``gG-cC.curves/part-STEP.parquet``, only the rows since the last checkpoint), and
+a checkpoint at step S owns the parts up to S.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ def _to_host(leaf: Any) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def save(folder: Path, host_state: Any, meta: dict, curves: pa.Table) -> None:
+def _parts(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".curves")
+
+
+def save(folder: Path, host_state: Any, meta: dict, new_curves: pa.Table) -> None:
+    """Save at ``meta["step"]``; ``new_curves`` are the rows recorded since the previous save."""
+    parts = _parts(folder)
+    parts.mkdir(parents=True, exist_ok=True)
+    part = parts / f"part-{meta['step']:09d}.parquet"
+    pq.write_table(new_curves, part.with_suffix(".tmp"))
+    os.replace(part.with_suffix(".tmp"), part)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     leaves = jax.tree.leaves(host_state)
     np.savez(tmp / "state.npz", **{f"leaf_{i:05d}": _to_host(leaf) for i, leaf in enumerate(leaves)})
-    pq.write_table(curves, tmp / "curves.parquet")
     write_json(tmp / "meta.json", meta)  # last: a folder with meta.json is complete
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -71,9 +82,13 @@ def load(folder: Path, like_state: Any) -> tuple[Any, dict, pa.Table] | None:
             loaded[i] = jax.random.wrap_key_data(b)
         elif a.shape != b.shape or a.dtype != b.dtype:
             return None
-    return jax.tree.unflatten(treedef, loaded), read_json(found / "meta.json"), pq.read_table(found / "curves.parquet")
+    meta = read_json(found / "meta.json")
+    owned = [p for p in sorted(_parts(folder).glob("part-*.parquet")) if int(p.stem.split("-")[1]) <= meta["step"]]
+    curves = pa.concat_tables([pq.read_table(p) for p in owned]) if owned else None
+    return jax.tree.unflatten(treedef, loaded), meta, curves
 
 
 def remove(folder: Path) -> None:
-    for candidate in (folder, folder.with_name(folder.name + ".old"), folder.with_name(folder.name + ".tmp")):
+    for candidate in (folder, folder.with_name(folder.name + ".old"), folder.with_name(folder.name + ".tmp"),
+                      _parts(folder)):
         shutil.rmtree(candidate, ignore_errors=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from pipeline.objectives import higher_is_better
@@ -64,21 +63,24 @@ class PopulationRun:
         self.slots: list[int | None] = members + [None] * (size - len(members))
         self.step, self.wall0 = 0, 0.0
         self.curves = Curves()
+        self.saved_rows = 0  # curve rows already in the checkpoint's parts
         meta = checkpoint.read_meta(self.folder)
         resumable = meta is not None and meta["members"] == members
         if resumable:
             self.slots = meta["slots"]  # after a repack, fewer slots than members
         states = self._fresh_states()
         self.live = np.array([s is not None for s in self.slots])
-        restored = checkpoint.load(self.folder, jax.device_get(stack(states))) if resumable else None
+        restored = checkpoint.load(self.folder, stack(states)) if resumable else None
         if restored is not None:
             host_state, meta, table = restored
             self.step, self.wall0 = meta["step"], meta["wall_s"]
             self.live = np.array(meta["live"], bool)
             for tid, rec in meta["records"].items():
                 run.records[int(tid)] = TrialRecord.from_json(rec)
-            self.curves.extend(table)
-            states = jax.device_put(host_state)
+            if table is not None:
+                self.curves.extend(table)
+                self.saved_rows = table.num_rows
+            states = host_state
         elif run.vmap:
             states = stack(states)
         for t in members:
@@ -215,5 +217,7 @@ class PopulationRun:
             "wall_s": self.wall(),
             "records": {str(t): self.run.records[t].to_json() for t in self.members},
         }
-        checkpoint.save(self.folder, self.pop.host_state(), meta, self.curves.table())
+        table = self.curves.table()
+        checkpoint.save(self.folder, self.pop.host_state(), meta, table.slice(self.saved_rows))
+        self.saved_rows = table.num_rows
         self.run.on_checkpoint()
