@@ -126,8 +126,10 @@ def test_readers_meet_the_same_errors(cli, workdir, stored):
         with pytest.raises(DataError, match=r"part-00001.parquet: row 5 has a NaN or infinite feature value"):
             for _ in zip(range(3 * reader.steps_per_epoch), reader.iterate(0)):
                 pass
-    result = cli("train", "digits_mlp", "data=n", "steps=5", "batch_size=10", "--no-progress")
-    assert result.code == 2 and "part-00001.parquet: row 5 has a NaN or infinite feature value" in result.err
+    for budget in ("data.max_device_bytes=1000000", "data.max_device_bytes=0"):  # resident, then streamed
+        result = cli("train", "digits_mlp", "data=n", "steps=30", "batch_size=10", budget, "--no-progress")
+        assert result.code == 2 and "Traceback" not in result.err
+        assert result.err.strip() == "error: " + str(path) + ": row 5 has a NaN or infinite feature value"
     rewrite(path, x=x[:, :2].copy(), y=y)
     with pytest.raises(DataError, match=r"part-00001.parquet: column 'x' is float tensor \[2\]"):
         StreamingReader(store, "n", "train", batch_size=10, seed=0)
