@@ -64,24 +64,10 @@ class PopulationRun:
         self.step, self.wall0 = 0, 0.0
         self.curves = Curves()
         self.saved_rows = 0  # curve rows already in the checkpoint's parts
-        meta = checkpoint.read_meta(self.folder)
-        resumable = meta is not None and meta["members"] == members
-        if resumable:
-            self.slots = meta["slots"]  # after a repack, fewer slots than members
-        states = self._fresh_states()
         self.live = np.array([s is not None for s in self.slots])
-        restored = checkpoint.load(self.folder, stack(states)) if resumable else None
-        if restored is not None:
-            host_state, meta, table = restored
-            self.step, self.wall0 = meta["step"], meta["wall_s"]
-            self.live = np.array(meta["live"], bool)
-            for tid, rec in meta["records"].items():
-                run.records[int(tid)] = TrialRecord.from_json(rec)
-            if table is not None:
-                self.curves.extend(table)
-                self.saved_rows = table.num_rows
-            states = host_state
-        elif run.vmap:
+        restored = self._restore()
+        states = restored if restored is not None else self._fresh_states()
+        if run.vmap and isinstance(states, list):
             states = stack(states)
         for t in members:
             if run.records[t].status == "pending":
@@ -92,6 +78,27 @@ class PopulationRun:
             states = states if isinstance(states, list) else unstack(states, len(self.slots))
             self.pop = SoloPopulation(run.programs, states, self.live, run.prep.train)
         self.started = time.time()
+
+    def _restore(self) -> Any:
+        """The checkpointed stacked state (and records, curves, position), or None to start afresh."""
+        meta = checkpoint.read_meta(self.folder)
+        if meta is None or meta["members"] != self.members:
+            return None
+        padded = self.slots
+        self.slots = meta["slots"]  # after a repack, fewer slots than members
+        restored = checkpoint.load(self.folder, stack(self._fresh_states()))
+        if restored is None:  # made by another program: start over
+            self.slots = padded
+            return None
+        host_state, meta, table = restored
+        self.step, self.wall0 = meta["step"], meta["wall_s"]
+        self.live = np.array(meta["live"], bool)
+        for tid, rec in meta["records"].items():
+            self.run.records[int(tid)] = TrialRecord.from_json(rec)
+        if table is not None:
+            self.curves.extend(table)
+            self.saved_rows = table.num_rows
+        return host_state
 
     def _fresh_states(self) -> list[Any]:
         prep, out = self.run.prep, []
