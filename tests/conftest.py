@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Commands run in-process turn on JAX's persistent compilation cache: keep the tests' entries
+# out of the user's cache, in one folder per test session.
+os.environ.setdefault("PIPELINE_COMPILE_CACHE", tempfile.mkdtemp(prefix="pipeline-test-cache-"))
 
 
 @dataclass
