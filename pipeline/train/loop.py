@@ -27,6 +27,7 @@ from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batch
 from pipeline.data.sources import split_off_test
 from pipeline.data.stream import StreamingReader
 from pipeline.errors import PipelineError
+from pipeline.models import check_dataset
 from pipeline.objectives import higher_is_better
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.plot import plot_run
@@ -123,6 +124,7 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     info = ensure_dataset(store, cfg.data.name)
     if info.task == "language_modeling" and cfg.model.name != "transformer":
         raise ConfigError(f"dataset '{info.name}' holds token sequences; use model.name=transformer")
+    check_dataset(cfg.model, info)  # a shape the model cannot take fails here, naming the dataset
     splits = read_splits(cfg, store, info)
     mesh = data_mesh()
     train_split, reader = None, None

@@ -44,7 +44,7 @@ def test_lm_experiment_refuses_float_sequences(cli, tmp_path):
 
 def test_lm_experiment_refuses_regression_dataset(cli):
     line = _one_error_line(cli("train", "text_lm", "data=regression", "--no-progress"))
-    assert "model.name=transformer needs a token vocabulary" in line
+    assert "dataset 'regression'" in line
 
 
 def test_token_dataset_refuses_a_non_transformer(cli, tmp_path):
