@@ -255,8 +255,11 @@ class _Run:
         self.book.step = step
         meta = self.book.to_meta()
         meta["wall_s"] = self.wall()
-        epoch, offset = divmod(step, self.prep.steps_per_epoch)
-        meta["reader"] = {"epoch": epoch, "offset": offset, "seed": self.prep.cfg.resolved_data_seed}
+        if self.prep.reader is not None:
+            meta["reader"] = self.prep.reader.state(step)
+        else:
+            epoch, offset = divmod(step, self.prep.steps_per_epoch)
+            meta["reader"] = {"epoch": epoch, "offset": offset, "seed": self.prep.cfg.resolved_data_seed}
         self.checkpointer.save(step, state, meta, best=best)
 
     def evaluate_all(self, state: TrainState) -> dict[str, Any]:

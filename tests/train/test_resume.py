@@ -88,8 +88,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference):
     straight = base / "straight"
     a, b = metrics_without_wall(straight), metrics_without_wall(run_dir)
     assert a.equals(b)
-    steps = np.asarray(b.filter(np.asarray(b.column("name")) == "loss").filter(
-        np.asarray(b.filter(np.asarray(b.column("name")) == "loss").column("split")) == "train").column("step"))
+    train_loss = (np.asarray(b.column("name")) == "loss") & (np.asarray(b.column("split")) == "train")
+    steps = np.asarray(b.column("step"))[train_loss]
     np.testing.assert_array_equal(steps, np.arange(1, 3001))  # no step missing or repeated
     pa, pb = final_params(straight), final_params(run_dir)
     assert pa.keys() == pb.keys()
