@@ -2,9 +2,10 @@
 
 Each call runs K steps (``steps_per_call``, chosen as ``pipeline train`` chooses it); after
 dispatching call N the host reads back the metrics of call N-1 and checks the loss, as
-the loop does. Evaluation, checkpoints and metric files are left out: they are not
-steps. The input share is the time the in-program batch gather (``batch_indices`` and
-the index into the device-resident split) takes when run alone, over the step time.
+the loop does, and each call's batches come from the loop's own ``Batches`` (the host's
+epoch order, its row indices placed on the device). Evaluation, checkpoints and metric
+files are left out: they are not steps. The input share is the time of the input part
+alone (the indices made and placed, the rows gathered on the device) over the step time.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pipeline.bench.measure import Runner, check_fits, device_peak_bytes, progra
 from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
 from pipeline.errors import PipelineError
-from pipeline.train.loop import compiled, prepare
-from pipeline.train.step import batch_indices, train_step
+from pipeline.train.loop import Batches, compiled, prepare
+from pipeline.train.step import train_step
 
 INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
 
@@ -35,9 +36,10 @@ class PipelineRunner(Runner):
     def setup(self) -> None:
         prep = self.prep = prepare(self.workload.cfg, self.workload.store)
         self.steps_per_unit = prep.steps_per_call
-        self.call, _evaluate = compiled(prep.spec, prep.steps_per_call)
+        self.call, _evaluate = compiled(prep.spec)
+        self.batches = Batches(prep, 0)
         start = time.perf_counter()
-        program = self.call.lower(prep.state, prep.train.x, prep.train.y).compile()  # later calls reuse it
+        program = self.call.lower(prep.state, *self.batches.args()).compile()  # later calls reuse it
         self.m.compile_s = time.perf_counter() - start
         self.m.mem_program_bytes = program_bytes(program)
         check_fits(program, "the pipeline's program")
@@ -45,10 +47,9 @@ class PipelineRunner(Runner):
         self.state, self.pending = prep.state, None
 
     def run(self, units: int) -> None:
-        x, y = self.prep.train.x, self.prep.train.y
         state, pending = self.state, self.pending
         for _ in range(units):
-            state, metrics = self.call(state, x, y)
+            state, metrics = self.call(state, *self.batches.args())
             if pending is not None:  # the previous call's metrics, while this one runs
                 loss = np.asarray(jax.device_get(pending)["loss"])
                 if not np.isfinite(loss).all():
@@ -60,11 +61,11 @@ class PipelineRunner(Runner):
     def result(self, timing: Timing):
         m = super().result(timing)
         m.mem_peak_bytes = device_peak_bytes()
-        m.input_share = min(input_seconds_per_step(self.prep, self.state) / timing.median, 1.0)
+        m.input_share = min(input_seconds_per_step(self.prep) / timing.median, 1.0)
         return m
 
     def close(self) -> None:
-        self.prep = self.state = self.pending = self.call = None
+        self.prep = self.state = self.pending = self.call = self.batches = None
 
 
 def step_flops(prep) -> float | None:
@@ -74,26 +75,19 @@ def step_flops(prep) -> float | None:
     return xla_flops(step.lower(prep.state, prep.train.x[:b], prep.train.y[:b]).compile())
 
 
-class _Gather:
-    """The input part of K pipeline steps alone: batch indices and the gather."""
+class _Input:
+    """The input part of K pipeline steps alone: the row indices made and placed, the rows gathered."""
 
-    def __init__(self, prep, state):
-        n, b, k = prep.train.rows, prep.spec.batch_size, prep.steps_per_call
-        self.steps_per_unit = k
-
-        @jax.jit
-        def gather(data_key, step, x_all, y_all):
-            idx = batch_indices(data_key, step, k, b, n)
-            return x_all[idx], y_all[idx]
-
-        self.fn = gather
-        self.args = (state.data_key, state.step, prep.train.x, prep.train.y)
+    def __init__(self, prep):
+        self.steps_per_unit = prep.steps_per_call
+        self.batches = Batches(prep, 0)
+        self.gather = jax.jit(lambda x_all, y_all, idx: (x_all[idx], y_all[idx]))
 
     def run(self, units: int) -> None:
         for _ in range(units):
-            out = self.fn(*self.args)
+            out = self.gather(*self.batches.args())
         jax.block_until_ready(out)
 
 
-def input_seconds_per_step(prep, state) -> float:
-    return time_alone(_Gather(prep, state), INPUT_BUDGET).median
+def input_seconds_per_step(prep) -> float:
+    return time_alone(_Input(prep), INPUT_BUDGET).median

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.objectives import higher_is_better
 from pipeline.sweep import checkpoint
 from pipeline.sweep.plan import Group, Trial
-from pipeline.sweep.population import SoloPopulation, VmapPopulation, stack, unstack
+from pipeline.sweep.population import MemberOrders, SoloPopulation, VmapPopulation, stack, unstack
 from pipeline.sweep.records import Curves, TrialRecord
 from pipeline.train.evaluation import finalize
 from pipeline.train.loop import Interrupted, Prepared, checkpoint_interval
@@ -47,7 +47,7 @@ class GroupRun:
     interrupted: dict
     on_checkpoint: Callable[[], None]  # rewrites trials.parquet
     on_progress: Callable[[int, float], None] = lambda steps, loss: None
-    key_slots: int = 1  # distinct data keys a population of this group holds, at most
+    seed_slots: int = 1  # distinct data seeds a population of this group holds, at most
     select: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,11 +72,13 @@ class PopulationRun:
         for t in members:
             if run.records[t].status == "pending":
                 run.records[t].status = "running"
+        seeds = [self._slot_cfg(slot).resolved_data_seed for slot in self.slots]
+        orders = MemberOrders(seeds, run.prep.train, self.cfg.batch_size, run.seed_slots)
         if run.vmap:
-            self.pop = VmapPopulation(run.programs, states, self.live, run.prep.train, self.step, run.key_slots)
+            self.pop = VmapPopulation(run.programs, states, self.live, orders, self.step)
         else:
             states = states if isinstance(states, list) else unstack(states, len(self.slots))
-            self.pop = SoloPopulation(run.programs, states, self.live, run.prep.train)
+            self.pop = SoloPopulation(run.programs, states, self.live, orders, self.step)
         self.started = time.time()
 
     def _restore(self) -> Any:
@@ -101,11 +103,11 @@ class PopulationRun:
         return host_state
 
     def _fresh_states(self) -> list[Any]:
-        prep, out = self.run.prep, []
-        for slot in self.slots:
-            cfg = self.run.trials[slot if slot is not None else self.members[0]].cfg
-            out.append(create_state(cfg, prep.info, self.total)[1])
-        return out
+        return [create_state(self._slot_cfg(slot), self.run.prep.info, self.total)[1] for slot in self.slots]
+
+    def _slot_cfg(self, slot: int | None):
+        """A slot's trial config; padding slots (None) repeat the first member."""
+        return self.run.trials[self.members[0] if slot is None else slot].cfg
 
     def wall(self) -> float:
         return self.wall0 + time.time() - self.started

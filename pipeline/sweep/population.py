@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, replicated
+from pipeline.data.order import EpochOrder
 from pipeline.train.loop import compiled
 from pipeline.train.state import StepSpec, TrainState
-from pipeline.train.step import batch_indices, eval_sums, train_step
+from pipeline.train.step import eval_sums, train_step
 
 # How many times each program was traced, i.e. compiled: tests assert on it.
 TRACES: collections.Counter[str] = collections.Counter()
@@ -56,18 +57,14 @@ def vmapped_programs(spec: StepSpec, steps_per_call: int):
     """K steps of a whole population (state donated), and its evaluation: two compiled programs.
 
     ``train_many`` vmapped, with one change measured to matter: members that share a data
-    key (the usual case: one data seed, many learning rates) share one computation of
-    their batch order, instead of every member sorting the same permutations again.
+    seed (the usual case: one data seed, many learning rates) share one array of batch
+    indices (``idx_UxKxB``, one row per distinct seed) instead of each carrying a copy.
     """
-    k = steps_per_call
     step_all = jax.vmap(functools.partial(train_step, spec))
     evaluate_all = jax.vmap(functools.partial(eval_sums, spec), in_axes=(0, None, None, None))
 
-    def run(state: TrainState, live_P: jax.Array, rep_U: jax.Array, which_P: jax.Array,
-            first_step: jax.Array, x_all, y_all):
+    def run(state: TrainState, live_P: jax.Array, which_P: jax.Array, x_all, y_all, idx_UxKxB: jax.Array):
         TRACES["train"] += 1
-        n = x_all.shape[0]
-        idx_UxKxB = jax.vmap(lambda key: batch_indices(key, first_step, k, spec.batch_size, n))(state.data_key[rep_U])
         idx_KxPxB = jnp.swapaxes(idx_UxKxB[which_P], 0, 1)
 
         def body(s, idx_PxB):
@@ -86,43 +83,54 @@ def vmapped_programs(spec: StepSpec, steps_per_call: int):
     # On CPU, LLVM's -O1 halves this program's compile time and leaves its speed as it was
     # (measured on the digits MLP population of scripts/bench_sweep): XLA's own optimizations run as usual.
     options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-    return Programs(jax.jit(run, donate_argnums=0, compiler_options=options), jax.jit(evaluate), k)
+    return Programs(jax.jit(run, donate_argnums=0, compiler_options=options), jax.jit(evaluate), steps_per_call)
 
 
 def solo_programs(spec: StepSpec, steps_per_call: int) -> Programs:
     """The two programs of ``pipeline train`` itself."""
-    return Programs(*compiled(spec, steps_per_call), steps_per_call)
+    return Programs(*compiled(spec), steps_per_call)
 
 
-def shared_keys(data_keys: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rep_U`` (a member holding each distinct data key, padded to ``slots``) and ``which_P``."""
-    rows = [tuple(np.asarray(k).ravel().tolist()) for k in data_keys]
-    distinct = list(dict.fromkeys(rows))
-    rep = [rows.index(d) for d in distinct]
-    rep += [rep[0]] * (slots - len(rep))  # a fixed count: one compiled program for the whole group
-    return np.array(rep, np.int32), np.array([distinct.index(r) for r in rows], np.int32)
+class MemberOrders:
+    """Every member's batch order: one ``EpochOrder`` per distinct data seed.
+
+    ``which`` maps members to seeds; the distinct orders are padded to ``slots`` rows so a
+    group's vmapped program has one input shape, and so one compile, for all its populations.
+    """
+
+    def __init__(self, seeds: list[int], train: DeviceSplit, batch_size: int, slots: int = 1):
+        self.seeds, self.train, self.batch_size, self.slots = list(seeds), train, batch_size, slots
+        distinct = list(dict.fromkeys(self.seeds))
+        self.orders = [EpochOrder(train.rows, batch_size, seed) for seed in distinct]
+        self.which = np.array([distinct.index(seed) for seed in self.seeds], np.int32)
+
+    def distinct(self, first_step: int, k: int) -> np.ndarray:
+        """(max(slots, distinct seeds), K, batch) row indices."""
+        idx = [order.indices(first_step, k) for order in self.orders]
+        return np.stack(idx + [idx[0]] * (self.slots - len(idx)))
+
+    def member(self, i: int, first_step: int, k: int) -> np.ndarray:
+        return self.orders[self.which[i]].indices(first_step, k)
+
+    def keep_only(self, positions: list[int]) -> MemberOrders:
+        return MemberOrders([self.seeds[i] for i in positions], self.train, self.batch_size, self.slots)
 
 
 class VmapPopulation:
-    def __init__(self, programs: Programs, state: TrainState, live: np.ndarray, train: DeviceSplit,
-                 first_step: int, key_slots: int):
+    def __init__(self, programs: Programs, state: TrainState, live: np.ndarray, orders: MemberOrders,
+                 first_step: int):
         self.programs, self.run, self.evaluate = programs, programs.run, programs.evaluate
         self.state = on_mesh(state)
         self.live = on_mesh(jnp.asarray(live))
-        self.train = train
+        self.orders, self.train = orders, orders.train
         self.step_count = first_step
-        self.key_slots = key_slots
-        self._share_keys()
-
-    def _share_keys(self) -> None:
-        data_keys = jax.device_get(self.state.data_key)
-        rep, which = shared_keys(data_keys, max(self.key_slots, len({tuple(k.ravel()) for k in data_keys})))
-        self.rep, self.which = on_mesh(rep), on_mesh(which)
+        self.which = on_mesh(orders.which)
 
     def step(self) -> Any:
-        self.state, metrics, self.live = self.run(self.state, self.live, self.rep, self.which,
-                                                  jnp.int32(self.step_count), self.train.x, self.train.y)
-        self.step_count += self.programs.steps_per_call
+        k = self.programs.steps_per_call
+        idx = on_mesh(self.orders.distinct(self.step_count, k))
+        self.state, metrics, self.live = self.run(self.state, self.live, self.which, self.train.x, self.train.y, idx)
+        self.step_count += k
         return metrics
 
     def fetch(self, handle: Any) -> dict[str, np.ndarray]:
@@ -144,7 +152,8 @@ class VmapPopulation:
         idx = jnp.asarray(slots)
         self.state = jax.tree.map(lambda a: a[idx], self.state)
         self.live = self.live[idx]
-        self._share_keys()
+        self.orders = self.orders.keep_only(slots)
+        self.which = on_mesh(self.orders.which)
 
     def host_state(self) -> Any:
         return jax.device_get(self.state)
@@ -153,17 +162,20 @@ class VmapPopulation:
 class SoloPopulation:
     """The same members, each stepped by the solo compiled programs of ``pipeline train``."""
 
-    def __init__(self, programs: Programs, states: list[TrainState], live: np.ndarray, train: DeviceSplit,
-                 first_step: int = 0, key_slots: int = 0):
-        self.run, self.evaluate = programs.run, programs.evaluate
+    def __init__(self, programs: Programs, states: list[TrainState], live: np.ndarray, orders: MemberOrders,
+                 first_step: int):
+        self.programs, self.run, self.evaluate = programs, programs.run, programs.evaluate
         self.states = [on_mesh(s) for s in states]
         self.live = np.array(live, bool)
-        self.train = train
+        self.orders, self.train = orders, orders.train
+        self.step_count = first_step
 
     def step(self) -> Any:
-        handles = {}
+        handles, k = {}, self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
-            self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y)
+            idx = on_mesh(self.orders.member(int(i), self.step_count, k))
+            self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y, idx)
+        self.step_count += k
         return handles
 
     def fetch(self, handle: dict[int, Any]) -> dict[str, np.ndarray]:
@@ -197,6 +209,7 @@ class SoloPopulation:
     def keep_only(self, slots: list[int]) -> None:
         self.states = [self.states[i] for i in slots]
         self.live = self.live[slots]
+        self.orders = self.orders.keep_only(slots)
 
     def host_state(self) -> Any:
         return stack(self.states)

@@ -138,9 +138,9 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
                 continue
             prep = prepare(trials[g.trials[0]].cfg, store)
             programs = (vmapped_programs if opts.vmap else solo_programs)(prep.spec, g.steps_per_call)
-            key_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
+            seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
             run = GroupRun(g, prep, programs, opts.vmap, trials, recs, sweep_dir / "checkpoints",
-                           Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, key_slots)
+                           Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots)
             size = max(len(c) for c in g.chunks)
             for index, members in enumerate(g.chunks):
                 if members not in chunks:

@@ -24,6 +24,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
 from pipeline.data.budget import fits_on_device
 from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, replicated, to_device
+from pipeline.data.order import EpochOrder
 from pipeline.data.sources import split_off_test
 from pipeline.data.stream import StreamingReader
 from pipeline.errors import PipelineError
@@ -143,30 +144,35 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     return Prepared(cfg, info, spec, state, train_split, reader, evals, steps, choose_steps_per_call(cfg, steps))
 
 
-def compiled(spec: StepSpec, steps_per_call: int, stream: bool = False):
+def compiled(spec: StepSpec, stream: bool = False):
     """The two programs of a run: K train steps (state donated) and a whole-split evaluation.
 
-    The device-resident program gathers its own batches; the streaming one scans K stacked batches.
+    The device-resident program gathers its batches by the row indices it is given; the
+    streaming one scans K stacked batches. K is the leading axis of either.
     """
-    if stream:
-        run = jax.jit(functools.partial(train_scan, spec), donate_argnums=0)
-    else:
-        run = jax.jit(functools.partial(train_many, spec, steps_per_call), donate_argnums=0)
+    run = jax.jit(functools.partial(train_scan if stream else train_many, spec), donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_sums, spec))
     return run, evaluate
 
 
 class Batches:
-    """What one compiled call trains on: the resident split, or K batches from the stream."""
+    """What one compiled call trains on: the resident split and K steps' row indices, or
+    K batches from the stream. Call ``args`` once per call, in step order."""
 
     def __init__(self, prep: Prepared, start_step: int):
-        self.prep = prep
+        self.prep, self.step = prep, start_step
         self._stream = prep.reader.iterate(start_step) if prep.reader else None
+        if self._stream is None:
+            self._order = EpochOrder(prep.train.rows, prep.cfg.batch_size, prep.cfg.resolved_data_seed)
+            self._sharding = replicated(data_mesh())
 
     def args(self) -> tuple:
+        k = self.prep.steps_per_call
+        first, self.step = self.step, self.step + k
         if self._stream is None:
-            return self.prep.train.x, self.prep.train.y
-        batches = [next(self._stream) for _ in range(self.prep.steps_per_call)]
+            idx = jax.device_put(self._order.indices(first, k), self._sharding)
+            return self.prep.train.x, self.prep.train.y, idx
+        batches = [next(self._stream) for _ in range(k)]
         return tuple(jnp.stack(parts) for parts in zip(*batches, strict=True))
 
     def close(self) -> None:
@@ -202,7 +208,7 @@ class _Run:
         self.k = prep.steps_per_call
         self.metrics = MetricsTable(run_dir / "metrics.parquet")
         self.checkpointer = Checkpointer(run_dir, prep.cfg.checkpoint_keep)
-        self.run, self.evaluate = compiled(prep.spec, self.k, stream=prep.reader is not None)
+        self.run, self.evaluate = compiled(prep.spec, stream=prep.reader is not None)
         self.book = Bookkeeping()
         self.started = time.time()
         self.last_flush = time.time()

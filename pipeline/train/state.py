@@ -24,7 +24,6 @@ class TrainState:
     opt_state: Any  # holds the traced optimizer hyperparameters
     step: jax.Array  # int32 count of applied updates
     key: jax.Array  # dropout randomness, folded with the step
-    data_key: jax.Array  # order of batches, folded with the epoch
     hparams: dict[str, jax.Array]  # traced model/objective hyperparameters (dropout, label smoothing, EMA)
     ema: Any = None  # moving average of params when cfg.ema_decay > 0, else None
 
@@ -38,6 +37,7 @@ class StepSpec:
     objective: Objective
     batch_size: int
     compute_dtype: Any  # jnp.float32 or jnp.bfloat16
+    dropout: bool = False  # dropout layers draw masks (cfg.model.dropout > 0); the rate itself is traced
 
 
 def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[StepSpec, TrainState]:
@@ -51,6 +51,7 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
         objective=objective_for(info.task),
         batch_size=cfg.batch_size,
         compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32,
+        dropout=cfg.model.dropout > 0,
     )
     state = TrainState(
         params=params,
@@ -58,7 +59,6 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
         opt_state=tx.init(params),
         step=jnp.zeros([], jnp.int32),
         key=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1),
-        data_key=jax.random.PRNGKey(cfg.resolved_data_seed),
         hparams={
             "dropout": jnp.asarray(cfg.model.dropout, jnp.float32),
             "label_smoothing": jnp.asarray(cfg.label_smoothing, jnp.float32),

@@ -22,8 +22,11 @@ def apply_model(spec: StepSpec, params, rest, x, hparams, key):
     """Model outputs in float32; computed in ``spec.compute_dtype``. ``key=None`` is eval mode."""
     if spec.compute_dtype != jnp.float32:
         params, x = _cast_floats(params, spec.compute_dtype), _cast_floats(x, spec.compute_dtype)
-    model = nnx.merge(spec.graphdef, params, rest)
-    out = model(x, dropout_rate=hparams["dropout"], key=key)
+    model = nnx.merge(spec.graphdef, params, rest, copy=True)  # fresh Variables: BatchNorm updates them
+    # Without dropout the rate is a Python 0.0 and no mask is drawn (a mask at a traced rate 0
+    # cost the digits MLP a third of its step).
+    rate = hparams["dropout"] if spec.dropout else 0.0
+    out = model(x, dropout_rate=rate, key=key)
     _, _, new_rest = nnx.split(model, nnx.Param, ...)
     return out.astype(jnp.float32), new_rest
 
@@ -55,34 +58,13 @@ def _keep_dtypes(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
-def batch_indices(data_key: jax.Array, first_step: jax.Array, num_steps: int,
-                  batch_size: int, num_rows: int) -> jax.Array:
-    """Row indices (num_steps x batch) for steps ``first_step ...``: a pure function of the step.
+def train_many(spec: StepSpec, state: TrainState, x_all, y_all, idx_KxB) -> tuple[TrainState, dict]:
+    """K updates in one compiled call over device-resident data (a lax.scan).
 
-    Each epoch is a permutation seeded by ``fold_in(data_key, epoch)``; the tail that does
-    not fill a batch is dropped. Being a function of the step alone, a resumed run and a
-    vmapped population member see exactly the batches of an uninterrupted solo run.
+    ``idx_KxB`` holds each step's row indices (``pipeline.data.order``); the rows are
+    gathered on the device.
     """
-    steps_per_epoch = num_rows // batch_size
-    first_epoch = first_step // steps_per_epoch
-    epochs_touched = num_steps // steps_per_epoch + 2  # static bound
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), num_rows))(
-        first_epoch + jnp.arange(epochs_touched)
-    )
-    steps = first_step + jnp.arange(num_steps)
-    rows = (steps // steps_per_epoch - first_epoch)[:, None]
-    cols = ((steps % steps_per_epoch) * batch_size)[:, None] + jnp.arange(batch_size)[None, :]
-    return perms[rows, cols]
-
-
-def train_many(spec: StepSpec, num_steps: int, state: TrainState, x_all, y_all) -> tuple[TrainState, dict]:
-    """``num_steps`` updates in one compiled call over device-resident data (a lax.scan)."""
-    idx_KxB = batch_indices(state.data_key, state.step, num_steps, spec.batch_size, x_all.shape[0])
-
-    def body(s, idx_B):
-        return train_step(spec, s, x_all[idx_B], y_all[idx_B])
-
-    return jax.lax.scan(body, state, idx_KxB)
+    return jax.lax.scan(lambda s, idx_B: train_step(spec, s, x_all[idx_B], y_all[idx_B]), state, idx_KxB)
 
 
 def train_scan(spec: StepSpec, state: TrainState, x_KxB, y_KxB) -> tuple[TrainState, dict]:

@@ -3,7 +3,6 @@ of (seed, step), exact resume, and shards that partition every epoch."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -39,7 +38,7 @@ def ids(batches) -> np.ndarray:
 
 
 def test_streaming_and_device_resident_give_the_same_examples(store_n):
-    from pipeline.train.step import batch_indices
+    from pipeline.data.order import EpochOrder
 
     whole = store_n.read("n", "train")
     with reader(store_n) as r:
@@ -48,7 +47,7 @@ def test_streaming_and_device_resident_give_the_same_examples(store_n):
     first = batches[0]
     assert first[0].shape == (B, *whole.x.shape[1:]) and first[0].dtype == whole.x.dtype
     assert first[1].shape == (B, *whole.y.shape[1:]) and first[1].dtype == whole.y.dtype
-    idx = np.asarray(batch_indices(jax.random.key(0), 0, 13, B, len(whole)))
+    idx = EpochOrder(len(whole), B, 0).indices(0, 13)
     resident = whole.x[idx.reshape(-1)][:, 0].astype(int)
     for epoch in range(2):
         streamed = ids(batches[13 * epoch:13 * (epoch + 1)])

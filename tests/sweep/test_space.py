@@ -75,19 +75,22 @@ def test_override_text_round_trips_exactly(value):
 
 def test_groups_split_on_the_program_not_on_traced_values():
     space = parse_space(BASE, ["model.hidden=choice(8;16)", "optimizer.learning_rate=choice(1e-3;1e-2)",
-                               "seed=range(2)", "model.dropout=choice(0;0.1)", "optimizer.clip_norm=choice(0;1;2)"])
+                               "seed=range(2)", "model.dropout=choice(0;0.1;0.2)",
+                               "optimizer.clip_norm=choice(0;1;2)"])
     points = strategy.trials(space, "grid", None, 0)
     trials = plan.make_trials(BASE, space, points)
     rows = {"train": 1438, "test": 359}
     info = type("Info", (), {"rows": rows})()
     groups = plan.make_groups(trials, {"digits": info})
-    # hidden (2) x clipping on/off (2): learning rate, seed, dropout and the clip norm itself are traced.
-    assert len(groups) == 4
+    # hidden (2) x clipping on/off (2) x dropout on/off (2): learning rate, seed, the dropout
+    # rate and the clip norm themselves are traced.
+    assert len(groups) == 8
     for g in groups:
         members = [trials[t].cfg for t in g.trials]
         assert len({m.model.hidden for m in members}) == 1
         assert len({m.optimizer.clip_norm > 0 for m in members}) == 1
-    assert sorted(len(g.trials) for g in groups) == [8, 8, 16, 16]
+        assert len({m.model.dropout > 0 for m in members}) == 1
+    assert sorted(len(g.trials) for g in groups) == [4, 4, 8, 8, 8, 8, 16, 16]
     assert all(g.total_steps == 2000 and g.steps_per_call == 100 for g in groups)
 
 

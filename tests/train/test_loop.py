@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.config import Config, ModelConfig, OptimizerConfig, apply_overrides
 from pipeline.data import Store, ensure_dataset
+from pipeline.data.order import EpochOrder
 from pipeline.train.loop import prepare, train
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step
@@ -41,12 +42,13 @@ def leaves(tree):
 
 
 def test_k_steps_per_call_equal_k_single_steps(prep):
-    many = jax.jit(functools.partial(train_many, prep.spec, 5))
-    one = jax.jit(functools.partial(train_many, prep.spec, 1))
-    state_k, metrics_k = many(prep.state, prep.train.x, prep.train.y)
+    run = jax.jit(functools.partial(train_many, prep.spec))  # not donating: the fixture's state is shared
+    order = EpochOrder(prep.train.rows, TINY.batch_size, TINY.resolved_data_seed)
+    x, y = prep.train.x, prep.train.y
+    state_k, metrics_k = run(prep.state, x, y, order.indices(0, 5))
     state_1, losses = prep.state, []
-    for _ in range(5):
-        state_1, m = one(state_1, prep.train.x, prep.train.y)
+    for step in range(5):
+        state_1, m = run(state_1, x, y, order.indices(step, 1))
         losses.append(float(m["loss"][0]))
     assert int(state_k.step) == int(state_1.step) == 5
     np.testing.assert_allclose(np.asarray(metrics_k["loss"]), losses, rtol=1e-5)
@@ -62,15 +64,32 @@ def test_one_compilation_per_run_and_none_after_step_one(store, tmp_path, caplog
     assert sum("eval_sums" in m for m in compiles) == 1, compiles
 
 
+def program_text(store, overrides: list[str]) -> str:
+    p = prepare(apply_overrides(TINY, overrides), store)
+    idx = np.zeros((10, TINY.batch_size), np.int32)
+    return jax.jit(functools.partial(train_many, p.spec)).lower(p.state, p.train.x, p.train.y, idx).as_text()
+
+
 def test_a_learning_rate_override_gives_the_same_program(store):
-    """Traced hyperparameters: a changed learning rate (or weight decay, dropout) is the same HLO."""
-    texts = []
-    for overrides in ([], ["optimizer.learning_rate=0.3", "optimizer.weight_decay=0.1", "model.dropout=0.2",
-                           "label_smoothing=0.1", "seed=7"]):
-        cfg = apply_overrides(TINY, overrides)
-        p = prepare(cfg, store)
-        texts.append(jax.jit(functools.partial(train_many, p.spec, 10)).lower(p.state, p.train.x, p.train.y).as_text())
-    assert texts[0] == texts[1]
+    """Traced hyperparameters: a changed learning rate (or weight decay, dropout rate) is the same HLO."""
+    base = program_text(store, ["model.dropout=0.1"])
+    changed = program_text(store, ["optimizer.learning_rate=0.3", "optimizer.weight_decay=0.1", "model.dropout=0.2",
+                                   "label_smoothing=0.1", "seed=7"])
+    assert base == changed
+    # Dropout on or off is a switch of the program: without it no mask is drawn at all.
+    assert program_text(store, ["model.dropout=0"]) != base
+
+
+def test_dropout_switched_on_at_rate_zero_equals_dropout_switched_off(prep):
+    """The switch only removes work: a mask drawn at a traced rate of 0 keeps every unit, unscaled."""
+    idx = EpochOrder(prep.train.rows, TINY.batch_size, 0).indices(0, 8)
+    off = jax.jit(functools.partial(train_many, prep.spec))
+    on = jax.jit(functools.partial(train_many, dataclasses.replace(prep.spec, dropout=True)))
+    state_off, metrics_off = off(prep.state, prep.train.x, prep.train.y, idx)
+    state_on, metrics_on = on(prep.state, prep.train.x, prep.train.y, idx)
+    np.testing.assert_array_equal(np.asarray(metrics_off["loss"]), np.asarray(metrics_on["loss"]))
+    for a, b in zip(leaves(state_off.params), leaves(state_on.params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_warm_compilation_cache_compiles_nothing_new(tmp_path):

@@ -239,10 +239,10 @@ def test_linear_model_converges_to_least_squares(store):
     ])
     assert cfg.model.hidden == ()
     prep = loop.prepare(cfg, store)
-    run, evaluate = loop.compiled(prep.spec, prep.steps_per_call)
-    state = prep.state
+    run, evaluate = loop.compiled(prep.spec)
+    state, batches = prep.state, loop.Batches(prep, 0)
     for _ in range(prep.total_steps // prep.steps_per_call):
-        state, _ = run(state, prep.train.x, prep.train.y)
+        state, _ = run(state, *batches.args())
     p = to_numpy(state.params)
     assert set(p) == {"head.kernel", "head.bias"}
 
