@@ -20,10 +20,11 @@ Metrics = dict[str, jax.Array]
 
 
 def _classification_loss(logits_BxC: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
-    num_classes = logits_BxC.shape[-1]
-    onehot = jax.nn.one_hot(y_B, num_classes)
-    targets = onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
-    loss = optax.softmax_cross_entropy(logits_BxC, targets).mean()
+    # Cross-entropy against (1 - s) * onehot + s / C, without building the targets:
+    # logsumexp(z) - (1 - s) * z_y - s * mean(z).
+    lse_B = jax.nn.logsumexp(logits_BxC, axis=-1)
+    z_y_B = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)[:, 0]
+    loss = (lse_B - (1.0 - label_smoothing) * z_y_B - label_smoothing * logits_BxC.mean(-1)).mean()
     accuracy = (jnp.argmax(logits_BxC, -1) == y_B).mean()
     return loss, {"loss": loss, "accuracy": accuracy}
 

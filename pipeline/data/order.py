@@ -19,13 +19,11 @@ class EpochOrder:
             raise ValueError(f"batch of {batch_size} rows from a split of {num_rows}")
         self.num_rows, self.batch_size, self.seed = num_rows, batch_size, int(seed)
         self.steps_per_epoch = num_rows // batch_size
-        self._epochs: dict[int, np.ndarray] = {}  # the current and the next epoch's batches
+        self._epochs: dict[int, np.ndarray] = {}  # epochs the latest call touched
 
     def epoch(self, e: int) -> np.ndarray:
         """Epoch ``e`` as (steps_per_epoch, batch) row indices."""
         if e not in self._epochs:
-            if len(self._epochs) >= 2:
-                del self._epochs[min(self._epochs)]
             rng = np.random.default_rng(np.random.SeedSequence([self.seed % 2**63, e]))
             used = self.steps_per_epoch * self.batch_size
             self._epochs[e] = rng.permutation(self.num_rows)[:used].astype(np.int32).reshape(-1, self.batch_size)
@@ -34,6 +32,9 @@ class EpochOrder:
     def indices(self, first_step: int, num_steps: int) -> np.ndarray:
         """Row indices (num_steps, batch) of steps ``first_step ... first_step + num_steps - 1``."""
         out = np.empty((num_steps, self.batch_size), np.int32)
+        first_epoch = first_step // self.steps_per_epoch
+        for e in [e for e in self._epochs if e < first_epoch]:  # steps only move forward
+            del self._epochs[e]
         step, done = first_step, 0
         while done < num_steps:
             e, offset = divmod(step, self.steps_per_epoch)

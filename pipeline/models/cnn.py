@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from pipeline.config import ConfigError
+from pipeline.models.conv import conv_general_dilated
 from pipeline.models.layers import ACTIVATIONS, dropout
 
 EXPECTED = "(L,) signals, (H, W) or (H, W, C) images"
@@ -37,18 +38,6 @@ def _layout(feature_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     return tuple(feature_shape), 1
 
 
-def _rebind_statistics(norm: nnx.BatchNorm) -> None:
-    """Give the running statistics fresh Variables at the current trace level.
-
-    ``jax.grad`` passes its non-differentiated arguments through untouched, so statistics
-    merged inside a gradient belong to the enclosing trace and NNX refuses to update them in
-    place. New Variables holding the same values can be updated; ``nnx.split`` after the
-    forward pass returns them as the new model state.
-    """
-    norm.mean = nnx.BatchStat(norm.mean[...])
-    norm.var = nnx.BatchStat(norm.var[...])
-
-
 class CNN(nnx.Module):
     def __init__(self, feature_shape: tuple[int, ...], cfg, out_features: int, *, rngs: nnx.Rngs):
         spatial, in_ch = _layout(feature_shape)
@@ -60,7 +49,8 @@ class CNN(nnx.Module):
         convs, norms, windows = [], [], []
         for out_ch in cfg.channels:
             convs.append(nnx.Conv(in_ch, out_ch, (cfg.kernel_size,) * dims, (cfg.stride,) * dims,
-                                  padding="SAME", use_bias=cfg.norm != "batch", rngs=rngs))
+                                  padding="SAME", use_bias=cfg.norm != "batch", rngs=rngs,
+                                  conv_general_dilated=conv_general_dilated))
             if cfg.norm == "batch":
                 norms.append(nnx.BatchNorm(out_ch, momentum=BATCH_NORM_MOMENTUM, rngs=rngs))
             elif cfg.norm == "layer":
@@ -86,8 +76,6 @@ class CNN(nnx.Module):
             if self.norm == "batch":
                 # key=None is evaluation: use the running statistics, leave them unchanged.
                 # Statistics are float32; keep the compute dtype (bf16 stays bf16).
-                if key is not None:
-                    _rebind_statistics(self.norms[i])
                 h = self.norms[i](h, use_running_average=key is None).astype(h.dtype)
             elif self.norm == "layer":
                 h = self.norms[i](h)

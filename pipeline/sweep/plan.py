@@ -28,7 +28,7 @@ TRACED_KEYS = (
     "optimizer.b1", "optimizer.b2", "optimizer.clip_norm",
 )
 # Traced values whose being zero or not switches a piece of the program on or off.
-SWITCHES = ("optimizer.clip_norm", "ema_decay", "model.dropout")
+SWITCHES = ("optimizer.clip_norm", "optimizer.weight_decay", "ema_decay", "model.dropout")
 DEFAULT_POPULATION_BYTES = 2 * 1024**3
 
 
