@@ -57,7 +57,7 @@ def table_peak(device_kind: str, precision: str) -> Peak | None:
 
 
 @functools.cache
-def measured_matmul_peak(precision: str, n: int = 1024, repeats: int = 8) -> Peak:
+def measured_matmul_peak(precision: str, n: int = 1024, repeats: int = 30) -> Peak:
     """Best FLOP/s of an n x n matrix multiply on the default device (CPUs)."""
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)

@@ -128,7 +128,7 @@ class VmapPopulation:
 
     def step(self) -> Any:
         k = self.programs.steps_per_call
-        idx = self.orders.distinct(self.step_count, k)
+        idx = on_mesh(self.orders.distinct(self.step_count, k))
         self.state, metrics, self.live = self.run(self.state, self.live, self.which, self.train.x, self.train.y, idx)
         self.step_count += k
         return metrics
@@ -173,7 +173,7 @@ class SoloPopulation:
     def step(self) -> Any:
         handles, k = {}, self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
-            idx = self.orders.member(int(i), self.step_count, k)
+            idx = on_mesh(self.orders.member(int(i), self.step_count, k))
             self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y, idx)
         self.step_count += k
         return handles

@@ -164,12 +164,14 @@ class Batches:
         self._stream = prep.reader.iterate(start_step) if prep.reader else None
         if self._stream is None:
             self._order = EpochOrder(prep.train.rows, prep.cfg.batch_size, prep.cfg.resolved_data_seed)
+            self._sharding = replicated(data_mesh())
 
     def args(self) -> tuple:
         k = self.prep.steps_per_call
         first, self.step = self.step, self.step + k
-        if self._stream is None:  # numpy: the compiled call places it (cheaper than a device_put first)
-            return self.prep.train.x, self.prep.train.y, self._order.indices(first, k)
+        if self._stream is None:
+            idx = jax.device_put(self._order.indices(first, k), self._sharding)
+            return self.prep.train.x, self.prep.train.y, idx
         batches = [next(self._stream) for _ in range(k)]
         return tuple(jnp.stack(parts) for parts in zip(*batches, strict=True))
 
