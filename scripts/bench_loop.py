@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -15,8 +15,7 @@ import jax
 from pipeline.config import apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.experiments import load_config
-from pipeline.train.loop import prepare
-from pipeline.train.step import train_many
+from pipeline.train.loop import Batches, compiled, prepare
 
 OVERRIDES = ["model.hidden=32", "batch_size=32", "steps=2000"]
 
@@ -25,25 +24,22 @@ def scanned_vs_host_loop(store: Store, steps: int = 2000, repeats: int = 5) -> d
     cfg = apply_overrides(load_config("digits_mlp"), OVERRIDES)
     prep = prepare(cfg, store)
     k = prep.steps_per_call
-    many = jax.jit(functools.partial(train_many, prep.spec, k), donate_argnums=0)
-    # The host loop dispatches one compiled step per step: the same program with K = 1.
-    one = jax.jit(functools.partial(train_many, prep.spec, 1), donate_argnums=0)
-    x, y = prep.train.x, prep.train.y
+    # The same program either way; the host loop dispatches it with K = 1, one call per step,
+    # each call's row indices made by the loop's own Batches.
+    run, _evaluate = compiled(prep.spec)
 
-    def run_scanned(state):
-        for _ in range(steps // k):
-            state, metrics = many(state, x, y)
-        jax.block_until_ready(metrics)
-        return state
+    def make(per_call: int):
+        def loop(state):
+            batches = Batches(dataclasses.replace(prep, steps_per_call=per_call), 0)
+            for _ in range(steps // per_call):
+                state, metrics = run(state, *batches.args())
+            jax.block_until_ready(metrics)
+            return state
 
-    def run_host(state):
-        for _ in range(steps):
-            state, metrics = one(state, x, y)
-        jax.block_until_ready(metrics)
-        return state
+        return loop
 
     results = {}
-    for name, fn in (("scanned", run_scanned), ("host", run_host)):
+    for name, fn in (("scanned", make(k)), ("host", make(1))):
         state = jax.tree.map(lambda a: a.copy(), prep.state)
         state = fn(state)  # warm-up: compile
         times = []

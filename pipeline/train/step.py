@@ -58,18 +58,34 @@ def _keep_dtypes(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+# What a step changes; the dropout key and the model hyperparameters stay as they are, so
+# the scans below close over them instead of carrying them (3% of the digits MLP's step).
+MOVING = ("params", "rest", "opt_state", "step", "ema")
+
+
+def _scan_steps(spec: StepSpec, state: TrainState, xs, batch_of) -> tuple[TrainState, dict]:
+    """``train_step`` once per leading entry of ``xs``; ``batch_of(x)`` gives that step's (x, y)."""
+
+    def body(moving: dict, x):
+        new, metrics = train_step(spec, state.replace(**moving), *batch_of(x))
+        return {f: getattr(new, f) for f in MOVING}, metrics
+
+    moving, metrics = jax.lax.scan(body, {f: getattr(state, f) for f in MOVING}, xs)
+    return state.replace(**moving), metrics
+
+
 def train_many(spec: StepSpec, state: TrainState, x_all, y_all, idx_KxB) -> tuple[TrainState, dict]:
     """K updates in one compiled call over device-resident data (a lax.scan).
 
     ``idx_KxB`` holds each step's row indices (``pipeline.data.order``); the rows are
     gathered on the device.
     """
-    return jax.lax.scan(lambda s, idx_B: train_step(spec, s, x_all[idx_B], y_all[idx_B]), state, idx_KxB)
+    return _scan_steps(spec, state, idx_KxB, lambda idx_B: (x_all[idx_B], y_all[idx_B]))
 
 
 def train_scan(spec: StepSpec, state: TrainState, x_KxB, y_KxB) -> tuple[TrainState, dict]:
     """K updates in one compiled call over K batches that the host stacked (the streaming path)."""
-    return jax.lax.scan(lambda s, batch: train_step(spec, s, *batch), state, (x_KxB, y_KxB))
+    return _scan_steps(spec, state, (x_KxB, y_KxB), lambda batch: batch)
 
 
 def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> dict:
