@@ -48,8 +48,8 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int, grad_accum: int = 1) 
 def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     multiplier = schedule_multiplier(cfg, total_steps)
     clip = cfg.clip_norm > 0
-    # Switches, like clipping: a piece that would do nothing is left out of the program
-    # (each is a few extra ops per parameter per step, a tenth of a small model's step).
+    # Switches, like clipping: a piece that would do nothing is left out of the program rather
+    # than computed with a traced zero (ops per parameter per step that a small model feels).
     decay = cfg.weight_decay > 0
     scheduled = not (cfg.schedule == "constant" and cfg.warmup_steps == 0)
 
