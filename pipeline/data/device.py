@@ -23,6 +23,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
+    """Split axis ``axis`` (the batch) over the ``data`` axis when it divides; else replicate.
+
+    Split, every device computes its share of each batch and XLA adds the gradients up across
+    devices (data parallelism); replicated, every device computes the whole batch.
+    """
+    if batch % mesh.devices.size:
+        return replicated(mesh)
+    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, "data"))
+
+
 @dataclass
 class DeviceSplit:
     """A whole training split on the device; the step gathers its own batches."""

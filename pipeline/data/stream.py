@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pipeline.data.device import data_mesh, replicated
+from pipeline.data.device import batch_sharding, data_mesh
 from pipeline.data.rowgroups import Group, SplitIndex
 from pipeline.data.shuffle import Rows, shuffled_batches
 from pipeline.data.validate import DataError
@@ -152,8 +152,7 @@ class StreamingReader:
             if (rows * jax.process_count()) % devices:
                 raise DataError(f"batch size {self.batch_size} does not split over {devices} devices")
             return NamedSharding(self.mesh, PartitionSpec("data"))
-        # Split the batch over the data axis when it divides; otherwise every device holds it whole.
-        return NamedSharding(self.mesh, PartitionSpec("data")) if rows % devices == 0 else replicated(self.mesh)
+        return batch_sharding(self.mesh, rows)
 
     def place(self, rows: Rows) -> tuple[jax.Array, ...]:
         sharding = self._sharding(len(rows[0]))

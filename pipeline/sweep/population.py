@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, replicated
+from pipeline.data.device import DeviceSplit, EvalBatches, batch_sharding, data_mesh, replicated
 from pipeline.data.order import EpochOrder
 from pipeline.train.loop import compiled
 from pipeline.train.state import StepSpec, TrainState
@@ -109,6 +109,10 @@ class MemberOrders:
         idx = [order.indices(first_step, k) for order in self.orders]
         return np.stack(idx + [idx[0]] * (self.slots - len(idx)))
 
+    def sharding(self, axis: int):
+        """Batch axis ``axis`` of the indices split over the devices (data parallelism), as the loop does."""
+        return batch_sharding(data_mesh(), self.batch_size, axis)
+
     def member(self, i: int, first_step: int, k: int) -> np.ndarray:
         return self.orders[self.which[i]].indices(first_step, k)
 
@@ -128,7 +132,7 @@ class VmapPopulation:
 
     def step(self) -> Any:
         k = self.programs.steps_per_call
-        idx = on_mesh(self.orders.distinct(self.step_count, k))
+        idx = jax.device_put(self.orders.distinct(self.step_count, k), self.orders.sharding(axis=2))
         self.state, metrics, self.live = self.run(self.state, self.live, self.which, self.train.x, self.train.y, idx)
         self.step_count += k
         return metrics
@@ -173,7 +177,7 @@ class SoloPopulation:
     def step(self) -> Any:
         handles, k = {}, self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
-            idx = on_mesh(self.orders.member(int(i), self.step_count, k))
+            idx = jax.device_put(self.orders.member(int(i), self.step_count, k), self.orders.sharding(axis=1))
             self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y, idx)
         self.step_count += k
         return handles

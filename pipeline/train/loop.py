@@ -23,7 +23,15 @@ import numpy as np
 from pipeline.config import Config, ConfigError
 from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
 from pipeline.data.budget import fits_on_device
-from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, eval_batches, replicated, to_device
+from pipeline.data.device import (
+    DeviceSplit,
+    EvalBatches,
+    batch_sharding,
+    data_mesh,
+    eval_batches,
+    replicated,
+    to_device,
+)
 from pipeline.data.order import EpochOrder
 from pipeline.data.sources import split_off_test
 from pipeline.data.stream import StreamingReader
@@ -164,7 +172,7 @@ class Batches:
         self._stream = prep.reader.iterate(start_step) if prep.reader else None
         if self._stream is None:
             self._order = EpochOrder(prep.train.rows, prep.cfg.batch_size, prep.cfg.resolved_data_seed)
-            self._sharding = replicated(data_mesh())
+            self._sharding = batch_sharding(data_mesh(), prep.cfg.batch_size, axis=1)  # (K, batch)
 
     def args(self) -> tuple:
         k = self.prep.steps_per_call
