@@ -34,6 +34,11 @@ def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*(None,) * axis, "data"))
 
 
+def place_indices(idx: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Row indices whose last axis is the batch, on the devices with that axis split over them."""
+    return jax.device_put(idx, batch_sharding(mesh, idx.shape[-1], axis=idx.ndim - 1))
+
+
 @dataclass
 class DeviceSplit:
     """A whole training split on the device; the step gathers its own batches."""

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.data.device import DeviceSplit, EvalBatches, batch_sharding, data_mesh, replicated
+from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, place_indices, replicated
 from pipeline.data.order import EpochOrder
 from pipeline.train.loop import compiled
 from pipeline.train.state import StepSpec, TrainState
@@ -104,17 +104,14 @@ class MemberOrders:
         self.orders = [EpochOrder(train.rows, batch_size, seed) for seed in distinct]
         self.which = np.array([distinct.index(seed) for seed in self.seeds], np.int32)
 
-    def distinct(self, first_step: int, k: int) -> np.ndarray:
-        """(max(slots, distinct seeds), K, batch) row indices."""
+    def distinct(self, first_step: int, k: int) -> jax.Array:
+        """(max(slots, distinct seeds), K, batch) row indices on the devices, the batch split over them."""
         idx = [order.indices(first_step, k) for order in self.orders]
-        return np.stack(idx + [idx[0]] * (self.slots - len(idx)))
+        return place_indices(np.stack(idx + [idx[0]] * (self.slots - len(idx))), data_mesh())
 
-    def sharding(self, axis: int):
-        """Batch axis ``axis`` of the indices split over the devices (data parallelism), as the loop does."""
-        return batch_sharding(data_mesh(), self.batch_size, axis)
-
-    def member(self, i: int, first_step: int, k: int) -> np.ndarray:
-        return self.orders[self.which[i]].indices(first_step, k)
+    def member(self, i: int, first_step: int, k: int) -> jax.Array:
+        """(K, batch) row indices of member ``i``, placed as ``pipeline train`` places them."""
+        return place_indices(self.orders[self.which[i]].indices(first_step, k), data_mesh())
 
     def keep_only(self, positions: list[int]) -> MemberOrders:
         return MemberOrders([self.seeds[i] for i in positions], self.train, self.batch_size, self.slots)
@@ -132,7 +129,7 @@ class VmapPopulation:
 
     def step(self) -> Any:
         k = self.programs.steps_per_call
-        idx = jax.device_put(self.orders.distinct(self.step_count, k), self.orders.sharding(axis=2))
+        idx = self.orders.distinct(self.step_count, k)
         self.state, metrics, self.live = self.run(self.state, self.live, self.which, self.train.x, self.train.y, idx)
         self.step_count += k
         return metrics
@@ -177,7 +174,7 @@ class SoloPopulation:
     def step(self) -> Any:
         handles, k = {}, self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
-            idx = jax.device_put(self.orders.member(int(i), self.step_count, k), self.orders.sharding(axis=1))
+            idx = self.orders.member(int(i), self.step_count, k)
             self.states[i], handles[int(i)] = self.run(self.states[i], self.train.x, self.train.y, idx)
         self.step_count += k
         return handles

@@ -26,9 +26,9 @@ from pipeline.data.budget import fits_on_device
 from pipeline.data.device import (
     DeviceSplit,
     EvalBatches,
-    batch_sharding,
     data_mesh,
     eval_batches,
+    place_indices,
     replicated,
     to_device,
 )
@@ -172,14 +172,13 @@ class Batches:
         self._stream = prep.reader.iterate(start_step) if prep.reader else None
         if self._stream is None:
             self._order = EpochOrder(prep.train.rows, prep.cfg.batch_size, prep.cfg.resolved_data_seed)
-            self._sharding = batch_sharding(data_mesh(), prep.cfg.batch_size, axis=1)  # (K, batch)
+            self._mesh = data_mesh()
 
     def args(self) -> tuple:
         k = self.prep.steps_per_call
         first, self.step = self.step, self.step + k
         if self._stream is None:
-            idx = jax.device_put(self._order.indices(first, k), self._sharding)
-            return self.prep.train.x, self.prep.train.y, idx
+            return self.prep.train.x, self.prep.train.y, place_indices(self._order.indices(first, k), self._mesh)
         batches = [next(self._stream) for _ in range(k)]
         return tuple(jnp.stack(parts) for parts in zip(*batches, strict=True))
 
