@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.data.device import DeviceSplit, EvalBatches, data_mesh, place_indices, replicated
+from pipeline.data.device import DeviceSplit, EvalBatches, batch_sharding, data_mesh, place_indices, replicated
 from pipeline.data.order import EpochOrder
 from pipeline.train.loop import compiled
 from pipeline.train.state import StepSpec, TrainState
@@ -42,6 +42,20 @@ class Programs:
 def on_mesh(tree: Any) -> Any:
     """Committed like the data (and like the programs' outputs), so each program compiles once."""
     return jax.device_put(tree, replicated(data_mesh()))
+
+
+def split_members(tree: Any) -> Any:
+    """Members (the leading axis) split over the devices when their count divides, else replicated.
+
+    Split, each device steps its own members and nothing passes between devices; replicated,
+    each member's batch is split instead (data parallelism, as ``pipeline train`` does).
+    """
+    mesh = data_mesh()
+    return jax.device_put(tree, batch_sharding(mesh, jax.tree.leaves(tree)[0].shape[0]))
+
+
+def members_split(count: int) -> bool:
+    return jax.device_count() > 1 and count % jax.device_count() == 0
 
 
 def stack(states: list[TrainState]) -> TrainState:
@@ -105,9 +119,14 @@ class MemberOrders:
         self.which = np.array([distinct.index(seed) for seed in self.seeds], np.int32)
 
     def distinct(self, first_step: int, k: int) -> jax.Array:
-        """(max(slots, distinct seeds), K, batch) row indices on the devices, the batch split over them."""
+        """(max(slots, distinct seeds), K, batch) row indices on the devices.
+
+        Every device holds them whole when the members are split over the devices; otherwise
+        the batch is split, as ``pipeline train`` splits it.
+        """
         idx = [order.indices(first_step, k) for order in self.orders]
-        return place_indices(np.stack(idx + [idx[0]] * (self.slots - len(idx))), data_mesh())
+        idx = np.stack(idx + [idx[0]] * (self.slots - len(idx)))
+        return on_mesh(idx) if members_split(len(self.seeds)) else place_indices(idx, data_mesh())
 
     def member(self, i: int, first_step: int, k: int) -> jax.Array:
         """(K, batch) row indices of member ``i``, placed as ``pipeline train`` places them."""
@@ -121,11 +140,11 @@ class VmapPopulation:
     def __init__(self, programs: Programs, state: TrainState, live: np.ndarray, orders: MemberOrders,
                  first_step: int):
         self.programs, self.run, self.evaluate = programs, programs.run, programs.evaluate
-        self.state = on_mesh(state)
-        self.live = on_mesh(jnp.asarray(live))
+        self.state = split_members(state)
+        self.live = split_members(np.asarray(live))
         self.orders, self.train = orders, orders.train
         self.step_count = first_step
-        self.which = on_mesh(orders.which)
+        self.which = split_members(orders.which)
 
     def step(self) -> Any:
         k = self.programs.steps_per_call
@@ -150,11 +169,11 @@ class VmapPopulation:
 
     def keep_only(self, slots: list[int]) -> None:
         """Repack to the given slots (successive halving frees the stopped members' compute)."""
-        idx = jnp.asarray(slots)
-        self.state = jax.tree.map(lambda a: a[idx], self.state)
-        self.live = self.live[idx]
+        host = jax.device_get((self.state, self.live))
+        self.state = split_members(jax.tree.map(lambda a: a[slots], host[0]))
+        self.live = split_members(host[1][slots])
         self.orders = self.orders.keep_only(slots)
-        self.which = on_mesh(self.orders.which)
+        self.which = split_members(self.orders.which)
 
     def host_state(self) -> Any:
         return jax.device_get(self.state)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from pipeline.config import ConfigError, apply_overrides, to_dict
 from pipeline.data import Store, ensure_dataset
 from pipeline.experiments import experiment_name, load_module
@@ -142,6 +144,8 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             run = GroupRun(g, prep, programs, opts.vmap, trials, recs, sweep_dir / "checkpoints",
                            Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots)
             size = max(len(c) for c in g.chunks)
+            if opts.vmap:  # a multiple of the devices, so each device steps its own members
+                size = -(-size // jax.device_count()) * jax.device_count()
             for index, members in enumerate(g.chunks):
                 if members not in chunks:
                     continue
