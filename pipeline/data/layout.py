@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.dataset import DatasetInfo
+from pipeline.data.validate import DataError
 
 METADATA_KEY = b"pipeline"
 MIB = 1024 * 1024
@@ -63,3 +64,13 @@ def footer_metadata(info: DatasetInfo) -> dict[bytes, bytes]:
     schema = arrow_schema(info, with_metadata=True)
     return {b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()),
             METADATA_KEY: info.to_json().encode()}
+
+
+def info_from_metadata(path: str, metadata: dict[bytes, bytes]) -> DatasetInfo:
+    """The ``DatasetInfo`` a file's schema metadata carries; a missing or unreadable one names the file."""
+    if METADATA_KEY not in metadata:
+        raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata in the schema")
+    try:
+        return DatasetInfo.from_json(metadata[METADATA_KEY])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{path}: unreadable '{METADATA_KEY.decode()}' metadata ({exc})") from None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
-from pipeline.data.layout import METADATA_KEY, arrow_schema
+from pipeline.data.layout import arrow_schema, info_from_metadata
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows
 
@@ -124,12 +124,7 @@ def _describe(t: pa.DataType) -> str:
 
 
 def check_metadata(path: str, metadata: dict[bytes, bytes], info: DatasetInfo) -> None:
-    if METADATA_KEY not in metadata:
-        raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata in the schema")
-    try:
-        mine = DatasetInfo.from_json(metadata[METADATA_KEY])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"{path}: unreadable '{METADATA_KEY.decode()}' metadata ({exc})") from None
+    mine = info_from_metadata(path, metadata)
     ours, theirs = dataclasses.asdict(info), dataclasses.asdict(mine)
     differ = [k for k in ours if ours[k] != theirs.get(k)]
     if differ:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data import fs as fsx
 from pipeline.data.dataset import FORMAT_VERSION, DatasetInfo, Split
-from pipeline.data.layout import METADATA_KEY, Layout
+from pipeline.data.layout import Layout, info_from_metadata
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows
 
@@ -77,12 +77,7 @@ class Store:
             metadata = pq.read_schema(path, filesystem=self.fs).metadata or {}
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({fsx.first_line(exc)})") from None
-        if METADATA_KEY not in metadata:
-            raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata in the schema")
-        try:
-            info = DatasetInfo.from_json(metadata[METADATA_KEY])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"{path}: unreadable '{METADATA_KEY.decode()}' metadata ({exc})") from None
+        info = info_from_metadata(path, metadata)
         if info.format_version > FORMAT_VERSION:
             raise DataError(f"{path}: written by a newer pipeline (format version {info.format_version}, "
                             f"this one reads up to {FORMAT_VERSION})")

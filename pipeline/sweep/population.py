@@ -169,9 +169,9 @@ class VmapPopulation:
 
     def keep_only(self, slots: list[int]) -> None:
         """Repack to the given slots (successive halving frees the stopped members' compute)."""
-        host = jax.device_get((self.state, self.live))
-        self.state = split_members(jax.tree.map(lambda a: a[slots], host[0]))
-        self.live = split_members(host[1][slots])
+        idx = jnp.asarray(slots)  # on the device, then re-split: no round trip through the host
+        self.state = split_members(jax.tree.map(lambda a: a[idx], self.state))
+        self.live = split_members(self.live[idx])
         self.orders = self.orders.keep_only(slots)
         self.which = split_members(self.orders.which)
 
