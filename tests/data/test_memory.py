@@ -41,7 +41,10 @@ def test_csv_import_memory_is_bounded(tmp_path):
     make_csv(tmp_path / "big", big_gb)
     store = str(tmp_path / "store")
     options = ["--target", "label", "--store", store, "--block-mb", "0.25", "--row-group-mb", "1"]
-    small = peak_mb(["data", "import", str(tmp_path / "small"), "--name", "small", *options])
+    # The small import's peak moves by ~10-20 MB between runs (allocator arenas): its higher of two
+    # runs is the steady state the big one is held to (one low reading failed CI once).
+    small = max(peak_mb(["data", "import", str(tmp_path / "small"), "--name", f"small{i}", *options])
+                for i in range(2))
     big = peak_mb(["data", "import", str(tmp_path / "big"), "--name", "big", *options])
     # Holding the big file's rows would add 80 MB over the small one (a whole-table read, twice that).
     assert big < small + 0.5 * (big_gb - small_gb) * 1000, (small, big)
