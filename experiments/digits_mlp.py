@@ -1,6 +1,7 @@
 """The default experiment: an MLP on scikit-learn's 8x8 handwritten digits."""
 
-from pipeline.config import Config, ModelConfig, OptimizerConfig
+from pipeline.config import Config, OptimizerConfig
+from pipeline.models import MLPConfig
 
 
 def config() -> Config:
@@ -9,7 +10,7 @@ def config() -> Config:
         steps=2000,
         batch_size=64,
         eval_every=500,
-        model=ModelConfig(name="mlp", hidden=(128,), activation="relu"),
+        model=MLPConfig(hidden=(128,), activation="relu"),
         optimizer=OptimizerConfig(name="adam", learning_rate=1e-3),
     )
 

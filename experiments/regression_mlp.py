@@ -1,6 +1,7 @@
 """An MLP regressor on the built-in synthetic regression set (8 features, one target)."""
 
-from pipeline.config import Config, ModelConfig, OptimizerConfig
+from pipeline.config import Config, OptimizerConfig
+from pipeline.models import MLPConfig
 
 
 def config() -> Config:
@@ -9,6 +10,6 @@ def config() -> Config:
         steps=3000,
         batch_size=64,
         eval_every=500,
-        model=ModelConfig(name="mlp", hidden=(64, 64), activation="gelu"),
+        model=MLPConfig(hidden=(64, 64), activation="gelu"),
         optimizer=OptimizerConfig(name="adam", learning_rate=3e-3, schedule="cosine"),
     )

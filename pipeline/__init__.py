@@ -1,3 +1,28 @@
-"""A JAX training pipeline: Flax NNX models, Optax updates, Parquet records."""
+"""A JAX training pipeline: Flax NNX models, Optax updates, Parquet records.
+
+The Python surface (loaded on first use, so ``import pipeline`` stays light):
+``fit``, ``load_run``, ``register_model``, ``register_objective``, ``Config``, ``ModelConfig``,
+``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``PipelineError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "fit": "pipeline.api", "load_run": "pipeline.api", "FitResult": "pipeline.api",
+    "register_model": "pipeline.registry", "register_objective": "pipeline.registry",
+    "Config": "pipeline.config", "ModelConfig": "pipeline.config", "OptimizerConfig": "pipeline.config",
+    "DataConfig": "pipeline.config", "traced": "pipeline.config",
+    "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -23,9 +23,10 @@ def cmd_data_import(args) -> int:
 
     mib = 1024 * 1024
     layout = Layout(int(args.row_group_mb * mib), int(args.file_mb * mib), int(args.block_mb * mib))
+    features = None if args.features is None else [c.strip() for c in args.features.split(",") if c.strip()]
     info = import_dataset(_store(args), args.source, args.name, target=args.target,
                           test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
-                          layout=layout)
+                          layout=layout, features=features)
     rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
     print(f"imported '{info.name}': {info.task}, features {list(info.feature_shape)}, {rows} rows")
     return 0
@@ -68,18 +69,19 @@ def _compile_cache(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from pipeline.experiments import experiment_name, load_config
+    from pipeline.experiments import experiment_name, load_experiment
     from pipeline.track.run_dir import default_runs_root, new_run_dir
     from pipeline.train.loop import train
 
-    cfg = load_config(args.experiment, args.overrides)
+    cfg, experiment_file = load_experiment(args.experiment, args.overrides)
     name = experiment_name(args.experiment)
     runs_root = Path(args.runs) if args.runs else default_runs_root()
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(runs_root, name)
     if args.resume and not (run_dir / "config.json").is_file():
         raise PipelineError(f"--resume: {run_dir} is not a run folder (no config.json); give --run-dir of a run")
     _compile_cache(args)
-    summary = train(cfg, name, run_dir, _store(args), show_progress=not args.no_progress)
+    summary = train(cfg, name, run_dir, _store(args), show_progress=not args.no_progress,
+                    experiment_file=str(experiment_file))
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     print(f"{metrics}\nrun folder: {summary['run_dir']}")
     if args.json:
@@ -144,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--name", required=True)
     p.add_argument("--target", default=None, help="label column of a table source")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--features", default=None, metavar="COL,COL",
+                   help="feature columns of a table source (default: every column but the target)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of train rows held out as test when the source has no test split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--row-group-mb", type=float, default=8.0, help="row group size (uncompressed MiB)")

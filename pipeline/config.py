@@ -23,29 +23,37 @@ class ConfigError(PipelineError):
     """A config key or value that cannot be used."""
 
 
+def traced(default: Any, *, switch: bool = False) -> Any:
+    """A config field whose value is a traced array of the compiled program, not a constant baked into it.
+
+    Changing it never recompiles, and a sweep may hold different values of it in one vmapped
+    population. ``switch=True`` marks a field whose being zero or not turns a piece of the
+    program off or on (dropout, weight decay, clipping, EMA): a sweep groups trials by that.
+    """
+    return field(default=default, metadata={"traced": True, "switch": switch})
+
+
+def is_traced(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("traced"))
+
+
+def is_switch(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("switch"))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model family and its shape. Each family reads the fields it needs."""
+    """Base of every model family's config: ``name`` selects the family, the rest are its own fields.
 
-    name: str = "mlp"  # mlp | cnn | transformer
-    # mlp
-    hidden: tuple[int, ...] = (128,)
-    activation: str = "relu"  # sigmoid | tanh | relu | gelu
-    dropout: float = 0.0  # traced: changing it does not recompile
-    # cnn
-    channels: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    stride: int = 1
-    pool: str = "max"  # max | avg | none
-    norm: str = "none"  # none | layer | batch
-    # transformer
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 0  # 0 means 4 * d_model
-    context: int = 128
-    position: str = "rotary"  # rotary | learned
-    tie_embeddings: bool = True
+    A family subclasses it with a frozen dataclass of the fields its build function reads and
+    registers it (``pipeline.register_model``). ``validate`` raises ``ConfigError`` for values
+    that parse but make no sense.
+    """
+
+    name: str = ""
+
+    def validate(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -53,14 +61,14 @@ class OptimizerConfig:
     """Optax optimizer, schedule and clipping. Numeric fields are traced hyperparameters."""
 
     name: str = "adam"  # sgd | momentum | adam | adamw
-    learning_rate: float = 1e-3
+    learning_rate: float = traced(1e-3)
     schedule: str = "constant"  # constant | cosine | warmup_cosine
     warmup_steps: int = 0
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    b1: float = 0.9
-    b2: float = 0.999
-    clip_norm: float = 0.0  # 0 turns global-norm clipping off
+    weight_decay: float = traced(0.0, switch=True)
+    momentum: float = traced(0.9)
+    b1: float = traced(0.9)
+    b2: float = traced(0.999)
+    clip_norm: float = traced(0.0, switch=True)  # 0 turns global-norm clipping off
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class DataConfig:
     max_device_bytes: int = 2 * 1024**3  # larger training splits stream from disk
     shuffle_buffer: int = 16384  # rows mixed by the streaming reader
     prefetch: int = 4  # batches the streaming reader keeps ready
+    normalize: str = "auto"  # standardize features from the training split's statistics: auto | true | false
 
 
 @dataclass(frozen=True)
@@ -79,32 +88,65 @@ class Config:
     """One experiment: what data, which model, how to optimise and for how long."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    seed: int = 0  # parameter initialisation and dropout
-    data_seed: int | None = None  # order of batches; None means `seed`
+    objective: str = ""  # loss and metrics by name; "" is the dataset task's default
+    seed: int = traced(0)  # parameter initialisation and dropout
+    data_seed: int | None = traced(None)  # order of batches; None means `seed`
     steps: int = 2000
     epochs: int = 0  # > 0 replaces `steps` by epochs * (train rows // batch_size)
     batch_size: int = 64
     eval_every: int = 500
     eval_batch_size: int = 512
     steps_per_call: int = 0  # 0 picks a value automatically
-    label_smoothing: float = 0.0
+    label_smoothing: float = traced(0.0)
     precision: str = "fp32"  # fp32 | bf16: compute in bfloat16, parameters and optimizer state in float32
     grad_accum: int = 1  # > 1 averages gradients of that many batches per update (optax.MultiSteps)
-    ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the parameters for evaluation
+    ema_decay: float = traced(0.0, switch=True)  # > 0 keeps a moving average of the parameters for evaluation
     patience: int = 0  # > 0 stops after that many evaluations without improvement of `best_metric`
     best_metric: str = ""  # evaluation metric that picks the best checkpoint; "" is the task's default
     checkpoint_every: int = 0  # 0 checkpoints at every evaluation
     checkpoint_keep: int = 3  # latest checkpoints kept, besides the best one
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: default_model())
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # Config(data="digits") is shorthand for DataConfig(name=...)
             object.__setattr__(self, "data", DataConfig(name=self.data))
+        if isinstance(self.model, str):  # Config(model="cnn"): that family's defaults
+            object.__setattr__(self, "model", model_config(self.model))
 
     @property
     def resolved_data_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
+
+
+DEFAULT_MODEL = "mlp"
+
+
+def model_config(name: str, carry: ModelConfig | None = None) -> ModelConfig:
+    """The default config of family ``name``; fields it shares with ``carry`` keep ``carry``'s values."""
+    from pipeline.registry import family
+
+    cls = family(name).config
+    if carry is None:
+        return cls()
+    own = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    return cls(**{f.name: getattr(carry, f.name) for f in dataclasses.fields(carry) if f.name in own})
+
+
+def default_model() -> ModelConfig:
+    return model_config(DEFAULT_MODEL)
+
+
+def traced_fields(cfg: Any, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Dotted key -> field of every field marked ``traced`` in a config tree (the model's own included)."""
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(traced_fields(value, prefix + f.name + "."))
+        elif is_traced(f):
+            out[prefix + f.name] = f
+    return out
 
 
 def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -144,6 +186,12 @@ def leaf_type(cfg: Any, key: str) -> Any:
 
 def unknown_key(cfg: Any, key: str) -> ConfigError:
     valid = list(flat_keys(cfg))
+    if key.startswith("model.") and isinstance(getattr(cfg, "model", None), ModelConfig):
+        names = [f.name for f in dataclasses.fields(cfg.model)]
+        fields = ", ".join(names)
+        close = difflib.get_close_matches(key.removeprefix("model."), names, n=3, cutoff=0.75)
+        hint = f"did you mean {', '.join('model.' + c for c in close)}? " if close else ""
+        return ConfigError(f"unknown config key '{key}'; {hint}model '{cfg.model.name}' has the fields: {fields}")
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -227,21 +275,27 @@ def resolve_key(cfg: Any, key: str) -> str:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply ``KEY=VALUE`` strings in order, type-checked against the config's fields."""
-    for item in overrides:
-        key, text = split_override(item)
+    """Apply ``KEY=VALUE`` strings in order, type-checked against the config's fields.
+
+    ``model.name`` goes first whatever its position: it picks the family whose fields the other
+    ``model.*`` keys name. A new family starts from its defaults, keeping the fields it shares
+    with the old one.
+    """
+    pairs = [split_override(item) for item in overrides]
+    pairs.sort(key=lambda kv: resolve_key(cfg, kv[0]) != "model.name")
+    for key, text in pairs:
         key = resolve_key(cfg, key)
-        cfg = set_key(cfg, key, parse_value(key, text, leaf_type(cfg, key)))
+        value = parse_value(key, text, leaf_type(cfg, key))
+        if key == "model.name" and isinstance(cfg, Config):
+            cfg = dataclasses.replace(cfg, model=model_config(value, carry=cfg.model))
+        else:
+            cfg = set_key(cfg, key, value)
     validate(cfg)
     return cfg
 
 
 _CHOICES = {
-    "model.name": ("mlp", "cnn", "transformer"),
-    "model.activation": ("sigmoid", "tanh", "relu", "gelu"),
-    "model.pool": ("max", "avg", "none"),
-    "model.norm": ("none", "layer", "batch"),
-    "model.position": ("rotary", "learned"),
+    "data.normalize": ("auto", "true", "false"),
     "optimizer.name": ("sgd", "momentum", "adam", "adamw"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
     "precision": ("fp32", "bf16"),
@@ -250,6 +304,13 @@ _CHOICES = {
 
 def validate(cfg: Config) -> None:
     """Reject values that parse but make no sense, naming the key."""
+    from pipeline.registry import family
+
+    family(cfg.model.name)  # an unknown family fails here, listing the registered ones
+    if type(cfg.model) is not family(cfg.model.name).config:
+        raise ConfigError(f"bad value for 'model': a {type(cfg.model).__name__} is not the config of model "
+                          f"'{cfg.model.name}' ({family(cfg.model.name).config.__name__})")
+    cfg.model.validate()
     flat = flat_keys(cfg)
     for key, allowed in _CHOICES.items():
         if key in flat and flat[key] not in allowed:
@@ -264,8 +325,6 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= flat["data.validation_fraction"] < 1.0:
         fraction = flat["data.validation_fraction"]
         raise ConfigError(f"bad value for 'data.validation_fraction': {fraction} must be in [0, 1)")
-    if not 0.0 <= flat["model.dropout"] < 1.0:
-        raise ConfigError(f"bad value for 'model.dropout': {flat['model.dropout']} must be in [0, 1)")
     if not 0.0 <= flat["ema_decay"] < 1.0:
         raise ConfigError(f"bad value for 'ema_decay': {flat['ema_decay']} must be in [0, 1)")
     for key in ("label_smoothing", "optimizer.momentum", "optimizer.b1", "optimizer.b2"):
@@ -274,9 +333,6 @@ def validate(cfg: Config) -> None:
     for key in ("optimizer.weight_decay", "optimizer.clip_norm"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
-    for key in ("model.hidden", "model.channels"):
-        if any(width < 1 for width in flat[key]):
-            raise ConfigError(f"bad value for '{key}': {','.join(map(str, flat[key]))}: every width must be at least 1")
     if flat["optimizer.learning_rate"] <= 0:
         raise ConfigError("bad value for 'optimizer.learning_rate': must be positive")
 
@@ -297,7 +353,11 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         if name not in hints:
             raise ConfigError(f"unknown config key '{name}' in saved config")
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if typ is ModelConfig:  # the family's own config class, chosen by its saved name
+            from pipeline.registry import family
+
+            kwargs[name] = from_dict(family(value.get("name", DEFAULT_MODEL)).config, value)
+        elif dataclasses.is_dataclass(typ):
             kwargs[name] = from_dict(typ, value)
         elif isinstance(value, list):
             kwargs[name] = tuple(value)

@@ -1,25 +1,35 @@
-"""Losses and metrics per task.
+"""Objectives: a loss and its metrics, chosen by name (``objective=NAME``) or by the dataset's task.
 
 Each objective has a training ``loss`` (mean over the batch, what the gradient follows)
 and evaluation ``sums`` that add up over batches (with a mask for padded rows) and are
 turned into metrics by ``finalize``: sums make whole-split metrics exact, whatever the
-evaluation batch size.
+evaluation batch size. ``higher_is_better`` names every evaluation metric and which way is
+better; ``best_metric``, early stopping and sweeps check names against it. Experiment files
+register their own with ``pipeline.register_objective``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from pipeline.errors import PipelineError
+from pipeline.registry import objective as registered_objective
+from pipeline.registry import register_objective
+
 Metrics = dict[str, jax.Array]
 
 
-def _classification_loss(logits_BxC: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
+def _classification_loss(logits_BxC: jax.Array, y_B: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
+    return _smoothed_cross_entropy(logits_BxC, y_B, hparams["label_smoothing"])
+
+
+def _smoothed_cross_entropy(logits_BxC: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
     # Cross-entropy against (1 - s) * onehot + s / C, without building the targets:
     # logsumexp(z) - (1 - s) * z_y - s * mean(z).
     lse_B = jax.nn.logsumexp(logits_BxC, axis=-1)
@@ -39,7 +49,7 @@ def _classification_finalize(s: dict[str, float]) -> dict[str, float]:
     return {"loss": s["loss"] / s["count"], "accuracy": s["correct"] / s["count"]}
 
 
-def _regression_loss(out_BxD: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
+def _regression_loss(out_BxD: jax.Array, y_B: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
     err = out_BxD - y_B.reshape(out_BxD.shape)
     mse = jnp.mean(err**2)
     return mse, {"loss": mse, "mae": jnp.mean(jnp.abs(err))}
@@ -78,8 +88,9 @@ def _sum_batches(b: Metrics) -> Metrics:
     return jax.tree.map(lambda a: a.sum(0), b)
 
 
-def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
-    loss, _ = _classification_loss(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), y_BxL.reshape(-1), label_smoothing)
+def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
+    loss, _ = _smoothed_cross_entropy(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), y_BxL.reshape(-1),
+                                      hparams["label_smoothing"])
     return loss, {"loss": loss, "bits_per_byte": loss / math.log(2)}
 
 
@@ -94,25 +105,71 @@ def _lm_finalize(s: dict[str, float]) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": loss / math.log(2)}
 
 
+class ObjectiveError(PipelineError):
+    """An objective that does not fit the dataset or the config."""
+
+
 @dataclass(frozen=True)
 class Objective:
+    """A loss to train by and the metrics to evaluate by.
+
+    ``loss(outputs, labels, hparams) -> (loss, {name: value})`` is the batch mean the gradient
+    follows (``hparams`` holds traced scalars such as ``label_smoothing``); ``sums(outputs,
+    labels, mask)`` are per-batch statistics that add up (rows with mask 0 are padding);
+    ``finalize(sums) -> {metric: value}`` turns a whole split's sums into metrics;
+    ``higher_is_better`` maps every metric ``finalize`` returns to its direction.
+    """
+
+    name: str
     loss: Callable[..., tuple[jax.Array, Metrics]]
-    sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]  # statistics of one padded batch
-    finalize: Callable[[dict[str, float]], dict[str, float]]  # combined statistics -> metrics
+    sums: Callable[[jax.Array, jax.Array, jax.Array], Metrics]
+    finalize: Callable[[dict[str, float]], dict[str, float]]
+    higher_is_better: dict[str, bool]
     best: str  # the metric that picks the best checkpoint by default
+    tasks: tuple[str, ...] = ()  # dataset tasks it fits; () fits any
     combine: Callable[[Metrics], Metrics] = _sum_batches  # per-batch statistics (leading axis) -> one
+    origin: str = field(default="", compare=False)  # the file that registered it
+
+    def __post_init__(self) -> None:
+        if self.best not in self.higher_is_better:
+            raise ObjectiveError(f"objective '{self.name}': its best metric '{self.best}' is not one of its "
+                                 f"metrics ({', '.join(self.higher_is_better)})")
+
+    def check_metric(self, metric: str, key: str = "best_metric") -> None:
+        if metric not in self.higher_is_better:
+            raise ObjectiveError(f"bad value for '{key}': '{metric}' is not a metric of objective '{self.name}' "
+                                 f"({', '.join(self.higher_is_better)})")
+
+    def check_task(self, task: str, dataset: str) -> None:
+        if self.tasks and task not in self.tasks:
+            raise ObjectiveError(f"objective '{self.name}' does not fit dataset '{dataset}' ({task}); it is for "
+                                 f"{', '.join(self.tasks)} data")
 
 
-OBJECTIVES = {
-    "classification": Objective(_classification_loss, _classification_sums, _classification_finalize, "accuracy"),
-    "regression": Objective(_regression_loss, _regression_sums, _regression_finalize, "loss", _regression_combine),
-    "language_modeling": Objective(_lm_loss, _lm_sums, _lm_finalize, "loss"),
-}
+register_objective(Objective("classification", _classification_loss, _classification_sums, _classification_finalize,
+                             {"loss": False, "accuracy": True}, "accuracy", ("classification",)))
+register_objective(Objective("regression", _regression_loss, _regression_sums, _regression_finalize,
+                             {"loss": False, "mse": False, "mae": False, "r2": True}, "loss", ("regression",),
+                             _regression_combine))
+register_objective(Objective("language_modeling", _lm_loss, _lm_sums, _lm_finalize,
+                             {"loss": False, "perplexity": False, "bits_per_byte": False}, "loss",
+                             ("language_modeling",)))
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric in ("accuracy", "r2")
+def objective_for(task: str, name: str = "", dataset: str = "") -> Objective:
+    """The objective called ``name``, or the task's own when ``name`` is empty; checked against the task."""
+    chosen = registered_objective(name or task)
+    chosen.check_task(task, dataset or "the dataset")
+    return chosen
 
 
-def objective_for(task: str) -> Objective:
-    return OBJECTIVES[task]
+def resolve(cfg, info) -> Objective:
+    """The objective of a run, with its best metric checked: before anything is built or compiled."""
+    chosen = objective_for(info.task, cfg.objective, info.name)
+    if cfg.best_metric:
+        chosen.check_metric(cfg.best_metric)
+    return chosen
+
+
+def best_metric(cfg, objective: Objective) -> str:
+    return cfg.best_metric or objective.best

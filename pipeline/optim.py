@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pipeline.config import OptimizerConfig
-
-HYPERPARAMS = ("learning_rate", "weight_decay", "momentum", "b1", "b2", "clip_norm")
+from pipeline.config import OptimizerConfig, traced_fields
 
 
 def schedule_multiplier(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -53,7 +51,7 @@ def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransform
     decay = cfg.weight_decay > 0
     scheduled = not (cfg.schedule == "constant" and cfg.warmup_steps == 0)
 
-    def build(learning_rate, weight_decay, momentum, b1, b2, clip_norm):
+    def build(learning_rate, weight_decay, momentum, b1, b2, clip_norm, **_):
         parts = [optax.clip_by_global_norm(clip_norm)] if clip else []
         if cfg.name == "adamw":
             parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask))
@@ -72,10 +70,10 @@ def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransform
             parts.append(optax.scale_by_schedule(multiplier))
         return optax.chain(*parts)
 
-    return optax.inject_hyperparams(build)(
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-        b1=cfg.b1, b2=cfg.b2, clip_norm=cfg.clip_norm if clip else 1.0,
-    )
+    # Every field marked traced in OptimizerConfig becomes an array of the optimizer state.
+    values = {key: getattr(cfg, key) for key in traced_fields(cfg)}
+    values["clip_norm"] = cfg.clip_norm if clip else 1.0  # off: never read, and no division by zero
+    return optax.inject_hyperparams(build)(**values)
 
 
 def hyperparams(opt_state) -> dict[str, jax.Array]:

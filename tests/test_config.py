@@ -10,7 +10,6 @@ from pipeline.config import (
     Config,
     ConfigError,
     DataConfig,
-    ModelConfig,
     OptimizerConfig,
     apply_overrides,
     flat_keys,
@@ -19,6 +18,7 @@ from pipeline.config import (
     to_json,
 )
 from pipeline.experiments import load_config
+from pipeline.models import MLPConfig
 
 
 def test_contract_keys_exist_and_parse_to_their_types():
@@ -57,7 +57,7 @@ def test_overrides_apply_in_order_and_leave_the_input_alone():
 
 
 def test_booleans_and_optional_ints():
-    cfg = apply_overrides(Config(), ["model.tie_embeddings=false", "data_seed=null"])
+    cfg = apply_overrides(Config(), ["model.tie_embeddings=false", "data_seed=null", "model.name=transformer"])
     assert cfg.model.tie_embeddings is False and cfg.data_seed is None
     assert apply_overrides(cfg, ["model.tie_embeddings=YES"]).model.tie_embeddings is True
 
@@ -107,7 +107,8 @@ def test_paths_that_are_not_leaves_are_unknown(key):
     ("optimizer.learning_rate=nan", "bad value for 'optimizer.learning_rate': 'nan' is not a finite number"),
     ("optimizer.learning_rate=inf", "bad value for 'optimizer.learning_rate': 'inf' is not a finite number"),
     ("model.hidden=128,x", "bad value for 'model.hidden': '128,x' is not a comma-separated list of integers"),
-    ("model.tie_embeddings=maybe", "bad value for 'model.tie_embeddings': 'maybe' is not a boolean"),
+    ("model.name=transformer model.tie_embeddings=maybe",
+     "bad value for 'model.tie_embeddings': 'maybe' is not a boolean"),
     ("data_seed=x", "bad value for 'data_seed': 'x' is not an integer"),
     ("optimizer.name=rmsprop", "bad value for 'optimizer.name': 'rmsprop'; choose one of sgd, momentum, adam, adamw"),
     ("model.activation=swish", "bad value for 'model.activation': 'swish'; choose one of"),
@@ -123,7 +124,7 @@ def test_paths_that_are_not_leaves_are_unknown(key):
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(item, message):
     with pytest.raises(ConfigError) as err:
-        apply_overrides(Config(), [item])
+        apply_overrides(Config(), item.split(" "))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
@@ -131,7 +132,7 @@ def test_bad_values_are_one_line_errors_naming_the_key(item, message):
 def test_json_round_trip():
     cfg = Config(
         data=DataConfig(name="n", validation_fraction=0.1), seed=3, data_seed=None, steps=17,
-        label_smoothing=0.05, model=ModelConfig(hidden=(), activation="gelu", dropout=0.25),
+        label_smoothing=0.05, model=MLPConfig(hidden=(), activation="gelu", dropout=0.25),
         optimizer=OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="warmup_cosine", warmup_steps=5,
                                   weight_decay=0.01, clip_norm=1.0),
     )
@@ -140,8 +141,8 @@ def test_json_round_trip():
     assert back == cfg
     assert isinstance(back.model.hidden, tuple) and isinstance(back.data, DataConfig)
     assert to_json(back) == text
-    assert from_dict(Config, json.loads(to_json(Config(data_seed=4, model=ModelConfig(hidden=(8, 9)))))) == Config(
-        data_seed=4, model=ModelConfig(hidden=(8, 9)))
+    assert from_dict(Config, json.loads(to_json(Config(data_seed=4, model=MLPConfig(hidden=(8, 9)))))) == Config(
+        data_seed=4, model=MLPConfig(hidden=(8, 9)))
     assert to_dict(cfg)["optimizer"]["learning_rate"] == 3e-3
 
 

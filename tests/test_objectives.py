@@ -16,6 +16,11 @@ from pipeline.objectives import objective_for
 RNG = np.random.default_rng(0)
 
 
+def HP(label_smoothing: float) -> dict:
+    """The traced hyperparameters a loss receives."""
+    return {"label_smoothing": label_smoothing}
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
@@ -40,7 +45,7 @@ def whole_split_metrics(task: str, out: np.ndarray, y: np.ndarray, batch_size: i
 def test_classification_loss_and_accuracy_match_numpy(smoothing):
     logits = RNG.normal(size=(9, 4)).astype(np.float32) * 3
     y = RNG.integers(0, 4, size=9).astype(np.int32)
-    loss, metrics = jax.jit(objective_for("classification").loss)(jnp.asarray(logits), jnp.asarray(y), smoothing)
+    loss, metrics = jax.jit(objective_for("classification").loss)(jnp.asarray(logits), jnp.asarray(y), HP(smoothing))
     targets = np.eye(4)[y] * (1 - smoothing) + smoothing / 4
     expected = -(targets * log_softmax(logits.astype(np.float64))).sum(-1).mean()
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
@@ -55,7 +60,7 @@ def test_label_smoothing_has_its_closed_form_minimum():
     target = np.full(c, s / c)
     target[2] += 1 - s
     logits = np.log(target)[None].astype(np.float32)
-    loss, _ = jax.jit(objective_for("classification").loss)(jnp.asarray(logits), jnp.asarray([2]), s)
+    loss, _ = jax.jit(objective_for("classification").loss)(jnp.asarray(logits), jnp.asarray([2]), HP(s))
     np.testing.assert_allclose(float(loss), -(target * np.log(target)).sum(), rtol=1e-6)
 
 
@@ -73,7 +78,7 @@ def test_classification_eval_metrics_are_exact_for_any_batch_size(batch_size):
 def test_regression_loss_matches_numpy(out_shape, y_shape):
     out = RNG.normal(size=out_shape).astype(np.float32)
     y = RNG.normal(size=y_shape).astype(np.float32)
-    loss, metrics = jax.jit(objective_for("regression").loss)(jnp.asarray(out), jnp.asarray(y), 0.0)
+    loss, metrics = jax.jit(objective_for("regression").loss)(jnp.asarray(out), jnp.asarray(y), HP(0.0))
     err = out.astype(np.float64) - y.reshape(out_shape)
     np.testing.assert_allclose(float(loss), np.mean(err**2), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["mae"]), np.mean(np.abs(err)), rtol=1e-6)
@@ -119,7 +124,7 @@ def test_language_modelling_loss_is_per_token_cross_entropy():
     logits = RNG.normal(size=(2, 5, 7)).astype(np.float32)
     tokens = RNG.integers(0, 7, size=(2, 5)).astype(np.int32)
     objective = objective_for("language_modeling")
-    loss, metrics = jax.jit(objective.loss)(jnp.asarray(logits), jnp.asarray(tokens), 0.0)
+    loss, metrics = jax.jit(objective.loss)(jnp.asarray(logits), jnp.asarray(tokens), HP(0.0))
     ce = -np.take_along_axis(log_softmax(logits.astype(np.float64)), tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(loss), ce.mean(), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["bits_per_byte"]), ce.mean() / math.log(2), rtol=1e-6)

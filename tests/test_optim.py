@@ -11,8 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
-from pipeline.config import ModelConfig, OptimizerConfig
-from pipeline.models import build_model
+from pipeline.config import OptimizerConfig
+from pipeline.models import MLPConfig, build_model
 from pipeline.optim import decay_mask, hyperparams, make_optimizer
 
 LR, WD, TOTAL, STEPS = 0.1, 0.05, 10, 13  # STEPS > TOTAL: the schedule's tail counts too
@@ -21,7 +21,7 @@ LR, WD, TOTAL, STEPS = 0.1, 0.05, 10, 13  # STEPS > TOTAL: the schedule's tail c
 @pytest.fixture(scope="module")
 def params():
     """Real MLP parameters: kernels (2-D) and biases (1-D) in an nnx.State."""
-    _, params, _ = nnx.split(build_model(ModelConfig(hidden=(4,)), (3,), 2, seed=0), nnx.Param, ...)
+    _, params, _ = nnx.split(build_model(MLPConfig(hidden=(4,)), (3,), 2, seed=0), nnx.Param, ...)
     return params
 
 

@@ -31,16 +31,14 @@ def make_step(workload: Workload):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(cfg.optimizer.learning_rate)
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    # Training mode only where it changes something (batch statistics); no dropout here.
-    key = jax.random.key(0) if jax.tree.leaves(rest) else None
     regression = workload.info.task == "regression"
 
     def loss_fn(params, rest, x, y):
         params = jax.tree.map(lambda a: a.astype(dtype), params)
         if jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(dtype)
-        model = nnx.merge(graphdef, params, rest)
-        out = model(x, dropout_rate=0.0, key=key).astype(jnp.float32)
+        model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables: batch norm updates them
+        out = model(x).astype(jnp.float32)  # train mode: batch statistics where the model has them
         if regression:
             loss = jnp.mean((out - y.reshape(out.shape)) ** 2)
         else:

@@ -28,10 +28,11 @@ class Point:
     overrides: tuple[str, ...] = ()  # KEY=VALUE for the model (and anything else in Config)
     steps_per_call: int = 0  # 0: the loop's automatic choice, as in `pipeline train`
     budget: Budget = field(default_factory=Budget)
+    experiment: str = ""  # an experiment file or name: its config is the point's (its own model included)
 
     @property
     def model_overrides(self) -> tuple[str, ...]:
-        return (f"model.name={self.family}", *self.overrides)
+        return self.overrides if self.experiment else (f"model.name={self.family}", *self.overrides)
 
 
 QUICK = Budget(warmup=2, rounds=15, round_s=0.1)
@@ -96,6 +97,8 @@ def select(names: list[str]) -> list[tuple[str, Point]]:
             members = [(name, POINTS[p]) for p in SUITES[name]]
         elif name in POINTS:
             members = [("adhoc", POINTS[name])]
+        elif name.endswith(".py") or "/" in name:
+            members = [("experiment", experiment_point(name))]
         else:
             raise unknown_name(name)
         for suite, point in members:
@@ -105,8 +108,17 @@ def select(names: list[str]) -> list[tuple[str, Point]]:
     return chosen
 
 
+def experiment_point(name: str) -> Point:
+    """A point for an experiment file: its model, data, batch and precision, as ``pipeline train`` runs it."""
+    from pipeline.experiments import experiment_name, load_config
+
+    cfg = load_config(name)
+    return Point(experiment_name(name), cfg.model.name, cfg.data.name, cfg.batch_size, cfg.precision,
+                 budget=QUICK, experiment=name)
+
+
 def unknown_name(name: str) -> BenchError:
     close = difflib.get_close_matches(name, [*SUITES, *POINTS], n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return BenchError(f"unknown suite or point '{name}'{hint}; suites: {', '.join(SUITES)}; "
-                      f"points: {', '.join(POINTS)}")
+                      f"points: {', '.join(POINTS)}; or the path of an experiment file")

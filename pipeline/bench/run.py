@@ -101,7 +101,7 @@ def model_flops(workload: Workload | None, measured: list[Measurement]) -> tuple
     cfg = workload.cfg
     analytic = analytic_train_flops(cfg.model, workload.info.feature_shape, workload.info.output_size,
                                     cfg.batch_size)
-    if analytic is not None and cfg.model.name == "transformer":
+    if analytic is not None:
         return analytic, analytic
     by_impl = {m.impl: m.flops_xla for m in measured if m.flops_xla}
     return analytic, by_impl.get("jax_bare") or by_impl.get("pipeline")

@@ -147,11 +147,15 @@ class Transformer(nn.Module):
         return h @ self.embed.weight.T if self.unembed is None else self.unembed(h)
 
 
+# The built-in families that have a PyTorch twin; any other family has no torch peer.
+TWINS = {
+    "mlp": lambda cfg, shape, out: MLP(math.prod(shape), tuple(cfg.hidden), out, cfg.activation),
+    "cnn": lambda cfg, shape, out: CNN(tuple(shape), cfg, out),
+    "transformer": lambda cfg, shape, out: Transformer(cfg, out),
+}
+
+
 def build(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int) -> nn.Module:
-    if cfg.name == "mlp":
-        return MLP(math.prod(feature_shape), tuple(cfg.hidden), out_features, cfg.activation)
-    if cfg.name == "cnn":
-        return CNN(tuple(feature_shape), cfg, out_features)
-    if cfg.name == "transformer":
-        return Transformer(cfg, out_features)
-    raise NotImplementedError(f"no torch twin of model.name={cfg.name}")
+    if cfg.name not in TWINS:
+        raise NotImplementedError(f"no torch twin of model.name={cfg.name}")
+    return TWINS[cfg.name](cfg, feature_shape, out_features)

@@ -51,8 +51,10 @@ def unavailable(workload: Workload) -> tuple[str, str] | None:
         return UNAVAILABLE, f"torch {torch.__version__} has no CUDA device here"
     if backend not in ("cpu", "gpu"):
         return UNAVAILABLE, f"no PyTorch peer on {backend}"
-    if workload.point.family not in ("mlp", "cnn", "transformer"):
-        return UNAVAILABLE, f"no torch twin for {workload.point.family}"
+    from pipeline.bench.torch_models import TWINS  # torch is importable by now
+
+    if workload.cfg.model.name not in TWINS:
+        return UNAVAILABLE, f"no torch twin for model '{workload.cfg.model.name}'"
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -60,8 +61,14 @@ class Workload:
 
 
 def point_config(point: Point, data_name: str) -> Config:
-    base = Config(data=data_name, steps=RUN_STEPS, eval_every=RUN_STEPS, batch_size=point.batch,
-                  precision=point.precision, steps_per_call=point.steps_per_call)
+    if point.experiment:  # the experiment's own config, run long, evaluated never
+        from pipeline.experiments import load_config
+
+        base = dataclasses.replace(load_config(point.experiment), steps=RUN_STEPS, eval_every=RUN_STEPS,
+                                   checkpoint_every=0)
+    else:
+        base = Config(data=data_name, steps=RUN_STEPS, eval_every=RUN_STEPS, batch_size=point.batch,
+                      precision=point.precision, steps_per_call=point.steps_per_call)
     return apply_overrides(base, list(point.model_overrides))
 
 

@@ -44,6 +44,9 @@ class DatasetInfo:
     rows: dict[str, int] = field(default_factory=dict)
     fingerprint: str = ""
     format_version: int = FORMAT_VERSION
+    # Of the train split, float features only (stats.py): {"mean": [...], "std": [...], "min": m, "max": M}.
+    # Empty for integer features and for datasets imported before it existed.
+    feature_stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

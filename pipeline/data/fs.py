@@ -96,10 +96,7 @@ def expand(location: str, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, l
                 raise DataError(f"{location}: no {' or '.join(suffixes)} files in the folder")
             return fs, files
         raise DataError(f"{location}: no such file or folder")
-    parts = path.split("/")
-    fixed = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
-    base = "/".join(parts[:fixed]) or "/"
-    pattern = "/".join(parts[fixed:])
+    base, pattern = _glob_parts(path)
     if not is_dir(fs, base):
         raise DataError(f"{location}: no such folder '{base}'")
     recursive = "/" in pattern or "**" in pattern
@@ -109,6 +106,25 @@ def expand(location: str, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, l
     if not files:
         raise DataError(f"{location}: no files match")
     return fs, files
+
+
+def _glob_parts(path: str) -> tuple[str, str]:
+    """``/data/hf/*/x-*.csv`` -> (``/data/hf``, ``*/x-*.csv``): the folder before the first glob character."""
+    parts = path.split("/")
+    fixed = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
+    return "/".join(parts[:fixed]) or "/", "/".join(parts[fixed:])
+
+
+def source_folder(fs: pafs.FileSystem, location: str) -> str | None:
+    """The folder a folder or glob source lists files below; None for a single file.
+
+    Paths relative to it are what split names are read from (``train/x.parquet``,
+    ``data/test-00000-of-00001.parquet``), so nothing above the source can look like a split.
+    """
+    path = resolve(location)[1]
+    if any(c in path for c in GLOB_CHARS):
+        return _glob_parts(path)[0]
+    return path if is_dir(fs, path) else None
 
 
 def file_size(fs: pafs.FileSystem, path: str) -> int:

@@ -1,9 +1,9 @@
 """Labels of a table source, decided from a first pass over the target column alone.
 
-Same rules as the in-memory sources: text (or true/false) targets become class ids in sorted
-order with their names kept; non-negative integers are class ids already; other integers map
-to their sorted values; fractional numbers make a regression target. Knowing every label
-before writing a row is what lets the class ids of a streamed import be final.
+Same rules as the in-memory sources: text (or true/false) and integer targets become dense class
+ids 0..K-1 in sorted order of their distinct values, the values kept as class names; integers
+that already are exactly 0..K-1 keep their ids. Fractional numbers make a regression target.
+Knowing every label before writing a row is what lets the class ids of a streamed import be final.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class LabelScan:
         self.uniques.update((as_text(values) if self.kind == "string" else pc.cast(values, pa.int64())).to_pylist())
 
 
+def is_dense(values: np.ndarray) -> bool:
+    """Sorted distinct integers that are exactly 0, 1, ..., K-1."""
+    return bool(values.size) and values[0] == 0 and values[-1] == values.size - 1
+
+
 @dataclass
 class LabelPlan:
     """How raw target values become stored labels."""
@@ -91,9 +96,9 @@ class LabelPlan:
             return cls("regression")
         if scan.kind == "int":
             values = np.array(sorted(scan.uniques), dtype=np.int64)
-            if values.size and values.min() >= 0:
-                k = int(values.max()) + 1  # non-negative integers are class ids already
-                return cls("classification", k, [str(i) for i in range(k)], None, "int")
+            if is_dense(values):  # ids already: 0..K-1, every one present
+                return cls("classification", int(values.size), [str(v) for v in values], None, "int")
+            # Sparse ids (0, 1, 200000) or any other integers: dense ids, so K is the count of values.
             return cls("classification", int(values.size), [str(v) for v in values], values, "int")
         names = sorted(scan.uniques)
         return cls("classification", len(names), names, np.array(names, dtype=object), "string")

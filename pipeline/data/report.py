@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
+from pipeline.data.stats import summary
 from pipeline.data.store import Store
 
 
@@ -37,6 +38,7 @@ def show_text(store: Store, name: str) -> str:
         size = sum(store.file_size(f) for f in files)
         lines.append(f"split        {split}: {rows} rows, {len(files)} file(s), {size:,} bytes")
     lines += [
+        f"statistics   {summary(info)}",
         f"bytes        {store.size_bytes(name):,}",
         f"source       {info.source}",
         f"fingerprint  {info.fingerprint}",

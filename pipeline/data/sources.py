@@ -39,51 +39,63 @@ def load_source(source: str, target: str | None, seed: int) -> Loaded:
 
 
 def infer_task(y: np.ndarray) -> str:
-    return "classification" if y.dtype.kind in "iub" else "regression"
+    return "regression" if y.dtype.kind == "f" else "classification"
 
 
 def load_npz(path: str, handle) -> Loaded:
     with np.load(handle, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
+    return from_arrays(path, arrays)
+
+
+def from_arrays(where: str, arrays: dict[str, np.ndarray]) -> Loaded:
+    """Arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (an .npz, or ``frames.import_arrays``)."""
     for key in ("x", "y"):
         if key not in arrays:
-            raise DataError(f"{path}: missing array '{key}' (found {', '.join(sorted(arrays)) or 'none'})")
+            raise DataError(f"{where}: missing array '{key}' (found {', '.join(sorted(arrays)) or 'none'})")
     has_test = "x_test" in arrays or "y_test" in arrays
     if has_test and not ("x_test" in arrays and "y_test" in arrays):
-        raise DataError(f"{path}: needs both 'x_test' and 'y_test', or neither")
-    train = Split(_features(arrays["x"]), arrays["y"])
-    test = Split(_features(arrays["x_test"]), arrays["y_test"]) if has_test else None
+        raise DataError(f"{where}: needs both 'x_test' and 'y_test', or neither")
+    train = Split(_features(where, arrays["x"]), np.asarray(arrays["y"]))
+    test = Split(_features(where, arrays["x_test"]), np.asarray(arrays["y_test"])) if has_test else None
     task = infer_task(train.y)
+    if test is not None and infer_task(test.y) != task:
+        raise DataError(f"{where}: labels 'y' are {train.y.dtype} but 'y_test' are {test.y.dtype}")
     if task == "classification":
-        return _class_ids(train, test, names=None)
+        return _class_ids(where, train, test)
     train.y = train.y.astype(np.float32)
     if test is not None:
         test.y = test.y.astype(np.float32)
     return Loaded(train, test, task)
 
 
-def _features(x: np.ndarray) -> np.ndarray:
+def _features(where: str, x) -> np.ndarray:
+    x = np.asarray(x)
     if x.dtype.kind not in "iufb":
-        raise DataError(f"features must be numeric, not {x.dtype}")
+        raise DataError(f"{where}: features must be numeric, not {x.dtype}")
     x = x.astype(np.float32) if x.dtype.kind != "f" or x.dtype != np.float32 else x
     return x.reshape(len(x), 1) if x.ndim == 1 else x
 
 
-def _class_ids(train: Split, test: Split | None, names: list[str] | None) -> Loaded:
-    """Non-negative integer labels are kept as class ids; others map to their sorted values."""
+def _class_ids(where: str, train: Split, test: Split | None) -> Loaded:
+    """Labels become dense ids 0..K-1 in sorted order of their values, which are kept as class names.
+
+    Integers that already are 0..K-1 keep their ids; sparse ones (0, 1, 200000) would otherwise
+    make a class per integer up to the largest.
+    """
     labels = [train.y] + ([test.y] if test is not None else [])
-    values = np.unique(np.concatenate([np.asarray(v).ravel() for v in labels]))
-    if values.size and values.min() >= 0:
-        num_classes = int(values.max()) + 1  # non-negative integers are class ids already
-        train.y = train.y.astype(np.int32)
-        if test is not None:
-            test.y = test.y.astype(np.int32)
-        class_names = names or [str(i) for i in range(num_classes)]
-        return Loaded(train, test, "classification", num_classes, class_names)
-    train.y = np.searchsorted(values, train.y).astype(np.int32)
+    if any(y.dtype.kind in "OSU" for y in labels):  # text labels: compare them as text
+        labels = [y.astype(str) for y in labels]
+    try:
+        values = np.unique(np.concatenate([y.ravel() for y in labels]))
+    except TypeError as exc:
+        raise DataError(f"{where}: labels cannot be sorted ({fsx.first_line(exc)})") from None
+    ids = [np.searchsorted(values, y).astype(np.int32) for y in labels]
+    train.y = ids[0]
     if test is not None:
-        test.y = np.searchsorted(values, test.y).astype(np.int32)
-    return Loaded(train, test, "classification", int(values.size), [str(v) for v in values])
+        test.y = ids[1]
+    names = [str(v).lower() if values.dtype.kind == "b" else str(v) for v in values]  # as a CSV's true/false
+    return Loaded(train, test, "classification", int(values.size), names)
 
 
 def load_builtin(name: str, seed: int) -> Loaded:

@@ -3,7 +3,7 @@
 CSV is read with pyarrow's streaming reader (feature columns parsed as float32, the target as
 text), Parquet a batch of row groups at a time; memory stays at one block per reader whatever
 the file size. Every chunk comes with its file and the row number of its first row there, so
-errors can name both.
+errors can name both. Files of a folder or glob source that name a split (splits.py) keep it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
 from pipeline.data.layout import METADATA_KEY, Layout
+from pipeline.data.splits import group_by_split
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError
 
@@ -35,8 +37,49 @@ class Chunk:
     batch: pa.RecordBatch
 
 
+class Tables(Protocol):
+    """What an import reads from a table source: ``TableFiles`` here, ``FrameTables`` (frames.py)."""
+
+    source: str
+    kind: str  # "csv" (untyped text, features parsed as float32) or "parquet" (typed columns)
+    paths: list[str]  # what errors name: files, or the frames' names
+    columns: list[str]
+    splits: dict[str, list[str]]
+
+    def pipeline_info(self) -> DatasetInfo | None: ...
+
+    def column_type(self, name: str) -> pa.DataType: ...
+
+    def chunks(self, columns: list[str], features: list[str] | None = None,
+               paths: list[str] | None = None) -> Iterator[Chunk]: ...
+
+
+def check_unique(path: str, schema: pa.Schema) -> None:
+    """Column names are how features and the target are picked: two of one name are ambiguous."""
+    seen: set[str] = set()
+    for name in schema.names:
+        if name in seen:
+            raise DataError(f"{path}: column '{name}' appears more than once; column names must be unique")
+        seen.add(name)
+
+
+def check_same(first: str, reference: pa.Schema, path: str, schema: pa.Schema, typed: bool) -> None:
+    """Every file of a source has the first file's columns (and, when ``typed``, their types)."""
+    if schema.names != reference.names:
+        raise DataError(f"{path}: columns {', '.join(schema.names)} differ from {first}'s "
+                        f"{', '.join(reference.names)}")
+    if typed:
+        for have, want in zip(schema, reference):
+            if have.type != want.type:
+                raise DataError(f"{path}: column '{have.name}' is {have.type} but {want.type} in {first}")
+
+
 class TableFiles:
-    """The files of a table source, all of one kind and one set of columns."""
+    """The files of a table source, all of one kind and one set of columns.
+
+    ``splits`` maps stored split names to their files (``{"train": paths}`` when the files name
+    no split); ``chunks`` reads any subset of the files.
+    """
 
     def __init__(self, source: str, layout: Layout):
         self.source, self.layout = source, layout
@@ -48,9 +91,12 @@ class TableFiles:
         if f".{self.kind}" not in SUFFIXES:
             raise DataError(f"{source}: unknown source type '.{self.kind}'; use .npz, .csv, .parquet or builtin:NAME")
         self.schemas = [self._schema(p) for p in self.paths]
+        for path, schema in zip(self.paths, self.schemas):
+            check_unique(path, schema)
         self.columns = self.schemas[0].names
         for path, schema in zip(self.paths[1:], self.schemas[1:]):
-            self._check_same(path, schema)
+            check_same(self.paths[0], self.schemas[0], path, schema, typed=self.kind == "parquet")
+        self.splits = group_by_split(source, fsx.source_folder(self.fs, source), self.paths)
 
     # -- what the files hold --------------------------------------------------------------
 
@@ -63,16 +109,6 @@ class TableFiles:
                 return pcsv.open_csv(stream, read_options=self._read_options()).schema
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: cannot read: {fsx.first_line(exc)}") from None
-
-    def _check_same(self, path: str, schema: pa.Schema) -> None:
-        first, reference = self.paths[0], self.schemas[0]
-        if schema.names != reference.names:
-            raise DataError(f"{path}: columns {', '.join(schema.names)} differ from {first}'s "
-                            f"{', '.join(reference.names)}")
-        if self.kind == "parquet":
-            for have, want in zip(schema, reference):
-                if have.type != want.type:
-                    raise DataError(f"{path}: column '{have.name}' is {have.type} but {want.type} in {first}")
 
     def pipeline_info(self) -> DatasetInfo | None:
         """The dataset metadata of Parquet files written by this pipeline, if they carry it."""
@@ -92,9 +128,10 @@ class TableFiles:
     def _read_options(self) -> pcsv.ReadOptions:
         return pcsv.ReadOptions(block_size=self.layout.read_block_bytes)
 
-    def chunks(self, columns: list[str], features: list[str] | None = None) -> Iterator[Chunk]:
-        """Record batches of ``columns`` from every file in order; CSV ``features`` parse as float32."""
-        for path in self.paths:
+    def chunks(self, columns: list[str], features: list[str] | None = None,
+               paths: list[str] | None = None) -> Iterator[Chunk]:
+        """Record batches of ``columns`` from ``paths`` (every file) in order; CSV ``features`` parse as float32."""
+        for path in self.paths if paths is None else paths:
             first = 0
             for batch in (self._parquet(path, columns) if self.kind == "parquet"
                           else self._csv(path, columns, features or [])):
@@ -152,48 +189,3 @@ class TableFiles:
             if pc.any(hits).as_py():
                 return chunk.first_row + int(np.argmax(to_numpy(pc.fill_null(hits, False))))
         return None
-
-
-def feature_array(chunk: Chunk, names: list[str], keep_dtype: bool) -> np.ndarray:
-    """Feature columns of a chunk as one array: one tensor column keeps its shape, else a float32 row."""
-    batch, path = chunk.batch, chunk.path
-    columns = [batch.column(batch.schema.get_field_index(n)) for n in names]
-    for name, column in zip(names, columns):
-        if column.null_count:
-            row = chunk.first_row + int(np.argmax(to_numpy(pc.is_null(column))))
-            raise DataError(f"{path}: column '{name}' row {row} is empty")
-    if len(columns) == 1 and isinstance(columns[0].type, pa.FixedShapeTensorType):
-        x = to_numpy(columns[0])
-        return x if keep_dtype else x.astype(np.float32, copy=False)
-    parts = []
-    for name, column in zip(names, columns):
-        t = column.type
-        if isinstance(t, pa.FixedShapeTensorType):
-            parts.append(to_numpy(column).reshape(batch.num_rows, -1).astype(np.float32, copy=False))
-        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            parts.append(to_numpy(pc.cast(column, pa.float32())).reshape(-1, 1))
-        else:
-            raise DataError(f"{path}: feature column '{name}' is not numeric ({t})")
-    x = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    if not np.isfinite(x).all():
-        row = int(np.argmax(~np.isfinite(x).all(axis=1)))
-        col = int(np.argmax(~np.isfinite(x[row])))
-        where = f" column '{names[col]}'" if len(parts) == len(x[row]) else ""
-        raise DataError(f"{path}: row {chunk.first_row + row}{where} has a NaN or infinite value")
-    return x
-
-
-def feature_shape(files: TableFiles, names: list[str]) -> tuple[int, ...]:
-    """The shape of one example's features, known from the schema before any row is read."""
-    types = [files.column_type(n) for n in names]
-    if len(types) == 1 and isinstance(types[0], pa.FixedShapeTensorType):
-        return tuple(int(d) for d in types[0].shape)
-    width = 0
-    for name, t in zip(names, types):
-        if isinstance(t, pa.FixedShapeTensorType):
-            width += int(np.prod(t.shape))
-        elif files.kind == "csv" or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            width += 1
-        else:
-            raise DataError(f"{files.paths[0]}: feature column '{name}' is not numeric ({t})")
-    return (width,)

@@ -19,6 +19,7 @@ from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
 from pipeline.data.fingerprint import Fingerprint
 from pipeline.data.layout import Layout, arrow_schema, footer_metadata
+from pipeline.data.stats import RunningStats
 from pipeline.data.tensors import to_arrow
 from pipeline.data.validate import DataError
 
@@ -85,8 +86,8 @@ class _SplitWriter:
 class DatasetWriter:
     """``append(split, x, y)`` chunks in row order, then ``commit()``; ``abort()`` leaves nothing.
 
-    ``template`` fixes the name, task, columns, shapes and dtypes; rows and fingerprint are
-    filled in from what was appended.
+    ``template`` fixes the name, task, columns, shapes and dtypes; rows, fingerprint and the
+    train split's feature statistics are filled in from what was appended.
     """
 
     def __init__(self, store, template: DatasetInfo, overwrite: bool = False, layout: Layout | None = None):
@@ -101,6 +102,7 @@ class DatasetWriter:
         self.splits: dict[str, _SplitWriter] = {}
         self.fingerprint = Fingerprint()
         self._x_dtype, self._y_dtype = np.dtype(template.feature_dtype), np.dtype(template.label_dtype)
+        self.stats = RunningStats() if self._x_dtype.kind == "f" else None  # none for token ids
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -123,6 +125,8 @@ class DatasetWriter:
         y = np.ascontiguousarray(y, dtype=self._y_dtype)
         self.add_split(split)
         self.fingerprint.update(split, x, y)
+        if split == "train" and self.stats is not None:
+            self.stats.update(x)
         self.splits[split].append(x, y)
 
     def commit(self) -> DatasetInfo:
@@ -133,7 +137,8 @@ class DatasetWriter:
         for writer in self.splits.values():
             writer.flush(final=True)
         info = dataclasses.replace(self.template, rows={k: w.rows for k, w in self.splits.items()},
-                                   fingerprint=self.fingerprint.hexdigest())
+                                   fingerprint=self.fingerprint.hexdigest(),
+                                   feature_stats=self.stats.to_dict() if self.stats is not None else {})
         metadata = footer_metadata(info)
         for writer in self.splits.values():
             for file in writer.files:

@@ -1,31 +1,55 @@
-"""Model families, one a file. ``build_model`` picks one by ``cfg.name``."""
+"""Model families, one a file, each registered once (``pipeline.register_model``).
+
+A model is a Flax NNX module that follows ``Model``: called on a batch of features, it
+returns the batch of outputs the objective scores. Randomness (dropout) comes from the
+``nnx.Rngs`` it was built with, and ``model.train()`` / ``model.eval()`` switch it between
+training and evaluation behaviour (``nnx.Dropout``, ``nnx.BatchNorm``), as usual in NNX.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
+import jax
 from flax import nnx
 
-from pipeline.config import ConfigError, ModelConfig
-from pipeline.models import cnn, mlp, transformer
+from pipeline.config import ModelConfig
+from pipeline.models import cnn, mlp, transformer  # noqa: F401 - the built-in families register on import
+from pipeline.models.cnn import CNNConfig
+from pipeline.models.layers import Dropout, Hyperparameter
+from pipeline.models.mlp import MLPConfig
+from pipeline.models.transformer import TransformerConfig
+from pipeline.registry import family
 
-FAMILIES = {"mlp": mlp.build, "cnn": cnn.build, "transformer": transformer.build}
-
-
-def build_model(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int,
-                seed: int) -> nnx.Module:
-    """A freshly initialised model for inputs of ``feature_shape`` (one example)."""
-    if cfg.name not in FAMILIES:
-        raise ConfigError(f"unknown model.name '{cfg.name}'; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[cfg.name](cfg, feature_shape, out_features, nnx.Rngs(params=seed))
+__all__ = ["CNNConfig", "Dropout", "Hyperparameter", "MLPConfig", "Model", "ModelBuilder", "TransformerConfig",
+           "build_model", "model_rngs"]
 
 
-def check_dataset(cfg: ModelConfig, info) -> None:
-    """Fail before building anything when the family cannot take the dataset ``info`` describes.
+@runtime_checkable
+class Model(Protocol):
+    """The call every model makes: features ``(B, *feature_shape)`` in, outputs out.
 
-    Raises ConfigError naming the dataset, its feature shape and the shape the family expects.
-    ``build_model`` repeats the shape check, but only this check knows the dataset's name,
-    dtype and task.
+    Classification and regression: ``(B, out_features)``; language modelling: ``(B, L, vocab)``.
+    The pipeline calls it inside ``jax.jit`` (train mode for training steps, eval mode for
+    evaluation), with the features in the compute dtype (``precision``).
     """
-    if cfg.name == "cnn":
-        cnn.check_input(cfg, info.feature_shape, dataset=info.name)
-    elif cfg.name == "transformer":
-        transformer.check_input(cfg, info.feature_shape, info.feature_dtype, info.task, dataset=info.name)
+
+    def __call__(self, x: jax.Array) -> jax.Array: ...
+
+
+class ModelBuilder(Protocol):
+    """``build(cfg, feature_shape, out_features, rngs) -> Model``: what ``register_model`` takes."""
+
+    def __call__(self, cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int,
+                 rngs: nnx.Rngs) -> Model: ...
+
+
+def model_rngs(seed: int) -> nnx.Rngs:
+    """Streams for initialisation (``params``) and dropout (``dropout``), and a ``default`` for the rest."""
+    key = jax.random.key(seed)
+    return nnx.Rngs(jax.random.fold_in(key, 2), params=seed, dropout=jax.random.fold_in(key, 1))
+
+
+def build_model(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int, seed: int) -> nnx.Module:
+    """A freshly initialised model of family ``cfg.name`` for inputs of ``feature_shape`` (one example)."""
+    return family(cfg.name).build(cfg, tuple(feature_shape), out_features, model_rngs(seed))

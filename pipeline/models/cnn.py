@@ -10,16 +10,47 @@ layers with dropout, and ends in a linear layer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 from flax import nnx
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, ModelConfig, traced
 from pipeline.models.conv import conv_general_dilated
-from pipeline.models.layers import ACTIVATIONS, dropout
+from pipeline.models.layers import ACTIVATIONS, Dropout
+from pipeline.models.mlp import check_common
+from pipeline.registry import register_model
 
 EXPECTED = "(L,) signals, (H, W) or (H, W, C) images"
 BATCH_NORM_MOMENTUM = 0.9  # short runs: running statistics should catch up within ~tens of steps
+
+
+@dataclass(frozen=True)
+class CNNConfig(ModelConfig):
+    name: str = "cnn"
+    channels: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
+    stride: int = 1
+    pool: str = "max"  # max | avg | none
+    norm: str = "none"  # none | layer | batch
+    hidden: tuple[int, ...] = (128,)
+    activation: str = "relu"  # sigmoid | tanh | relu | gelu
+    dropout: float = traced(0.0, switch=True)
+
+    def validate(self) -> None:
+        check_common(self)
+        for key, allowed in (("pool", ("max", "avg", "none")), ("norm", ("none", "layer", "batch"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"bad value for 'model.{key}': {getattr(self, key)!r}; choose one of "
+                                  f"{', '.join(allowed)}")
+        for key in ("hidden", "channels"):
+            if any(width < 1 for width in getattr(self, key)):
+                raise ConfigError(f"bad value for 'model.{key}': {','.join(map(str, getattr(self, key)))}: "
+                                  "every width must be at least 1")
+        if not self.channels:
+            raise ConfigError("bad value for 'model.channels': model.name=cnn needs at least one channel count")
+        if self.kernel_size < 1 or self.stride < 1:
+            raise ConfigError("bad value for 'model.kernel_size'/'model.stride': both must be at least 1")
 
 
 def check_input(cfg, feature_shape: tuple[int, ...], dataset: str | None = None) -> None:
@@ -65,18 +96,18 @@ class CNN(nnx.Module):
         self.windows = tuple(windows)
         widths = (math.prod(spatial) * in_ch, *cfg.hidden)
         self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.drops = nnx.List([Dropout(cfg.dropout, rngs=rngs) for _ in cfg.hidden])
         self.head = nnx.Linear(widths[-1], out_features, rngs=rngs)
 
-    def __call__(self, x_BxF: jax.Array, *, dropout_rate: jax.Array | float = 0.0,
-                 key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_BxF: jax.Array) -> jax.Array:
         h = x_BxF if self.rank == 3 else x_BxF[..., None]  # channels last
         act = ACTIVATIONS[self.activation]
         for i, (conv, window) in enumerate(zip(self.convs, self.windows)):
             h = conv(h)
             if self.norm == "batch":
-                # key=None is evaluation: use the running statistics, leave them unchanged.
+                # Train mode updates the running statistics, eval mode uses them (model.train()/eval()).
                 # Statistics are float32; keep the compute dtype (bf16 stays bf16).
-                h = self.norms[i](h, use_running_average=key is None).astype(h.dtype)
+                h = self.norms[i](h).astype(h.dtype)
             elif self.norm == "layer":
                 h = self.norms[i](h)
             h = act(h)
@@ -84,16 +115,18 @@ class CNN(nnx.Module):
                 pool = nnx.max_pool if self.pool == "max" else nnx.avg_pool
                 h = pool(h, window, strides=window, padding="VALID")
         h = h.reshape(h.shape[0], -1)
-        for i, layer in enumerate(self.dense):
-            h = act(layer(h))
-            h = dropout(h, dropout_rate, None if key is None else jax.random.fold_in(key, i))
+        for layer, drop in zip(self.dense, self.drops):
+            h = drop(act(layer(h)))
         return self.head(h)
 
 
-def build(cfg, feature_shape: tuple[int, ...], out_features: int, rngs: nnx.Rngs) -> CNN:
+def build(cfg: CNNConfig, feature_shape: tuple[int, ...], out_features: int, rngs: nnx.Rngs) -> CNN:
     check_input(cfg, feature_shape)
-    if not cfg.channels:
-        raise ConfigError("bad value for 'model.channels': model.name=cnn needs at least one channel count")
-    if cfg.kernel_size < 1 or cfg.stride < 1:
-        raise ConfigError("bad value for 'model.kernel_size'/'model.stride': both must be at least 1")
     return CNN(tuple(feature_shape), cfg, out_features, rngs=rngs)
+
+
+def check_dataset(cfg: CNNConfig, info) -> None:
+    check_input(cfg, info.feature_shape, dataset=info.name)
+
+
+register_model("cnn", CNNConfig, build, check=check_dataset)

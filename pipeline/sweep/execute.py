@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.objectives import higher_is_better
+from pipeline.config import ConfigError
+from pipeline.objectives import best_metric
 from pipeline.sweep import checkpoint
 from pipeline.sweep.plan import Group, Trial
 from pipeline.sweep.population import MemberOrders, SoloPopulation, VmapPopulation, stack, unstack
 from pipeline.sweep.records import Curves, TrialRecord
 from pipeline.train.evaluation import finalize
 from pipeline.train.loop import Interrupted, Prepared, checkpoint_interval
-from pipeline.train.state import create_state
+from pipeline.train.state import create_state, same_program
 
 
 @dataclass
@@ -49,9 +50,12 @@ class GroupRun:
     on_progress: Callable[[int, float], None] = lambda steps, loss: None
     seed_slots: int = 1  # distinct data seeds a population of this group holds, at most
     select: tuple[str, str] = field(init=False)
+    higher: bool = field(init=False)  # whether the selection metric is better higher
 
     def __post_init__(self) -> None:
-        self.select = (self.prep.select_split, self.prep.cfg.best_metric or self.prep.spec.objective.best)
+        metric = best_metric(self.prep.cfg, self.prep.spec.objective)
+        self.select = (self.prep.select_split, metric)
+        self.higher = self.prep.spec.objective.higher_is_better[metric]
 
 
 class PopulationRun:
@@ -103,7 +107,17 @@ class PopulationRun:
         return host_state
 
     def _fresh_states(self) -> list[Any]:
-        return [create_state(self._slot_cfg(slot), self.run.prep.info, self.total)[1] for slot in self.slots]
+        states = []
+        for slot in self.slots:
+            spec, state = create_state(self._slot_cfg(slot), self.run.prep.info, self.total)
+            if not same_program(spec, self.run.prep.spec):
+                trial = self.members[0] if slot is None else slot
+                raise ConfigError(f"trial {trial} ({' '.join(self.run.trials[trial].overrides)}): a field marked "
+                                  "traced changes the model's structure (a static attribute such as nnx.Dropout's "
+                                  "rate); mark it without traced() or keep the value in a pipeline.models."
+                                  "Hyperparameter (as pipeline.models.Dropout does)")
+            states.append(state)
+        return states
 
     def _slot_cfg(self, slot: int | None):
         """A slot's trial config; padding slots (None) repeat the first member."""
@@ -184,7 +198,7 @@ class PopulationRun:
         for slot in live:
             evals = {s: finalize(objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
             trial = self.slots[slot]
-            self.run.records[trial].observe(self.step, evals, split, metric)
+            self.run.records[trial].observe(self.step, evals, split, metric, self.run.higher)
             for s, values in evals.items():
                 self.curves.add(np.array([trial]), np.array([self.step]), s, values)
         patience = self.cfg.patience
@@ -205,7 +219,7 @@ class PopulationRun:
     def _halve(self, split: str, metric: str) -> None:
         """Successive halving: the worst members of this population stop here; their records stay."""
         live = [int(s) for s in np.flatnonzero(self.live)]
-        sign = -1.0 if higher_is_better(metric) else 1.0
+        sign = -1.0 if self.run.higher else 1.0
 
         def badness(slot: int) -> tuple[float, int]:
             value = self.run.records[self.slots[slot]].last_eval[split][metric]

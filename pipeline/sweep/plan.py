@@ -15,20 +15,11 @@ from typing import Any
 
 import jax
 
-from pipeline.config import Config, ConfigError, apply_overrides, flat_keys
+from pipeline.config import Config, ConfigError, apply_overrides, flat_keys, is_switch, traced_fields
 from pipeline.data import DatasetInfo
 from pipeline.sweep.space import Space, format_value
 from pipeline.train.loop import choose_steps_per_call, total_steps
 
-# Config keys that live in the train state as arrays (DESIGN.md section 2): a population
-# may hold different values of these in one compiled program.
-TRACED_KEYS = (
-    "seed", "data_seed", "label_smoothing", "ema_decay", "model.dropout",
-    "optimizer.learning_rate", "optimizer.weight_decay", "optimizer.momentum",
-    "optimizer.b1", "optimizer.b2", "optimizer.clip_norm",
-)
-# Traced values whose being zero or not switches a piece of the program on or off.
-SWITCHES = ("optimizer.clip_norm", "optimizer.weight_decay", "ema_decay", "model.dropout")
 DEFAULT_POPULATION_BYTES = 2 * 1024**3
 
 
@@ -65,12 +56,12 @@ def make_trials(base: Config, space: Space, points: list[dict[str, Any]]) -> lis
 
 
 def group_key(cfg: Config, carves_validation: bool) -> str:
+    """The config with its traced fields (marked on the config classes) blanked, switches kept as on/off."""
     flat = flat_keys(cfg)
-    for key in SWITCHES:
-        if key in flat:
-            flat[key + ">0"] = bool(flat[key] > 0)
-    for key in TRACED_KEYS:
-        flat.pop(key, None)
+    for key, f in traced_fields(cfg).items():
+        value = flat.pop(key)
+        if is_switch(f):
+            flat[key + ">0"] = bool(value > 0)
     if carves_validation:  # the data seed also picks which rows are held out: different data
         flat["validation_rows_seed"] = cfg.resolved_data_seed
     return json.dumps(flat, sort_keys=True, default=str)

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.objectives import higher_is_better
 from pipeline.sweep.plan import Trial
 from pipeline.sweep.space import format_value
 
@@ -47,7 +46,7 @@ class TrialRecord:
     best_step: int | None = None
     evals_since_best: int = 0
 
-    def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str) -> None:
+    def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str, higher: bool) -> None:
         """Record one evaluation; track the best by ``split/metric`` (what the solo loop selects by)."""
         self.last_eval = evals
         value = evals[split][metric]
@@ -56,7 +55,7 @@ class TrialRecord:
         elif self.best_value is None:
             better = True
         else:
-            better = value > self.best_value if higher_is_better(metric) else value < self.best_value
+            better = value > self.best_value if higher else value < self.best_value
         if better:
             self.best_value, self.best_step, self.best_eval, self.evals_since_best = value, step, evals, 0
         else:

@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.objectives import higher_is_better
 from pipeline.track.run_dir import read_json
 
 TOP = 10
@@ -21,19 +20,21 @@ def is_sweep(path: Path) -> bool:
     return (path / "trials.parquet").is_file()
 
 
-def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str, str]:
+def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str, str, bool]:
     if not is_sweep(path):
         raise PipelineError(f"{path} is not a sweep folder (no trials.parquet)")
     description = read_json(path / "sweep.json") if (path / "sweep.json").is_file() else {}
     rows = pq.read_table(path / "trials.parquet").to_pylist()
     split, _, metric = description.get("selection", "test/accuracy").partition("/")
-    return description, rows, split, metric
+    # Sweeps recorded before objectives carried directions: the built-in metrics better higher.
+    higher = description.get("higher_is_better", metric in ("accuracy", "r2"))
+    return description, rows, split, metric, higher
 
 
-def ranked(rows: list[dict[str, Any]], split: str, metric: str) -> list[dict[str, Any]]:
+def ranked(rows: list[dict[str, Any]], split: str, metric: str, higher: bool) -> list[dict[str, Any]]:
     """Best first by the final selection metric; trials without one (pending, diverged early) last."""
     column = f"final_{split}_{metric}"
-    sign = -1.0 if higher_is_better(metric) else 1.0
+    sign = -1.0 if higher else 1.0
 
     def key(row: dict[str, Any]) -> tuple[float, int]:
         value = row.get(column)
@@ -52,7 +53,7 @@ def _fmt(value: Any) -> str:
 
 
 def show_sweep(path: Path, top: int = TOP) -> str:
-    description, rows, split, metric = _load(path)
+    description, rows, split, metric, higher = _load(path)
     swept = description.get("swept", [])
     statuses: dict[str, int] = {}
     for row in rows:
@@ -70,7 +71,7 @@ def show_sweep(path: Path, top: int = TOP) -> str:
               "best_step", "steps", "wall_s"]
     body = [[_fmt(r["trial"]), r["status"], *(_fmt(r[k]) for k in swept), *(_fmt(r[c]) for c in metric_cols),
              _fmt(r["best_step"]), _fmt(r["steps"]), _fmt(round(r["wall_s"], 1))]
-            for r in ranked(rows, split, metric)[:top]]
+            for r in ranked(rows, split, metric, higher)[:top]]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -93,7 +94,7 @@ def plot_sweep(path: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    description, rows, split, metric = _load(path)
+    description, rows, split, metric, higher = _load(path)
     swept = description.get("swept", [])
     spelled = description.get("space", {}).get("dimensions", {})
     column = f"final_{split}_{metric}"
@@ -133,7 +134,7 @@ def plot_sweep(path: Path) -> list[Path]:
         plt.close(fig)
         out.append(path / "hparams.png")
     if (path / "curves.parquet").is_file():
-        out.append(_plot_curves(path, ranked(rows, split, metric)[:5], split, metric, swept, plt))
+        out.append(_plot_curves(path, ranked(rows, split, metric, higher)[:5], split, metric, swept, plt))
     return out
 
 

@@ -20,7 +20,7 @@ import jax
 from pipeline.config import ConfigError, apply_overrides, to_dict
 from pipeline.data import Store, ensure_dataset
 from pipeline.experiments import experiment_name, load_module
-from pipeline.objectives import higher_is_better
+from pipeline.objectives import best_metric, resolve
 from pipeline.sweep import checkpoint, folder, plan, records, strategy
 from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
 from pipeline.sweep.population import solo_programs, vmapped_programs
@@ -112,9 +112,10 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             per_member = plan.member_bytes(create_state(cfg, info, g.total_steps)[1], cfg, info)
             g.chunks = plan.chunk(g.trials, plan.population_size(per_member, opts.max_population,
                                                                   opts.population_memory))
-        split, metric = selection(trials[0], infos)
+        split, metric, higher = selection(trials[0], infos)
         description = {**identity, "trials": len(trials), "chunks": [g.chunks for g in groups],
-                       "swept": [d.key for d in space.dimensions], "selection": f"{split}/{metric}"}
+                       "swept": [d.key for d in space.dimensions], "selection": f"{split}/{metric}",
+                       "higher_is_better": higher}
         sweep_dir = folder.create(opts.sweep_dir, opts.sweeps_root or folder.default_sweeps_root(), name,
                                   description)
     swept = [d.key for d in space.dimensions]
@@ -162,19 +163,20 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     return summary
 
 
-def selection(trial: plan.Trial, infos: dict) -> tuple[str, str]:
-    """The split and metric that rank trials: what ``pipeline train`` selects its best checkpoint by."""
-    from pipeline.objectives import objective_for
-
+def selection(trial: plan.Trial, infos: dict) -> tuple[str, str, bool]:
+    """The split and metric that rank trials (what ``pipeline train`` selects its best checkpoint by),
+    and whether higher is better."""
     info = infos[trial.cfg.data.name]
     has_val = "validation" in info.rows or trial.cfg.data.validation_fraction > 0
-    return ("val" if has_val else "test"), (trial.cfg.best_metric or objective_for(info.task).best)
+    objective = resolve(trial.cfg, info)
+    metric = best_metric(trial.cfg, objective)
+    return ("val" if has_val else "test"), metric, objective.higher_is_better[metric]
 
 
 def summarize(sweep_dir: Path, name: str, trials: list[plan.Trial], recs: dict[int, records.TrialRecord],
               swept: list[str], groups: list[plan.Group], wall: float, vmap: bool, infos: dict) -> dict[str, Any]:
-    split, metric = selection(trials[0], infos)
-    sign = 1.0 if higher_is_better(metric) else -1.0
+    split, metric, higher = selection(trials[0], infos)
+    sign = 1.0 if higher else -1.0
     candidates = [t for t in trials if recs[t.id].status in ("done", "early_stopped")
                   and not math.isnan(recs[t.id].last_eval.get(split, {}).get(metric, math.nan))]
     statuses: dict[str, int] = {}

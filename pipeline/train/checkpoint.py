@@ -54,6 +54,17 @@ class Checkpointer:
         self._forget_after(-1)
         return None
 
+    def read(self, like_state: Any, best: bool = False) -> tuple[Any, dict] | None:
+        """The newest checkpoint (of the best ones when ``best``), changing nothing on disk."""
+        manager = self.best if best else self.latest
+        manager.reload()
+        step = manager.latest_step()
+        if step is None:
+            return None
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.device_get(like_state)), meta=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["meta"])
+
     def _forget_after(self, step: int) -> None:
         """Delete checkpoints newer than the one resumed from: the run will write them again."""
         for manager in (self.latest, self.best):

@@ -36,13 +36,13 @@ from pipeline.data.order import EpochOrder
 from pipeline.data.sources import split_off_test
 from pipeline.data.stream import StreamingReader
 from pipeline.errors import PipelineError
-from pipeline.models import check_dataset
-from pipeline.objectives import higher_is_better
+from pipeline.objectives import best_metric
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.plot import plot_run
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
 from pipeline.train.checkpoint import Checkpointer
+from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.record import open_run_dir
 from pipeline.train.state import StepSpec, TrainState, create_state
@@ -131,9 +131,7 @@ def read_splits(cfg: Config, store: Store, info: DatasetInfo) -> dict[str, Split
 
 def prepare(cfg: Config, store: Store) -> Prepared:
     info = ensure_dataset(store, cfg.data.name)
-    if info.task == "language_modeling" and cfg.model.name != "transformer":
-        raise ConfigError(f"dataset '{info.name}' holds token sequences; use model.name=transformer")
-    check_dataset(cfg.model, info)  # a shape the model cannot take fails here, naming the dataset
+    check_dataset(cfg, info)  # a model or objective that cannot take the dataset fails here, naming it
     splits = read_splits(cfg, store, info)
     mesh = data_mesh()
     train_split, reader = None, None
@@ -146,6 +144,7 @@ def prepare(cfg: Config, store: Store) -> Prepared:
                                  jax.process_count(), mesh=mesh)
         steps = cfg.epochs * reader.steps_per_epoch if cfg.epochs else cfg.steps
     spec, state = create_state(cfg, info, steps)
+    check_outputs(cfg, spec, state, info)  # traced abstractly: a wrong output shape fails before compiling
     # Committed to the mesh like every later state, so the step compiles once, not twice.
     state = jax.device_put(state, replicated(mesh))
     evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
@@ -220,7 +219,7 @@ class _Run:
         self.started = time.time()
         self.last_flush = time.time()
         self.progress = Progress(prep.total_steps, enabled=show_progress)
-        self.best_metric = prep.cfg.best_metric or prep.spec.objective.best
+        self.best_metric = best_metric(prep.cfg, prep.spec.objective)
 
     def restore(self, state: TrainState) -> TrainState:
         restored = self.checkpointer.restore_latest(state)
@@ -257,9 +256,10 @@ class _Run:
             self.metrics.add(step, split, values, self.wall())
             if split == self.prep.select_split:
                 if self.best_metric not in values:
-                    raise ConfigError(f"bad value for 'best_metric': '{self.best_metric}' is not one of "
-                                      f"{', '.join(values)}")
-                improved = self.book.observe(step, values[self.best_metric], higher_is_better(self.best_metric))
+                    raise ConfigError(f"objective '{self.prep.spec.objective.name}' returned no '{self.best_metric}' "
+                                      f"metric (it returned {', '.join(values)})")
+                higher = self.prep.spec.objective.higher_is_better[self.best_metric]
+                improved = self.book.observe(step, values[self.best_metric], higher)
         self.progress.note(step, self.book.last_eval.get("test", {}))
         return improved
 
@@ -279,13 +279,14 @@ class _Run:
         return {name: self.evaluate(state, b.x, b.y, b.mask) for name, b in self.prep.evals.items()}
 
 
-def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progress: bool = True) -> dict[str, Any]:
+def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progress: bool = True,
+          experiment_file: str = "") -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming it when it holds an earlier run of this config.
 
     Returns the summary object (also written to ``run_dir/summary.json``).
     """
     prep = prepare(cfg, store)
-    resuming = open_run_dir(run_dir, experiment, cfg)
+    resuming = open_run_dir(run_dir, experiment, cfg, prep.info, experiment_file)
     r = _Run(prep, run_dir, show_progress)
     state = r.restore(prep.state) if resuming else prep.state
     if not resuming:

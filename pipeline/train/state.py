@@ -1,4 +1,4 @@
-"""The train state: a pytree of arrays and nothing with behaviour."""
+"""The train state: a pytree of arrays and nothing with behaviour; and the static spec of its step."""
 
 from __future__ import annotations
 
@@ -7,24 +7,27 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError, traced_fields
 from pipeline.data.dataset import DatasetInfo
+from pipeline.errors import PipelineError
 from pipeline.models import build_model
-from pipeline.objectives import Objective, objective_for
+from pipeline.models.normalize import Standardized
+from pipeline.objectives import Objective, resolve
 from pipeline.optim import make_optimizer
+from pipeline.registry import family
 
 
 @struct.dataclass
 class TrainState:
     params: Any  # nnx.State of nnx.Param
-    rest: Any  # every other model variable (norm statistics, ...)
+    rest: Any  # every other model variable (norm statistics, dropout RNG streams as raw key data, ...)
     opt_state: Any  # holds the traced optimizer hyperparameters
     step: jax.Array  # int32 count of applied updates
-    key: jax.Array  # dropout randomness, folded with the step
-    hparams: dict[str, jax.Array]  # traced model/objective hyperparameters (dropout, label smoothing, EMA)
+    hparams: dict[str, jax.Array]  # traced top-level hyperparameters (label smoothing, EMA decay)
     ema: Any = None  # moving average of params when cfg.ema_decay > 0, else None
 
 
@@ -32,38 +35,103 @@ class TrainState:
 class StepSpec:
     """What the compiled step depends on besides the state; bound with functools.partial."""
 
-    graphdef: Any
+    graphdef: Any  # the model in train mode
+    eval_graphdef: Any  # the same model in eval mode (dropout off, batch norm on running statistics)
     tx: optax.GradientTransformation
     objective: Objective
     batch_size: int
     compute_dtype: Any  # jnp.float32 or jnp.bfloat16
-    dropout: bool = False  # dropout layers draw masks (cfg.model.dropout > 0); the rate itself is traced
+    key_leaves: tuple[bool, ...] = ()  # which leaves of ``rest`` are PRNG keys (kept as raw data in the state)
+
+
+def state_hparams(cfg: Config) -> dict[str, jax.Array]:
+    """Every traced float field at the top of the config: what the step reads from ``state.hparams``."""
+    return {key: jnp.asarray(getattr(cfg, key), jnp.float32) for key, f in traced_fields(cfg).items()
+            if "." not in key and f.type in (float, "float")}
+
+
+def _is_key(a: Any) -> bool:
+    return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def raw_keys(tree: Any) -> Any:
+    """PRNG keys as their uint32 data: plain arrays stack, checkpoint and move like any other."""
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
+
+
+def typed_keys(tree: Any, key_leaves: tuple[bool, ...]) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, [jax.random.wrap_key_data(a) if k else a for a, k in zip(leaves, key_leaves)])
+
+
+def normalization(cfg: Config, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (mean, std) that standardize the features, or None: ``data.normalize`` against the dataset."""
+    from pipeline.data.stats import feature_stats
+
+    stats = feature_stats(info)
+    setting = cfg.data.normalize
+    if setting == "false":
+        return None
+    if setting == "true":
+        if stats is None:
+            raise ConfigError(f"bad value for 'data.normalize': dataset '{info.name}' has no feature statistics "
+                              f"({info.feature_dtype} features); import it again or use data.normalize=false")
+        return stats
+    # auto: tabular float features, where scales differ by feature; not images (already in [0, 1]) or tokens.
+    tabular = len(info.feature_shape) == 1 and np.dtype(info.feature_dtype).kind == "f"
+    return stats if tabular else None
+
+
+def build(cfg: Config, info: DatasetInfo) -> nnx.Module:
+    """The run's model (standardizing its input when ``data.normalize`` says so), in train mode.
+
+    A user's build function that fails is one line naming the family's file and the dataset.
+    """
+    fam = family(cfg.model.name)
+    try:
+        model = build_model(cfg.model, info.feature_shape, info.output_size, cfg.seed)
+    except PipelineError:
+        raise
+    except Exception as exc:  # a user's model that cannot be built for this data
+        raise ConfigError(f"{fam.origin}: model '{fam.name}' cannot be built for dataset '{info.name}' "
+                          f"(features {tuple(info.feature_shape)}, {info.output_size} outputs): "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                          ) from exc
+    stats = normalization(cfg, info)
+    if stats is not None:
+        model = Standardized(model, *stats)
+    model.train()
+    return model
 
 
 def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[StepSpec, TrainState]:
-    """Build the model, split it once, and initialise the optimizer."""
-    model = build_model(cfg.model, info.feature_shape, info.output_size, cfg.seed)
+    """Build the model, split it once (train and eval views), and initialise the optimizer."""
+    objective = resolve(cfg, info)
+    model = build(cfg, info)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(cfg.optimizer, total_steps, cfg.grad_accum)
     spec = StepSpec(
         graphdef=graphdef,
+        eval_graphdef=eval_graphdef,
         tx=tx,
-        objective=objective_for(info.task),
+        objective=objective,
         batch_size=cfg.batch_size,
         compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32,
-        dropout=cfg.model.dropout > 0,
+        key_leaves=tuple(_is_key(a) for a in jax.tree.leaves(rest)),
     )
     state = TrainState(
         params=params,
-        rest=rest,
+        rest=raw_keys(rest),
         opt_state=tx.init(params),
         step=jnp.zeros([], jnp.int32),
-        key=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1),
-        hparams={
-            "dropout": jnp.asarray(cfg.model.dropout, jnp.float32),
-            "label_smoothing": jnp.asarray(cfg.label_smoothing, jnp.float32),
-            "ema_decay": jnp.asarray(cfg.ema_decay, jnp.float32),
-        },
+        hparams=state_hparams(cfg),
         ema=jax.tree.map(jnp.copy, params) if cfg.ema_decay > 0 else None,
     )
     return spec, state
+
+
+def same_program(a: StepSpec, b: StepSpec) -> bool:
+    """Whether two specs compile to the same step: what lets states share one vmapped population."""
+    return a.graphdef == b.graphdef and a.eval_graphdef == b.eval_graphdef and a.key_leaves == b.key_leaves

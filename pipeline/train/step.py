@@ -11,30 +11,31 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pipeline.train.state import StepSpec, TrainState
+from pipeline.train.state import StepSpec, TrainState, raw_keys, typed_keys
 
 
 def _cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def apply_model(spec: StepSpec, params, rest, x, hparams, key):
-    """Model outputs in float32; computed in ``spec.compute_dtype``. ``key=None`` is eval mode."""
+def apply_model(spec: StepSpec, params, rest, x, train: bool):
+    """Model outputs in float32, computed in ``spec.compute_dtype``, and the model's updated other state.
+
+    ``train`` picks the model's train or eval view (dropout, batch statistics).
+    """
     if spec.compute_dtype != jnp.float32:
         params, x = _cast_floats(params, spec.compute_dtype), _cast_floats(x, spec.compute_dtype)
-    model = nnx.merge(spec.graphdef, params, rest, copy=True)  # fresh Variables: BatchNorm updates them
-    # Without dropout the rate is a Python 0.0 and no mask is drawn (a mask at a traced rate 0
-    # cost the digits MLP a third of its step).
-    rate = hparams["dropout"] if spec.dropout else 0.0
-    out = model(x, dropout_rate=rate, key=key)
+    graphdef = spec.graphdef if train else spec.eval_graphdef
+    # Fresh Variables (copy=True): BatchNorm statistics and dropout RNG counts update in place.
+    model = nnx.merge(graphdef, params, typed_keys(rest, spec.key_leaves), copy=True)
+    out = model(x)
     _, _, new_rest = nnx.split(model, nnx.Param, ...)
-    return out.astype(jnp.float32), new_rest
+    return out.astype(jnp.float32), raw_keys(new_rest)
 
 
 def loss_fn(params, spec: StepSpec, state: TrainState, x, y):
-    key = jax.random.fold_in(state.key, state.step)
-    out, new_rest = apply_model(spec, params, state.rest, x, state.hparams, key)
-    loss, metrics = spec.objective.loss(out, y, state.hparams["label_smoothing"])
+    out, new_rest = apply_model(spec, params, state.rest, x, train=True)
+    loss, metrics = spec.objective.loss(out, y, state.hparams)
     return loss, (metrics, new_rest)
 
 
@@ -58,8 +59,8 @@ def _keep_dtypes(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
-# What a step changes; the dropout key and the model hyperparameters stay as they are, so
-# the scans below close over them instead of carrying them (3% of the digits MLP's step).
+# What a step changes; the hyperparameters stay as they are, so the scans below close over
+# them instead of carrying them (3% of the digits MLP's step).
 MOVING = ("params", "rest", "opt_state", "step", "ema")
 
 
@@ -97,7 +98,7 @@ def eval_sums(spec: StepSpec, state: TrainState, x_NbxB, y_NbxB, mask_NbxB) -> d
 
     def one(batch):
         x, y, mask = batch
-        out, _ = apply_model(spec, params, state.rest, x, state.hparams, None)
+        out, _ = apply_model(spec, params, state.rest, x, train=False)
         return spec.objective.sums(out, y, mask)
 
     return spec.objective.combine(jax.lax.map(one, (x_NbxB, y_NbxB, mask_NbxB)))

@@ -12,7 +12,7 @@ from pipeline.bench.flops import dense_train_flops, transformer_matmul_params, t
 from pipeline.bench.jax_bare import make_step
 from pipeline.bench.measure import xla_flops
 from pipeline.bench.points import Point
-from pipeline.config import ModelConfig
+from pipeline.models import TransformerConfig
 
 
 def compiled_step_flops(workload) -> float:
@@ -65,7 +65,7 @@ def test_transformer_matmul_params_are_the_model_matrices(workload_for):
 
 
 def test_transformer_analytic_closed_form():
-    cfg = ModelConfig(name="transformer", d_model=64, n_layers=1, n_heads=4, d_ff=256, context=8)
+    cfg = TransformerConfig(d_model=64, n_layers=1, n_heads=4, d_ff=256, context=8)
     params = 3 * 64 * 64 + 64 * 64 + 2 * 64 * 256 + 100 * 64
     assert transformer_matmul_params(cfg, 100) == params == 55552
     assert transformer_train_flops(cfg, 100, 2, 8) == 6 * params * 16 + 6 * 1 * 2 * 8**2 * 64

@@ -49,4 +49,5 @@ def test_lm_experiment_refuses_regression_dataset(cli):
 
 def test_token_dataset_refuses_a_non_transformer(cli, tmp_path):
     line = _one_error_line(cli("train", "digits_cnn", "data=text", "--no-progress"))
-    assert "dataset 'text' holds token sequences; use model.name=transformer" in line
+    assert "model 'cnn' returns outputs of shape (2, 256) for a batch of 2 from dataset 'text'" in line
+    assert "objective 'language_modeling' expects (2, 128, 256)" in line

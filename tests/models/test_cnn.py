@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pipeline.config import Config, ConfigError, ModelConfig, OptimizerConfig
+from pipeline.config import Config, ConfigError, OptimizerConfig
 from pipeline.data.dataset import DatasetInfo
-from pipeline.models import build_model, check_dataset
+from pipeline.models import CNNConfig, build_model
+from pipeline.models.cnn import check_dataset
 from pipeline.train.state import create_state
 from pipeline.train.step import train_step
 
-TINY = ModelConfig(name="cnn", channels=(4, 6), kernel_size=3, hidden=(8,))
+TINY = CNNConfig(channels=(4, 6), kernel_size=3, hidden=(8,))
 
 
 def info(feature_shape: tuple[int, ...], classes: int = 3, name: str = "tiny") -> DatasetInfo:
@@ -71,7 +72,7 @@ def test_check_dataset_names_the_dataset_and_its_shape():
     check_dataset(TINY, info((8, 8)))  # fits: no error
 
 
-def _state(model_cfg: ModelConfig, shape, classes=3, **cfg_kwargs):
+def _state(model_cfg: CNNConfig, shape, classes=3, **cfg_kwargs):
     cfg = Config(model=model_cfg, batch_size=8, optimizer=OptimizerConfig(learning_rate=1e-2), **cfg_kwargs)
     return create_state(cfg, info(shape, classes), total_steps=100)
 
@@ -91,12 +92,13 @@ def test_batch_norm_running_mean_flows_back_through_the_train_step():
 def test_batch_norm_eval_mode_uses_running_statistics():
     model = build_model(dataclasses.replace(TINY, norm="batch"), (8, 8), 3, seed=0)
     x = jax.random.normal(jax.random.PRNGKey(2), (6, 8, 8))
+    model.eval()
     alone_eval = model(x[:1])
     batch_eval = model(x)[:1]
     np.testing.assert_allclose(alone_eval, batch_eval, rtol=1e-5, atol=1e-6)  # per-example in eval
-    key = jax.random.PRNGKey(0)
-    alone_train = model(x[:1].repeat(2, 0), key=key)[:1]
-    batch_train = model(x, key=key)[:1]
+    model.train()
+    alone_train = model(x[:1].repeat(2, 0))[:1]
+    batch_train = model(x)[:1]
     assert not np.allclose(alone_train, batch_train, atol=1e-3)  # batch statistics in training
 
 

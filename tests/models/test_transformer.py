@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pipeline.config import Config, ConfigError, ModelConfig, OptimizerConfig
+from pipeline.config import Config, ConfigError, OptimizerConfig
 from pipeline.data.dataset import DatasetInfo
-from pipeline.models import build_model, check_dataset
-from pipeline.models.transformer import rotary
+from pipeline.models import TransformerConfig, build_model
+from pipeline.models.transformer import check_dataset, rotary
 from pipeline.train.state import create_state
 from pipeline.train.step import train_step
 
-TINY = ModelConfig(name="transformer", d_model=16, n_layers=2, n_heads=2, context=16, activation="gelu")
+TINY = TransformerConfig(d_model=16, n_layers=2, n_heads=2, context=16, activation="gelu")
 VOCAB = 11
 LENGTH = 12
 

@@ -16,15 +16,16 @@ from pipeline.data import Store, ensure_dataset
 SCRIPT = """
 import json, sys
 import jax, numpy as np
-from pipeline.config import Config, ModelConfig, apply_overrides
+from pipeline.config import Config, apply_overrides
 from pipeline.data import Store
 from pipeline.sweep.population import (MemberOrders, SoloPopulation, VmapPopulation, solo_programs, stack,
                                        vmapped_programs)
 from pipeline.train.loop import prepare
 from pipeline.train.state import create_state
+from pipeline.models import MLPConfig
 
 members = int(sys.argv[2])
-base = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=ModelConfig(hidden=(8,)))
+base = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=MLPConfig(hidden=(8,)))
 prep = prepare(base, Store(sys.argv[1]))
 cfgs = [apply_overrides(base, [f"optimizer.learning_rate={1e-3 * (1 + i)}", f"seed={i % 2}"]) for i in range(members)]
 states = [create_state(c, prep.info, prep.total_steps)[1] for c in cfgs]

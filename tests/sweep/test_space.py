@@ -64,9 +64,13 @@ def test_grid_is_the_cross_product_in_order():
 
 @pytest.mark.parametrize("value", [1e-3, 0.1 + 0.2, 3, (64, 128), True, "relu", math.pi * 1e-7])
 def test_override_text_round_trips_exactly(value):
-    key = {float: "optimizer.learning_rate", int: "seed", tuple: "model.hidden", bool: "model.tie_embeddings",
+    key = {float: "optimizer.learning_rate", int: "seed", tuple: "model.hidden", bool: "ema_decay",
            str: "model.activation"}[type(value)]
-    cfg = apply_overrides(BASE, [f"{key}={format_value(value)}"])
+    if isinstance(value, bool):  # a boolean field: the transformer's
+        key, base = "model.tie_embeddings", apply_overrides(BASE, ["model.name=transformer"])
+    else:
+        base = BASE
+    cfg = apply_overrides(base, [f"{key}={format_value(value)}"])
     node = cfg
     for part in key.split("."):
         node = getattr(node, part)

@@ -18,11 +18,12 @@ TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLA
 SCRIPT = """
 import json, sys
 import jax, numpy as np
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config
 from pipeline.data import Store
 from pipeline.train.loop import Batches, compiled, prepare
+from pipeline.models import MLPConfig
 
-cfg = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=ModelConfig(hidden=(8,)))
+cfg = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=MLPConfig(hidden=(8,)))
 prep = prepare(cfg, Store(sys.argv[1]))
 run, evaluate = compiled(prep.spec)
 batches = Batches(prep, 0)

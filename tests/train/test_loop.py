@@ -14,14 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pipeline.config import Config, ModelConfig, OptimizerConfig, apply_overrides
+from pipeline.config import Config, OptimizerConfig, apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.data.order import EpochOrder
+from pipeline.models import MLPConfig
 from pipeline.train.loop import prepare, train
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step
 
-TINY = Config(data="digits", steps=60, batch_size=16, eval_every=30, model=ModelConfig(hidden=(8,)),
+TINY = Config(data="digits", steps=60, batch_size=16, eval_every=30, model=MLPConfig(hidden=(8,)),
               optimizer=OptimizerConfig(name="adam", learning_rate=1e-2))
 
 
@@ -81,13 +82,18 @@ def test_a_learning_rate_override_gives_the_same_program(store):
     assert program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0"]) != base
 
 
-def test_dropout_switched_on_at_rate_zero_equals_dropout_switched_off(prep):
+def test_dropout_switched_on_at_rate_zero_equals_dropout_switched_off(prep, store):
     """The switch only removes work: a mask drawn at a traced rate of 0 keeps every unit, unscaled."""
     idx = EpochOrder(prep.train.rows, TINY.batch_size, 0).indices(0, 8)
+    switched_on = prepare(apply_overrides(TINY, ["model.dropout=0.1"]), store)
+    rates = switched_on.state.rest["drops"][0]["rate"]
+    assert float(rates[...]) == pytest.approx(0.1)  # the rate is model state, a traced value
+    at_zero = switched_on.state.replace(rest=jax.tree.map(
+        lambda a: jnp.zeros_like(a) if a is rates[...] else a, switched_on.state.rest))
     off = jax.jit(functools.partial(train_many, prep.spec))
-    on = jax.jit(functools.partial(train_many, dataclasses.replace(prep.spec, dropout=True)))
+    on = jax.jit(functools.partial(train_many, switched_on.spec))
     state_off, metrics_off = off(prep.state, prep.train.x, prep.train.y, idx)
-    state_on, metrics_on = on(prep.state, prep.train.x, prep.train.y, idx)
+    state_on, metrics_on = on(at_zero, prep.train.x, prep.train.y, idx)
     np.testing.assert_array_equal(np.asarray(metrics_off["loss"]), np.asarray(metrics_on["loss"]))
     for a, b in zip(leaves(state_off.params), leaves(state_on.params), strict=True):
         np.testing.assert_array_equal(a, b)

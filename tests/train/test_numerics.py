@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from flax import nnx
 
-from pipeline.config import Config, ModelConfig, OptimizerConfig
+from pipeline.config import Config, OptimizerConfig
 from pipeline.data import Store, import_dataset
 from pipeline.data.dataset import DatasetInfo
 from pipeline.experiments import load_config
+from pipeline.models import MLPConfig
 from pipeline.train import loop
 from pipeline.train.evaluation import finalize
 from pipeline.train.state import create_state
@@ -121,7 +122,7 @@ def jax_loss_and_grads(cfg: Config, task: str, x, y):
 ])
 def test_gradients_match_finite_differences(task, activation, smoothing):
     y = Y_CLASS if task == "classification" else Y_REG
-    cfg = Config(model=ModelConfig(hidden=(4, 3), activation=activation), label_smoothing=smoothing)
+    cfg = Config(model=MLPConfig(hidden=(4, 3), activation=activation), label_smoothing=smoothing)
     state, loss, grads = jax_loss_and_grads(cfg, task, X, y)
     p = to_numpy(state.params)
     assert loss == pytest.approx(np_loss(p, X, y, task, activation, smoothing), rel=1e-6)
@@ -132,9 +133,9 @@ def test_gradients_match_finite_differences(task, activation, smoothing):
 
 
 def test_gradient_through_dropout_matches_a_directional_difference_of_loss_fn():
-    # Dropout's mask depends on the state's key and step, not on the parameters, so the loss
+    # Dropout's mask depends on the model's RNG stream (state), not on the parameters, so the loss
     # is a smooth function of them; a central difference of loss_fn itself (float32) must agree.
-    cfg = Config(model=ModelConfig(hidden=(5,), activation="tanh", dropout=0.3))
+    cfg = Config(model=MLPConfig(hidden=(5,), activation="tanh", dropout=0.3))
     spec, state = create_state(cfg, info_for("classification"), total_steps=10)
     value_and_grad = jax.jit(lambda p, s: jax.value_and_grad(lambda q: loss_fn(q, spec, s, X, Y_CLASS)[0])(p))
     loss, grads = value_and_grad(state.params, state)
@@ -148,7 +149,8 @@ def test_gradient_through_dropout_matches_a_directional_difference_of_loss_fn():
                                                             state.params, direction)), state)[0] for s in (eps, -eps)]
         central = (float(moved[0]) - float(moved[1])) / (2 * eps)
         assert central == pytest.approx(along, rel=2e-3, abs=2e-4)
-    no_dropout = state.replace(hparams={**state.hparams, "dropout": jnp.float32(0)})
+    no_dropout = state.replace(rest=jax.tree.map(lambda a: jnp.zeros_like(a) if a.dtype == jnp.float32 else a,
+                                                 state.rest))  # the rate, a Hyperparameter, set to 0
     assert float(loss) != pytest.approx(float(value_and_grad(state.params, no_dropout)[0]), rel=1e-3)
     assert value_and_grad._cache_size() == 1  # the rate is traced: no recompilation
 
@@ -186,7 +188,7 @@ def np_update(name: str, g: dict, p: dict, slots: dict, t: int, opt: OptimizerCo
     OptimizerConfig(name="adamw", learning_rate=0.01, weight_decay=0.2),
 ], ids=["sgd", "sgd-l2-clip", "momentum", "adam", "adamw"])
 def test_train_steps_against_golden_numbers(opt):
-    cfg = Config(model=ModelConfig(hidden=(5,), activation="tanh"), label_smoothing=0.1, optimizer=opt)
+    cfg = Config(model=MLPConfig(hidden=(5,), activation="tanh"), label_smoothing=0.1, optimizer=opt)
     spec, state = create_state(cfg, info_for("classification"), total_steps=10)
     step = jax.jit(functools.partial(train_step, spec))
     p, slots = to_numpy(state.params), {}
@@ -201,7 +203,7 @@ def test_train_steps_against_golden_numbers(opt):
 
 
 def test_learning_rate_in_the_state_changes_the_step_without_recompiling():
-    cfg = Config(model=ModelConfig(hidden=(5,), activation="tanh"), optimizer=OptimizerConfig(name="sgd"))
+    cfg = Config(model=MLPConfig(hidden=(5,), activation="tanh"), optimizer=OptimizerConfig(name="sgd"))
     spec, state = create_state(cfg, info_for("classification"), total_steps=10)
     step = jax.jit(functools.partial(train_step, spec))
     p = to_numpy(state.params)
@@ -244,13 +246,19 @@ def test_linear_model_converges_to_least_squares(store):
     for _ in range(prep.total_steps // prep.steps_per_call):
         state, _ = run(state, *batches.args())
     p = to_numpy(state.params)
-    assert set(p) == {"head.kernel", "head.bias"}
-
+    # Tabular floats are standardized by default (data.normalize=auto): the model is
+    # head((x - mean) * scale), so in the features' own units its weights are w * scale.
+    assert set(p) == {"inner.head.kernel", "inner.head.bias"}
+    stats = to_numpy(state.rest)
     train, test = store.read("lin", "train"), store.read("lin", "test")
+    np.testing.assert_allclose(stats["mean"], train.x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(1 / stats["scale"], train.x.std(0), rtol=1e-5)
+    w = p["inner.head.kernel"][:, 0] * stats["scale"]
+    b = p["inner.head.bias"] - (stats["mean"] * w).sum()
     design = np.hstack([train.x, np.ones((N_TRAIN, 1))]).astype(np.float64)
     solution = np.linalg.lstsq(design, train.y.astype(np.float64), rcond=None)[0]
-    np.testing.assert_allclose(p["head.kernel"][:, 0], solution[:3], atol=2e-5)
-    np.testing.assert_allclose(p["head.bias"], solution[3:], atol=2e-5)
+    np.testing.assert_allclose(w, solution[:3], atol=2e-5)
+    np.testing.assert_allclose(b, solution[3:], atol=2e-5)
 
     b = prep.evals["test"]
     metrics = finalize(prep.spec.objective, evaluate(state, b.x, b.y, b.mask))

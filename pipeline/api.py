@@ -1,0 +1,132 @@
+"""The Python surface: ``fit`` an experiment or a config on stored data, arrays or a DataFrame, and
+``load_run`` a trained model back. Errors raise ``PipelineError`` with the command line's one-line
+message; nothing here exits the process or prints a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ConfigError, apply_overrides
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    summary: dict[str, Any]  # the same object as RUN_DIR/summary.json
+    model: Any  # the trained NNX module in eval mode; takes features as stored (normalization included)
+
+
+def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: str | None = None,
+        overrides: list[str] | dict[str, Any] | None = None, run_dir: str | Path | None = None,
+        store: Any = None, progress: bool = False) -> FitResult:
+    """Train an experiment (a name in ``experiments/`` or a file path) or a ``Config``.
+
+    ``data`` is a dataset name in the store, ``(x, y)`` or ``(x, y, x_test, y_test)`` numpy
+    arrays, or a pandas DataFrame (or pyarrow Table) whose ``target`` column holds the labels.
+    Arrays and frames are imported into the store once, under a name made from their content
+    (``arrays-HASH``, ``frame-HASH``), so the run's config names its data like any other.
+    ``overrides`` are ``KEY=VALUE`` strings or a ``{key: value}`` dict; ``run_dir`` defaults to
+    a new folder under the runs root.
+    """
+    from pipeline.data import Store
+    from pipeline.experiments import experiment_name, load_experiment
+    from pipeline.track.run_dir import default_runs_root, new_run_dir
+    from pipeline.train.loop import train
+
+    items = _override_list(overrides)
+    store = store if store is not None else Store()
+    if data is not None:
+        items.append(f"data={_dataset_name(store, data, target)}")
+    if isinstance(experiment_or_config, Config):
+        cfg, name, source = apply_overrides(experiment_or_config, items), "fit", ""
+    elif isinstance(experiment_or_config, (str, Path)):
+        cfg, path = load_experiment(str(experiment_or_config), items)
+        name, source = experiment_name(str(experiment_or_config)), str(path)
+    else:
+        raise ConfigError(f"fit() takes an experiment name, an experiment file or a Config, "
+                          f"not {type(experiment_or_config).__name__}")
+    folder = Path(run_dir) if run_dir is not None else new_run_dir(default_runs_root(), name)
+    summary = train(cfg, name, folder, store, show_progress=progress, experiment_file=source)
+    return FitResult(folder, summary, load_run(folder, which="latest"))
+
+
+def _override_list(overrides: list[str] | dict[str, Any] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        from pipeline.sweep.space import format_value
+
+        return [f"{k}={format_value(v)}" for k, v in overrides.items()]
+    return list(overrides)
+
+
+def _dataset_name(store, data: Any, target: str | None) -> str:
+    """A store name for ``data``: itself, or the content-named dataset its arrays or rows were imported as."""
+    import numpy as np
+
+    from pipeline.data import import_arrays, import_dataframe
+
+    if isinstance(data, str):
+        return data
+    if isinstance(data, (tuple, list)):
+        if len(data) not in (2, 4):
+            raise ConfigError(f"fit(data=...) takes (x, y) or (x, y, x_test, y_test) arrays, not {len(data)} items")
+        arrays = [np.asarray(a) for a in data]
+        digest = hashlib.sha256()
+        for a in arrays:
+            digest.update(json.dumps([a.shape, str(a.dtype)]).encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+        name = f"arrays-{digest.hexdigest()[:12]}"
+        if not store.exists(name):
+            import_arrays(store, name, *arrays)
+        return name
+    if hasattr(data, "columns") or type(data).__name__ == "Table":
+        if not target:
+            raise ConfigError("fit(data=DataFrame) needs target=COLUMN, the column that holds the labels")
+        import pyarrow as pa
+
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        name = f"frame-{hashlib.sha256(sink.getvalue().to_pybytes() + target.encode()).hexdigest()[:12]}"
+        if not store.exists(name):
+            import_dataframe(store, name, data, target)
+        return name
+    raise ConfigError(f"fit(data=...) takes a dataset name, (x, y) arrays or a DataFrame, not {type(data).__name__}")
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> Any:
+    """The trained model of a run folder, in eval mode, ready to call on a batch of stored features.
+
+    ``which="best"`` is the checkpoint the run selected by its best metric, ``"latest"`` its
+    last one. The model includes the run's feature normalization and, when the run kept an
+    exponential moving average, uses those parameters (as its evaluations did).
+    """
+    from flax import nnx
+
+    from pipeline.train.checkpoint import Checkpointer
+    from pipeline.train.record import read_run
+    from pipeline.train.state import create_state, typed_keys
+
+    if which not in ("best", "latest"):
+        raise ConfigError(f"load_run(which={which!r}): choose 'best' or 'latest'")
+    folder = Path(run_dir)
+    _, cfg, info = read_run(folder)
+    spec, like = create_state(cfg, info, cfg.steps)
+    checkpointer = Checkpointer(folder, cfg.checkpoint_keep)
+    try:
+        restored = checkpointer.read(like, best=which == "best")
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise PipelineError(f"{folder}: no readable {which} checkpoint")
+    state = restored[0]
+    params = state.params if state.ema is None else state.ema
+    return nnx.merge(spec.eval_graphdef, params, typed_keys(state.rest, spec.key_leaves))

@@ -1,0 +1,157 @@
+"""Where model families and objectives register: once each, by name, from the package or an experiment file.
+
+A family brings its frozen config dataclass (a ``ModelConfig`` with its own fields), a build
+function, and optionally an input check and an analytic FLOP count; an objective brings its
+loss and metrics (``pipeline.objectives.Objective``). Nothing else in the code lists family or
+objective names. The built-ins register when ``pipeline.models`` and ``pipeline.objectives``
+are imported, which a lookup does on first use, so this module stays free of JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+
+class RegistryError(PipelineError):
+    """A family or objective that cannot be registered or found."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family. ``build(cfg, feature_shape, out_features, rngs) -> nnx.Module``.
+
+    ``check(cfg, info)`` raises ``ConfigError`` when the family cannot take a dataset (before
+    anything is built); ``flops(cfg, feature_shape, out_features, batch)`` is the analytic
+    FLOP count of one training step, where the family has one (else XLA's cost analysis).
+    """
+
+    name: str
+    config: type
+    build: Callable[..., Any]
+    check: Callable[..., None] | None = None
+    flops: Callable[..., float] | None = None
+    origin: str = ""  # the file that registered it: errors name it
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_OBJECTIVES: dict[str, Any] = {}
+_BUILTINS = {"model": "pipeline.models", "objective": "pipeline.objectives"}
+
+
+def _caller_file(depth: int = 2) -> str:
+    return str(Path(sys._getframe(depth).f_code.co_filename))
+
+
+def _register(table: dict[str, Any], kind: str, name: str, entry: Any, origin: str) -> None:
+    old = table.get(name)
+    # Loading the same experiment file again (a sweep, a notebook re-run) re-registers: that is no clash.
+    if old is not None and old.origin != origin:
+        raise RegistryError(f"{origin}: {kind} '{name}' is registered twice (first in {old.origin})")
+    table[name] = entry
+
+
+def register_model(name: str, config: type, build: Callable[..., Any], *, check: Callable[..., None] | None = None,
+                   flops: Callable[..., float] | None = None) -> ModelFamily:
+    """Register a model family under ``name`` (``model.name=NAME`` selects it). Returns the family."""
+    origin = _caller_file()
+    _check_config_class(name, config, origin)
+    family = ModelFamily(name, config, build, check, flops, origin)
+    _register(_FAMILIES, "model", name, family, origin)
+    return family
+
+
+def register_objective(objective: Any) -> Any:
+    """Register an ``Objective`` under its ``name`` (``objective=NAME`` selects it). Returns it."""
+    origin = _caller_file()
+    objective = dataclasses.replace(objective, origin=origin)
+    _register(_OBJECTIVES, "objective", objective.name, objective, origin)
+    return objective
+
+
+def _load_builtins(kind: str) -> None:
+    importlib.import_module(_BUILTINS[kind])
+
+
+def family(name: str) -> ModelFamily:
+    _load_builtins("model")
+    if name not in _FAMILIES:
+        raise RegistryError(f"bad value for 'model.name': unknown model '{name}'; "
+                            f"registered models: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def is_registered(name: str) -> bool:
+    _load_builtins("model")
+    return name in _FAMILIES
+
+
+def family_names() -> list[str]:
+    _load_builtins("model")
+    return sorted(_FAMILIES)
+
+
+def objective(name: str) -> Any:
+    _load_builtins("objective")
+    if name not in _OBJECTIVES:
+        raise RegistryError(f"bad value for 'objective': unknown objective '{name}'; "
+                            f"registered objectives: {', '.join(sorted(_OBJECTIVES))}")
+    return _OBJECTIVES[name]
+
+
+def objective_names() -> list[str]:
+    _load_builtins("objective")
+    return sorted(_OBJECTIVES)
+
+
+def objectives() -> list[Any]:
+    _load_builtins("objective")
+    return list(_OBJECTIVES.values())
+
+
+# Types an override (``model.FIELD=TEXT``) can be parsed into: see config.parse_value.
+_SCALARS = (int, float, str, bool)
+
+
+def parseable(typ: Any) -> bool:
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ in _SCALARS:
+        return True
+    if origin is tuple:
+        return len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return len(inner) == 1 and parseable(inner[0])
+    return False
+
+
+def _check_config_class(name: str, config: type, origin: str) -> None:
+    from pipeline.config import ModelConfig
+
+    where = f"{origin}: model '{name}'"
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, ModelConfig)):
+        raise RegistryError(f"{where}: its config {getattr(config, '__name__', config)!r} must be a "
+                            "@dataclass(frozen=True) subclass of pipeline.ModelConfig")
+    if not config.__dataclass_params__.frozen:
+        raise RegistryError(f"{where}: {config.__name__} must be a frozen dataclass (@dataclass(frozen=True))")
+    try:
+        default = config()
+    except TypeError as exc:
+        raise RegistryError(f"{where}: {config.__name__}() needs a default for every field ({exc})") from None
+    if default.name != name:
+        raise RegistryError(f"{where}: {config.__name__}.name defaults to {default.name!r}; declare "
+                            f"`name: str = {name!r}`")
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if not parseable(hints[f.name]):
+            raise RegistryError(f"{where}: field {config.__name__}.{f.name} has type {hints[f.name]} that "
+                                "overrides cannot read; use int, float, str, bool, tuple[int, ...] or an optional one")
