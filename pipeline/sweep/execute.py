@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import ConfigError
 from pipeline.objectives import best_metric
 from pipeline.sweep import checkpoint
 from pipeline.sweep.plan import Group, Trial
@@ -110,12 +109,8 @@ class PopulationRun:
         states = []
         for slot in self.slots:
             spec, state = create_state(self._slot_cfg(slot), self.run.prep.info, self.total)
-            if not same_program(spec, self.run.prep.spec):
-                trial = self.members[0] if slot is None else slot
-                raise ConfigError(f"trial {trial} ({' '.join(self.run.trials[trial].overrides)}): a field marked "
-                                  "traced changes the model's structure (a static attribute such as nnx.Dropout's "
-                                  "rate); mark it without traced() or keep the value in a pipeline.models."
-                                  "Hyperparameter (as pipeline.models.Dropout does)")
+            # plan.check_programs refused this before the sweep began; a member must never run another program.
+            assert same_program(spec, self.run.prep.spec), f"trial {slot} does not fit its population's program"
             states.append(state)
         return states
 

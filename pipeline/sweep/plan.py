@@ -88,6 +88,32 @@ def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Grou
     return list(groups.values())
 
 
+def check_programs(groups: list[Group], trials: list[Trial], infos: dict[str, DatasetInfo]) -> None:
+    """Refuse, before anything runs, a traced model field whose values change the model's structure.
+
+    ``traced()`` promises that a field's value lives in the state, so trials differing in it
+    share one program; a model that keeps it as a static attribute (``nnx.Dropout``'s rate)
+    breaks that promise. One abstract build per distinct set of the model's traced values.
+    """
+    from pipeline.train.state import model_graph
+
+    for g in groups:
+        first = trials[g.trials[0]].cfg
+        model_keys = [k for k in traced_fields(first) if k.startswith("model.")]
+        if not model_keys:
+            continue
+        graphs: dict[tuple, Any] = {}
+        for t in (trials[i] for i in g.trials):
+            values = tuple(flat_keys(t.cfg)[k] for k in model_keys)
+            if values not in graphs:
+                graphs[values] = model_graph(t.cfg, infos[t.cfg.data.name])
+            if graphs[values] != next(iter(graphs.values())):
+                raise ConfigError(f"trial {t.id} ({' '.join(t.overrides[-len(t.values):])}): a field marked traced "
+                                  "changes the model's structure (a static attribute such as nnx.Dropout's rate); "
+                                  "declare it without traced(), or keep the value in a pipeline.models."
+                                  "Hyperparameter (as pipeline.models.Dropout does)")
+
+
 def member_bytes(state: Any, cfg: Config, info: DatasetInfo) -> int:
     """A rough device footprint of one member: state, gradients and update temporaries, activations."""
     state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))

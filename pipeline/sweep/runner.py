@@ -94,6 +94,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
                               f"data.max_device_bytes={cfg.data.max_device_bytes}); a sweep needs it on the device: "
                               "raise data.max_device_bytes")
     check_halving(opts, groups, trials)
+    plan.check_programs(groups, trials, infos)
 
     identity = json.loads(json.dumps({
         "experiment": name, "base_config": to_dict(base), "space": space.spelling(), "strategy": strategy_name,

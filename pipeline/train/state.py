@@ -132,6 +132,11 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
     return spec, state
 
 
+def model_graph(cfg: Config, info: DatasetInfo) -> Any:
+    """The model's structure (its graphdef) without allocating it: what decides its compiled program."""
+    return nnx.split(nnx.eval_shape(lambda: build(cfg, info)), nnx.Param, ...)[0]
+
+
 def same_program(a: StepSpec, b: StepSpec) -> bool:
     """Whether two specs compile to the same step: what lets states share one vmapped population."""
     return a.graphdef == b.graphdef and a.eval_graphdef == b.eval_graphdef and a.key_leaves == b.key_leaves
