@@ -36,8 +36,6 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     """
     from pipeline.data import Store
     from pipeline.experiments import experiment_name, load_experiment
-    from pipeline.track.run_dir import default_runs_root, new_run_dir
-    from pipeline.train.loop import train
 
     items = _override_list(overrides)
     store = store if store is not None else Store()
@@ -51,9 +49,35 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     else:
         raise ConfigError(f"fit() takes an experiment name, an experiment file or a Config, "
                           f"not {type(experiment_or_config).__name__}")
-    folder = Path(run_dir) if run_dir is not None else new_run_dir(default_runs_root(), name)
-    summary = train(cfg, name, folder, store, show_progress=progress, experiment_file=source)
+    summary = train_in_folder(cfg, name, run_dir, store, show_progress=progress, experiment_file=source)
+    folder = Path(summary["run_dir"])
     return FitResult(folder, summary, load_run(folder, which="latest"))
+
+
+def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: Any, *,
+                    runs_root: Path | None = None, show_progress: bool = False,
+                    experiment_file: str = "") -> dict[str, Any]:
+    """Train into ``run_dir`` (resuming it) or a new folder under the runs root; returns the summary.
+
+    The folder is locked for the whole run and released when it ends. A folder this call made
+    and that recorded nothing (the run failed its checks) is removed again.
+    """
+    from pipeline.track.run_dir import default_runs_root, folder_lock, make_folders, new_run_dir, remove_if_unused
+    from pipeline.train.loop import train
+
+    made: list[Path] = []
+    if run_dir is not None:
+        folder = Path(run_dir)
+        made = make_folders(folder)
+    else:  # a new folder, made exclusively: two runs started in the same second get two folders
+        folder = new_run_dir(runs_root or default_runs_root(), name, made)
+    with folder_lock(folder, "run folder"):  # a second `train --run-dir SAME` is refused, naming this pid
+        try:
+            return train(cfg, name, folder, store, show_progress=show_progress, experiment_file=experiment_file)
+        except BaseException:
+            if not (folder / "config.json").exists():  # nothing was recorded: leave no empty folder behind
+                remove_if_unused(made)
+            raise
 
 
 def _override_list(overrides: list[str] | dict[str, Any] | None) -> list[str]:

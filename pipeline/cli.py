@@ -17,21 +17,73 @@ def _store(args):
     return Store(args.store)
 
 
+def _data_command(command):
+    """A ``data`` command: an OSError is one line naming its path.
+
+    A reader of stdout that leaves early (``pipeline data show NAME | head``) is not an error:
+    nothing more is printed and the status is 0, as for ``runs list``.
+    """
+    import functools
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        from pipeline.data.store import os_error
+
+        try:
+            code = command(args)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            return 0
+        except OSError as exc:
+            raise os_error(exc, str(_store(args).root)) from None
+
+    return run
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout is gone: send what is still buffered nowhere, so exit does not fail on it."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
+
+
+@_data_command
 def cmd_data_import(args) -> int:
     from pipeline.data import import_dataset
     from pipeline.data.layout import Layout
+    from pipeline.data.signals import Terminated
 
-    mib = 1024 * 1024
-    layout = Layout(int(args.row_group_mb * mib), int(args.file_mb * mib), int(args.block_mb * mib))
+    layout = Layout.from_mib(args.row_group_mb, args.file_mb, args.block_mb)
     features = None if args.features is None else [c.strip() for c in args.features.split(",") if c.strip()]
-    info = import_dataset(_store(args), args.source, args.name, target=args.target,
-                          test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
-                          layout=layout, features=features)
+    try:
+        info = import_dataset(_store(args), args.source, args.name, target=args.target,
+                              test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
+                              layout=layout, features=features, wait=args.wait)
+    except Terminated:
+        print(f"error: terminated (SIGTERM): the import of '{args.name}' stopped; nothing partial was left "
+              "in the store", file=sys.stderr)
+        return 143
     rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
     print(f"imported '{info.name}': {info.task}, features {list(info.feature_shape)}, {rows} rows")
     return 0
 
 
+@_data_command
+def cmd_data_gc(args) -> int:
+    store = _store(args)
+    done = store.gc(wait=args.wait)
+    print("\n".join(done) if done else f"nothing to collect in {store.root}")
+    return 0
+
+
+@_data_command
 def cmd_data_verify(args) -> int:
     from pipeline.data.verify import verify_dataset
 
@@ -42,6 +94,7 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
+@_data_command
 def cmd_data_list(args) -> int:
     from pipeline.data.report import list_rows
     from pipeline.track.table import print_table
@@ -50,10 +103,14 @@ def cmd_data_list(args) -> int:
     if not rows:
         print(f"no datasets in {_store(args).root}")
         return 0
-    print_table(rows)
+    try:
+        print_table(rows)
+    except SystemExit:  # rich's answer to a closed stdout (`| head`)
+        raise BrokenPipeError() from None
     return 0
 
 
+@_data_command
 def cmd_data_show(args) -> int:
     from pipeline.data.report import show_text
 
@@ -69,19 +126,18 @@ def _compile_cache(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from pipeline.api import train_in_folder
     from pipeline.experiments import experiment_name, load_experiment
-    from pipeline.track.run_dir import default_runs_root, new_run_dir
-    from pipeline.train.loop import train
 
     cfg, experiment_file = load_experiment(args.experiment, args.overrides)
-    name = experiment_name(args.experiment)
-    runs_root = Path(args.runs) if args.runs else default_runs_root()
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(runs_root, name)
-    if args.resume and not (run_dir / "config.json").is_file():
-        raise PipelineError(f"--resume: {run_dir} is not a run folder (no config.json); give --run-dir of a run")
+    if args.resume and not args.run_dir:
+        raise PipelineError("--resume needs --run-dir of a run")
+    if args.resume and not (Path(args.run_dir) / "config.json").is_file():
+        raise PipelineError(f"--resume: {args.run_dir} is not a run folder (no config.json); give --run-dir of a run")
     _compile_cache(args)
-    summary = train(cfg, name, run_dir, _store(args), show_progress=not args.no_progress,
-                    experiment_file=str(experiment_file))
+    summary = train_in_folder(cfg, experiment_name(args.experiment), args.run_dir, _store(args),
+                              runs_root=Path(args.runs) if args.runs else None, show_progress=not args.no_progress,
+                              experiment_file=str(experiment_file))
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     print(f"{metrics}\nrun folder: {summary['run_dir']}")
     if args.json:
@@ -98,7 +154,10 @@ def cmd_runs_list(args) -> int:
     if not rows:
         print("no runs")
         return 0
-    print_table(rows)
+    try:
+        print_table(rows)
+    except SystemExit:  # rich's answer to a closed stdout (`| head`): it exits 1; not an error here
+        raise BrokenPipeError() from None
     return 0
 
 
@@ -155,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-group-mb", type=float, default=8.0, help="row group size (uncompressed MiB)")
     p.add_argument("--file-mb", type=float, default=256.0, help="file size (uncompressed MiB)")
     p.add_argument("--block-mb", type=float, default=4.0, help="chunk a table source is read in (MiB)")
+    p.add_argument("--wait", action="store_true", help="wait for another writer's store lock instead of failing")
     p.set_defaults(func=cmd_data_import)
     p = data.add_parser("verify", parents=[common], help="recompute the fingerprint, check every file")
     p.add_argument("name")
@@ -164,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("show", parents=[common], help="schema, shapes, rows, bytes and fingerprint")
     p.add_argument("name")
     p.set_defaults(func=cmd_data_show)
+    p = data.add_parser("gc", parents=[common],
+                        help="restore datasets of interrupted overwrites, delete what interrupted imports left")
+    p.add_argument("--wait", action="store_true", help="wait for another writer's store lock instead of failing")
+    p.set_defaults(func=cmd_data_gc)
 
     p = sub.add_parser("train", parents=[common], help="train an experiment")
     p.add_argument("experiment", help="a name in experiments/ or a path to an experiment file")
@@ -199,24 +263,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may come after options (argparse stops the positional list at them).
-    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+def _os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an OSError (both paths of a failed rename)."""
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if exc.filename is None:
+        return reason
+    if getattr(exc, "filename2", None) is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; a usage error is one line on stderr (argparse's own last line) and exit status 2."""
+    import contextlib
+    import io
+
+    captured = io.StringIO()
     try:
-        return args.func(args)
+        with contextlib.redirect_stderr(captured):
+            args, extra = parser.parse_known_args(argv)
+            # KEY=VALUE overrides may come after options (argparse stops the positional list at them).
+            if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+                args.overrides = list(args.overrides) + extra
+            elif extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:
+        lines = captured.getvalue().strip().splitlines()
+        if exc.code not in (0, None) and lines:
+            print(lines[-1], file=sys.stderr)
+        elif lines:
+            print("\n".join(lines), file=sys.stderr)
+        raise
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    from pipeline import signals
+    from pipeline.track.run_dir import lock_scope
+
+    parser = build_parser()
+    args = _parse(parser, argv)
+    signals.forget()
+    try:
+        # SIGTERM unwinds like Ctrl-C; the loops that save (train, sweep) catch both as a flag.
+        with signals.terminate_as_interrupt(), lock_scope():
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
     except PipelineError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        if exc.exit_code == 130:  # a run stopped by a signal: 143 after SIGTERM
+            return signals.interrupted_exit_code()
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `pipeline runs list | head`: the reader left, nothing is wrong
+        _stdout_to_devnull()
+        return 0
+    except OSError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        terminated = signals.last_signal() == signal.SIGTERM or type(exc).__name__ == "Terminated"
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,8 +103,10 @@ class Config:
     ema_decay: float = traced(0.0, switch=True)  # > 0 keeps a moving average of the parameters for evaluation
     patience: int = 0  # > 0 stops after that many evaluations without improvement of `best_metric`
     best_metric: str = ""  # evaluation metric that picks the best checkpoint; "" is the task's default
-    checkpoint_every: int = 0  # 0 checkpoints at every evaluation
+    checkpoint_every: int = 0  # steps between latest checkpoints; 0: by time (checkpoint_minutes)
+    checkpoint_minutes: float = 5.0  # with checkpoint_every=0: the latest is saved this often, at the end, on signals
     checkpoint_keep: int = 3  # latest checkpoints kept, besides the best one
+    plot: bool = True  # draw curves.png in a background process once the summary is written
     model: ModelConfig = field(default_factory=lambda: default_model())
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -302,12 +304,22 @@ _CHOICES = {
 }
 
 
+# Sane upper bounds: a value past them is a typo (or hostile), refused before any work starts.
+_AT_MOST = {
+    "steps": 10**9, "epochs": 10**6, "batch_size": 10**8, "eval_every": 10**9, "eval_batch_size": 10**8,
+    "steps_per_call": 10**5, "grad_accum": 10**4, "patience": 10**9, "checkpoint_every": 10**9,
+    "checkpoint_keep": 10**4, "checkpoint_minutes": 10**6, "optimizer.warmup_steps": 10**9,
+    "data.shuffle_buffer": 10**9, "data.prefetch": 10**4, "data.max_device_bytes": 2**60,
+}
+
+
 def validate(cfg: Config) -> None:
     """Reject values that parse but make no sense, naming the key."""
     from pipeline.registry import family
 
     family(cfg.model.name)  # an unknown family fails here, listing the registered ones
-    if type(cfg.model) is not family(cfg.model.name).config:
+    # By name, not identity: an experiment file loaded again (a notebook, a sweep) makes a new class object.
+    if type(cfg.model).__qualname__ != family(cfg.model.name).config.__qualname__:
         raise ConfigError(f"bad value for 'model': a {type(cfg.model).__name__} is not the config of model "
                           f"'{cfg.model.name}' ({family(cfg.model.name).config.__name__})")
     cfg.model.validate()
@@ -315,11 +327,22 @@ def validate(cfg: Config) -> None:
     for key, allowed in _CHOICES.items():
         if key in flat and flat[key] not in allowed:
             raise ConfigError(f"bad value for '{key}': {flat[key]!r}; choose one of {', '.join(allowed)}")
-    positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum", "checkpoint_keep")
+    positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum", "checkpoint_keep",
+                "data.shuffle_buffer", "data.prefetch")
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must be at least 1")
-    for key in ("epochs", "steps_per_call", "optimizer.warmup_steps", "patience", "checkpoint_every"):
+    for key, most in _AT_MOST.items():
+        if key in flat and flat[key] is not None and flat[key] > most:
+            raise ConfigError(f"bad value for '{key}': {flat[key]} must be at most {most:_}")
+    for key in ("seed", "data_seed"):
+        if flat[key] is not None and not 0 <= flat[key] < 2**32:
+            raise ConfigError(f"bad value for '{key}': {flat[key]} must be between 0 and 4294967295")
+    if flat["data.max_device_bytes"] < 0:
+        raise ConfigError(f"bad value for 'data.max_device_bytes': {flat['data.max_device_bytes']} must not be "
+                          "negative (0 streams every dataset from disk)")
+    for key in ("epochs", "steps_per_call", "optimizer.warmup_steps", "patience", "checkpoint_every",
+                "checkpoint_minutes"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
     if not 0.0 <= flat["data.validation_fraction"] < 1.0:

@@ -82,40 +82,25 @@ def _load_builtins(kind: str) -> None:
     importlib.import_module(_BUILTINS[kind])
 
 
+def _lookup(table: dict[str, Any], kind: str, key: str, name: str) -> Any:
+    _load_builtins(kind)
+    if name not in table:
+        raise RegistryError(f"bad value for '{key}': unknown {kind} '{name}'; "
+                            f"registered {kind}s: {', '.join(sorted(table))}")
+    return table[name]
+
+
 def family(name: str) -> ModelFamily:
-    _load_builtins("model")
-    if name not in _FAMILIES:
-        raise RegistryError(f"bad value for 'model.name': unknown model '{name}'; "
-                            f"registered models: {', '.join(sorted(_FAMILIES))}")
-    return _FAMILIES[name]
-
-
-def is_registered(name: str) -> bool:
-    _load_builtins("model")
-    return name in _FAMILIES
-
-
-def family_names() -> list[str]:
-    _load_builtins("model")
-    return sorted(_FAMILIES)
+    return _lookup(_FAMILIES, "model", "model.name", name)
 
 
 def objective(name: str) -> Any:
-    _load_builtins("objective")
-    if name not in _OBJECTIVES:
-        raise RegistryError(f"bad value for 'objective': unknown objective '{name}'; "
-                            f"registered objectives: {', '.join(sorted(_OBJECTIVES))}")
-    return _OBJECTIVES[name]
+    return _lookup(_OBJECTIVES, "objective", "objective", name)
 
 
-def objective_names() -> list[str]:
-    _load_builtins("objective")
-    return sorted(_OBJECTIVES)
-
-
-def objectives() -> list[Any]:
-    _load_builtins("objective")
-    return list(_OBJECTIVES.values())
+def is_registered(name: str, kind: str = "model") -> bool:
+    _load_builtins(kind)
+    return name in (_FAMILIES if kind == "model" else _OBJECTIVES)
 
 
 # Types an override (``model.FIELD=TEXT``) can be parsed into: see config.parse_value.

@@ -57,3 +57,14 @@ def run_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: 
     proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def wait_for(path: Path, seconds: float = 120.0) -> Path:
+    """A file a background process writes (plots are drawn after a run returns)."""
+    import time
+
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear within {seconds} s"
+        time.sleep(0.1)
+    return path

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data import Store, import_dataset
-from tests.conftest import run_subprocess
+from tests.conftest import run_subprocess, wait_for
 
 SUMMARY_KEYS = {"run_dir", "experiment", "steps", "wall_s", "metrics"}
 QUIET = ["--no-progress", "--no-compile-cache"]  # in-process runs leave JAX's global config alone
@@ -56,7 +56,7 @@ def test_import_train_json_end_to_end(cli, workdir):
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == workdir / "runs"
     assert json.loads((run_dir / "summary.json").read_text()) == summary
-    assert (run_dir / "curves.png").stat().st_size > 0
+    assert wait_for(run_dir / "curves.png").stat().st_size > 0  # drawn by a background process
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["experiment"] == "digits_mlp"
     assert (saved["config"]["data"]["name"], saved["config"]["model"]["hidden"], saved["config"]["steps"]) == (

@@ -84,7 +84,10 @@ def _guarded(runner: Runner, done: dict[str, Measurement], needs: str, fn: Calla
         return True
     except Exception as exc:  # one implementation failing must not stop the others
         done[runner.impl] = _failure(runner.impl, exc, needs)
-        runner.close()
+        try:
+            runner.close()
+        except Exception:  # noqa: BLE001 - freeing a half-built runner must not end the suite either
+            pass
         return False
 
 

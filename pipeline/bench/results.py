@@ -1,4 +1,11 @@
-"""The results table: one row per (point, implementation), appended to a Parquet file.
+"""The results table: one row per (point, implementation), appended to a Parquet dataset folder.
+
+``OUT/bench.parquet/`` holds one part per ``append`` (``part-NANOSECONDS-PID-RANDOM.parquet``),
+written through a new temporary file, fsync and a rename: an append never reads or rewrites
+what is there, so benchmarks appending at the same time never lose each other's rows, and
+``pyarrow.parquet.read_table``, pandas and DuckDB (``OUT/bench.parquet/*.parquet``) read the
+folder as one table. A results file written before (``bench.parquet`` one file) becomes the
+folder's first part at the next append.
 
 Every row carries the environment (device, backend, versions, commit), the point's
 config and every figure, and the ratio of its throughput to each peer's measured in the
@@ -10,13 +17,24 @@ its ``status`` says why (``not installed``, ``out of memory``, ...).
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.bench.points import BenchError
+from pipeline.track.run_dir import (
+    CorruptFile,
+    make_folders,
+    new_folder_beside,
+    parquet_files,
+    read_parquet,
+    read_parquet_files,
+    replace_folder,
+    write_parquet,
+)
 
 TABLE = "bench.parquet"
 IMPLS = ("pipeline", "jax_bare", "jax_bare_scan", "torch_eager", "torch_compile")
@@ -52,26 +70,52 @@ def to_table(rows: list[dict]) -> pa.Table:
 
 
 def append(folder: Path, rows: list[dict]) -> Path:
-    """Append ``rows`` to ``folder/bench.parquet`` (rewritten whole, then renamed into place)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Append ``rows`` to ``folder/bench.parquet/`` as a new part; returns the table's path."""
+    make_folders(folder)
     path = folder / TABLE
     new = to_table(rows)
-    if path.exists():
-        try:
-            old = pq.read_table(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise BenchError(f"{path}: cannot read the existing results: {exc}") from None
-        new = pa.concat_tables([old, new], promote_options="permissive")
-    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".parquet", dir=folder)
-    os.close(fd)
-    try:
-        pq.write_table(new, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not path.is_dir():
+        _make_table_folder(path)
+    name = f"part-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
+    write_parquet(new, path / name)
     return path
 
 
+def _make_table_folder(path: Path) -> None:
+    """Make ``bench.parquet/``; the rows of an older single-file table become its first part.
+
+    Two processes doing this at once take turns (``.bench.parquet.lock``), so neither loses rows.
+    """
+    import fcntl
+
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_dir():
+            return
+        if not os.path.lexists(path):
+            make_folders(path)
+            return
+        if path.is_symlink() or not path.is_file():
+            raise BenchError(f"{path}: not a results table (a symbolic link or a special file)")
+        try:
+            read_parquet(path)
+        except CorruptFile as exc:
+            raise BenchError(f"{path}: cannot read the existing results: {exc}") from None
+        new = new_folder_beside(path, "new")
+        try:
+            os.link(path, new / f"part-{0:020d}-legacy.parquet")
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, new / f"part-{0:020d}-legacy.parquet")
+        replace_folder(new, path)
+    finally:
+        os.close(lock)
+
+
 def read(folder: Path) -> pa.Table:
-    return pq.read_table(folder / TABLE)
+    """Every row appended to ``folder/bench.parquet`` (parts of older schemas promoted to this one)."""
+    table = read_parquet_files(parquet_files(folder / TABLE))
+    missing = [f for f in SCHEMA if f.name not in table.column_names]
+    for f in missing:
+        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table

@@ -63,6 +63,7 @@ class TorchRunner(Runner):
         self.impl = "torch_compile" if compile_model else "torch_eager"
         super().__init__()
         self.workload, self.compile_model = workload, compile_model
+        self.device = None  # set by setup; close() may come first (a point refused before it)
 
     def setup(self) -> None:
         import torch
@@ -151,5 +152,5 @@ class TorchRunner(Runner):
 
     def close(self) -> None:
         self.step = self.batches = self.model = self.forward = None
-        if self.device.type == "cuda":
+        if self.device is not None and self.device.type == "cuda":
             self.torch.cuda.empty_cache()

@@ -53,11 +53,25 @@ class DatasetInfo:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DatasetInfo:
-        data: dict[str, Any] = json.loads(text)
+        """Parse and type-check; ValueError naming the field for anything malformed or mistyped."""
+        try:
+            data: Any = json.loads(text)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object is needed, not {type(data).__name__}")
+        for key in ("name", "task", "feature_shape", "feature_dtype", "label_shape", "label_dtype"):
+            if key not in data:
+                raise ValueError(f"no field '{key}'")
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for key, value in data.items():
+            _check_field(key, value)
+        if data.get("feature_column", "x") == data.get("label_column", "y"):
+            raise ValueError("the feature and label columns have one name")
         data["feature_shape"] = tuple(data["feature_shape"])
         data["label_shape"] = tuple(data["label_shape"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
 
     @property
     def row_bytes(self) -> int:
@@ -71,6 +85,46 @@ class DatasetInfo:
         if self.task in ("classification", "language_modeling"):
             return self.num_classes
         return int(np.prod(self.label_shape, dtype=np.int64)) if self.label_shape else 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(key: str, value: Any) -> None:
+    """Stored metadata is input like any other: each field must have its type before it is used."""
+    def bad(want: str) -> ValueError:
+        shown = json.dumps(value)
+        return ValueError(f"field '{key}' must be {want}, not {shown[:40] + '...' if len(shown) > 40 else shown}")
+
+    if key in ("name", "feature_column", "label_column", "source", "fingerprint"):
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif key == "task":
+        if value not in TASKS:
+            raise bad(" or ".join(TASKS))
+    elif key in ("feature_shape", "label_shape"):
+        if not isinstance(value, list) or len(value) > 32 or not all(_is_int(d) and 0 < d < 2**31 for d in value):
+            raise bad("a list of positive integers")
+    elif key in ("feature_dtype", "label_dtype"):
+        try:
+            kind = np.dtype(value).kind if isinstance(value, str) else ""
+        except TypeError:
+            kind = ""
+        if kind not in ("b", "i", "u", "f"):
+            raise bad("a numeric dtype")
+    elif key in ("num_classes", "format_version"):
+        if not _is_int(value) or value < 0:
+            raise bad("a non-negative integer")
+    elif key == "class_names":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+    elif key == "rows":
+        if not isinstance(value, dict) or not all(_is_int(v) and v >= 0 for v in value.values()):
+            raise bad("an object of row counts")
+    elif key == "feature_stats":
+        if not isinstance(value, dict):
+            raise bad("an object")
 
 
 def fingerprint(splits: dict[str, Split]) -> str:

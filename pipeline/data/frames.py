@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
-from pipeline.data.imports import check_name, import_loaded, import_tables
+from pipeline.data.imports import check_name, check_split_args, import_loaded, import_tables
 from pipeline.data.layout import Layout
 from pipeline.data.sources import from_arrays
 from pipeline.data.store import Store
@@ -27,6 +27,7 @@ def import_arrays(store: Store, name: str, x, y, x_test=None, y_test=None, *, te
                   seed: int = 0, overwrite: bool = False) -> DatasetInfo:
     """Features ``x`` (N, ...) and labels ``y`` (N,) as dataset ``name``; a seeded test split unless given."""
     check_name(store, name, overwrite)
+    check_split_args(test_fraction, seed)
     arrays = {"x": x, "y": y}
     if x_test is not None or y_test is not None:
         arrays.update({k: v for k, v in (("x_test", x_test), ("y_test", y_test)) if v is not None})
@@ -43,6 +44,7 @@ def import_dataframe(store: Store, name: str, df, target: str, *, features: list
     else a seeded ``test_fraction`` of the rows.
     """
     check_name(store, name, overwrite)
+    check_split_args(test_fraction, seed)
     features = None if features is None else [str(c) for c in features]  # pandas allows non-text names
     frames = {"dataframe": _table("dataframe", df)}
     if test_df is not None:

@@ -9,50 +9,70 @@ way nothing is visible in the store unless every check passed.
 
 from __future__ import annotations
 
-import re
+import math
+import numbers
 
+import pyarrow.fs as pafs
+
+from pipeline.data import fs as fsx
 from pipeline.data.builtins import BUILTINS
 from pipeline.data.dataset import DatasetInfo, Split, describe
 from pipeline.data.features import FeaturePlan, pick_features
 from pipeline.data.labels import LabelPlan, LabelScan
 from pipeline.data.layout import Layout
+from pipeline.data.signals import sigterm_as_interrupt
 from pipeline.data.sources import Loaded, load_source, split_off_test, test_mask
-from pipeline.data.store import Store
+from pipeline.data.store import Store, check_dataset_name
 from pipeline.data.tables import TableFiles, Tables
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows, check_split
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 def import_dataset(store: Store, source: str, name: str, target: str | None = None,
                    test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
-                   layout: Layout | None = None, features: list[str] | None = None) -> DatasetInfo:
+                   layout: Layout | None = None, features: list[str] | None = None,
+                   wait: bool = False) -> DatasetInfo:
     """Import ``source`` as dataset ``name``. Nothing is written unless every check passes.
 
     ``features`` picks a table source's feature columns (default: every column but the target).
+    ``wait``: wait for another writer's store lock instead of failing with its pid and host.
+    SIGTERM meanwhile is handled like Ctrl-C (signals.py): the staging folder is deleted.
     """
     check_name(store, name, overwrite)
-    if source.startswith("builtin:") or source.lower().endswith(".npz"):
-        if features is not None:
-            raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "
-                            "not of an .npz or a built-in")
-        return import_loaded(store, load_source(source, target, seed), source, name, test_fraction, seed,
-                             overwrite, layout)
-    layout = layout or Layout()
-    return import_tables(store, TableFiles(source, layout), name, target, features, test_fraction, seed,
-                         overwrite, layout)
+    check_split_args(test_fraction, seed)
+    with sigterm_as_interrupt():
+        if source.startswith("builtin:") or source.lower().endswith(".npz"):
+            if features is not None:
+                raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "
+                                "not of an .npz or a built-in")
+            return import_loaded(store, load_source(source, target, seed), source, name, test_fraction, seed,
+                                 overwrite, layout, wait=wait)
+        layout = layout or Layout()
+        return import_tables(store, TableFiles(source, layout), name, target, features, test_fraction, seed,
+                             overwrite, layout, wait=wait)
 
 
 def check_name(store: Store, name: str, overwrite: bool) -> None:
-    if not _NAME.match(name):
-        raise DataError(f"bad dataset name '{name}': use letters, digits, '_', '-' and '.'")
-    if store.exists(name) and not overwrite:
-        raise DataError(f"dataset '{name}' already exists in {store.root} (use --overwrite)")
+    check_dataset_name(name)
+    if store.exists(name):
+        if not overwrite:
+            raise DataError(f"dataset '{name}' already exists in {store.root} (use --overwrite)")
+    elif fsx.kind(store.fs, store.path(name)) != pafs.FileType.NotFound:
+        raise DataError(f"{store.path(name)}: exists but is not a dataset (no train/part-00000.parquet); "
+                        "move it away or remove it")
+
+
+def check_split_args(test_fraction: float, seed: int) -> None:
+    """``--test-fraction`` in (0, 1) and ``--seed`` a non-negative integer, whether or not they are used."""
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real)
+            or not math.isfinite(test_fraction) or not 0.0 < test_fraction < 1.0):
+        raise DataError(f"--test-fraction must be between 0 and 1, not {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise DataError(f"--seed must be a non-negative integer, not {seed}")
 
 
 def import_loaded(store: Store, loaded: Loaded, source: str, name: str, test_fraction: float, seed: int,
-                  overwrite: bool, layout: Layout | None) -> DatasetInfo:
+                  overwrite: bool, layout: Layout | None, wait: bool = False) -> DatasetInfo:
     """Write in-memory arrays: their own test split, else a seeded random one."""
     train, test = loaded.train, loaded.test
     if test is None:
@@ -64,11 +84,12 @@ def import_loaded(store: Store, loaded: Loaded, source: str, name: str, test_fra
     if train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"{source}: train features have shape {train.x.shape[1:]} but test {test.x.shape[1:]}")
     info = describe(name, splits, loaded.task, source, loaded.class_names, loaded.num_classes)
-    return store.write(info, splits, overwrite=overwrite, layout=layout)
+    return store.write(info, splits, overwrite=overwrite, layout=layout, wait=wait)
 
 
 def import_tables(store: Store, tables: Tables, name: str, target: str | None, features: list[str] | None,
-                  test_fraction: float, seed: int, overwrite: bool, layout: Layout) -> DatasetInfo:
+                  test_fraction: float, seed: int, overwrite: bool, layout: Layout,
+                  wait: bool = False) -> DatasetInfo:
     """Stream a table source in two passes: the target column alone, then every chunk to the writer.
 
     Each source split goes to its own stored split; without a test split of its own, a seeded
@@ -100,7 +121,7 @@ def import_tables(store: Store, tables: Tables, name: str, target: str | None, f
         num_classes=plan.num_classes, class_names=plan.class_names,
         feature_column=stored.feature_column if as_stored else "x",
         label_column=stored.label_column if as_stored else "y", source=source)
-    with store.writer(template, overwrite, layout) as writer:
+    with store.writer(template, overwrite, layout, wait) as writer:
         for split in ("train", "test", *tables.splits):
             writer.add_split(split)
         for split, paths in tables.splits.items():
@@ -149,7 +170,14 @@ def _plan_labels(tables: Tables, target: str, stored: DatasetInfo | None) -> tup
 
 
 def ensure_dataset(store: Store, name: str) -> DatasetInfo:
-    """The dataset's info, importing a built-in of the same name on first use."""
-    if not store.exists(name) and name in BUILTINS:
-        return import_dataset(store, f"builtin:{name}", name)
+    """The dataset's info, importing a built-in of the same name on first use.
+
+    Safe when several processes start at once: one imports under the store lock, the others
+    wait for it and then use its result.
+    """
+    if store.exists(name) or name not in BUILTINS:
+        return store.info(name)
+    with store.lock(wait=True, what=f"import '{name}'"):
+        if not store.exists(name):
+            import_dataset(store, f"builtin:{name}", name)
     return store.info(name)

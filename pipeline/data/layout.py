@@ -12,6 +12,7 @@ the last has the same number of rows and groups, whatever the compression.
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,14 @@ class Layout:
     # The chunk a CSV or Parquet source is read in. pyarrow's CSV reader reads up to 32 blocks ahead
     # on a background thread, so this bounds an import's memory at about 32 x 4 MiB plus a row group.
     read_block_bytes: int = 4 * MIB
+
+    @classmethod
+    def from_mib(cls, row_group_mb: float, file_mb: float, block_mb: float) -> Layout:
+        """Sizes in MiB as given on the command line: each a finite number above zero."""
+        for flag, value in (("--row-group-mb", row_group_mb), ("--file-mb", file_mb), ("--block-mb", block_mb)):
+            if not math.isfinite(value) or value <= 0:
+                raise DataError(f"{flag} must be a positive number of MiB, not {value}")
+        return cls(max(1, int(row_group_mb * MIB)), max(1, int(file_mb * MIB)), max(1, int(block_mb * MIB)))
 
     def rows_per_group(self, row_bytes: int) -> int:
         return max(1, self.row_group_bytes // max(1, row_bytes))
@@ -71,6 +80,9 @@ def info_from_metadata(path: str, metadata: dict[bytes, bytes]) -> DatasetInfo:
     if METADATA_KEY not in metadata:
         raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata in the schema")
     try:
-        return DatasetInfo.from_json(metadata[METADATA_KEY])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"{path}: unreadable '{METADATA_KEY.decode()}' metadata ({exc})") from None
+        info = DatasetInfo.from_json(metadata[METADATA_KEY])
+        arrow_schema(info)  # columns, dtypes and shapes make a schema
+    except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise DataError(f"{path}: unreadable '{METADATA_KEY.decode()}' metadata ({reason})") from None
+    return info

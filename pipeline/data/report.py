@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data import fs as fsx
 from pipeline.data.stats import summary
 from pipeline.data.store import Store
+from pipeline.data.validate import DataError
 
 
 def list_rows(store: Store) -> list[dict]:
+    """One row a dataset; a dataset whose metadata cannot be read is listed as such, not skipped."""
     rows = []
     for name in store.names():
-        info = store.info(name)
+        try:
+            info = store.info(name)
+        except DataError:
+            rows.append({"name": name, "task": "unreadable (see data verify)", "features": "", "classes": "",
+                         "rows": "", "bytes": store.size_bytes(name)})
+            continue
         rows.append({
             "name": name, "task": info.task, "features": "x".join(map(str, info.feature_shape)) or "scalar",
             "classes": info.num_classes or "", "rows": " / ".join(f"{k} {v}" for k, v in info.rows.items()),
@@ -22,7 +31,11 @@ def list_rows(store: Store) -> list[dict]:
 
 def show_text(store: Store, name: str) -> str:
     info = store.info(name)
-    schema = pq.read_schema(store.files(name, "train")[0], filesystem=store.fs)
+    first = store.files(name, "train")[0]
+    try:
+        schema = pq.read_schema(first, filesystem=store.fs)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{first}: not a readable Parquet file ({fsx.first_line(exc)})") from None
     lines = [
         f"dataset      {info.name}",
         f"path         {store.path(name)}",

@@ -2,8 +2,12 @@
 compared with the dataset's, and each row group's values checked as it is read.
 
 This is where strictness lives for every reader (device-resident, streaming, verify): a file
-of another schema, a file whose metadata disagrees, a truncated file or NaN features are
-errors naming the file (and row) as soon as they are met.
+of another schema, a file whose metadata disagrees, a truncated file, a page whose checksum
+fails or NaN features are errors naming the file (and row) as soon as they are met.
+
+Readers take no lock. The index remembers the identity of the dataset's folder when it opened
+and checks it after every read: a dataset replaced meanwhile (``--overwrite``) is
+``DatasetReplaced``, never rows of two imports mixed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class SplitIndex:
     paths: list[str]
     footers: list[pq.FileMetaData]
     groups: list[Group]
+    identity: tuple[int, int] | None = None
 
     @property
     def file_rows(self) -> list[int]:
@@ -56,6 +61,34 @@ class SplitIndex:
     @classmethod
     def open(cls, store, name: str, split: str) -> SplitIndex:
         """Read and check every footer of ``name/split``; raises DataError naming the bad file."""
+        from pipeline.data.store import DatasetReplaced
+
+        for attempt in range(3):
+            try:
+                return cls._open(store, name, split)
+            except DatasetReplaced:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open(cls, store, name: str, split: str) -> SplitIndex:
+        identity = store.identity(name)
+        try:
+            index = cls._read_footers(store, name, split)
+        except DataError:
+            _check_unchanged(store, name, identity)  # an error met in a half-replaced dataset: read again
+            raise
+        index.identity = identity
+        index.check_unchanged()
+        return index
+
+    def check_unchanged(self) -> None:
+        """Raise ``DatasetReplaced`` if the dataset's folder is not the one this index opened."""
+        _check_unchanged(self.store, self.info.name, self.identity)
+
+    @classmethod
+    def _read_footers(cls, store, name: str, split: str) -> SplitIndex:
         info = store.info(name)
         paths = store.files(name, split)
         if not paths:
@@ -82,15 +115,26 @@ class SplitIndex:
         info, path = self.info, self.paths[group.file]
         try:
             with self.store.fs.open_input_file(path) as handle:
-                table = pq.ParquetFile(handle, metadata=self.footers[group.file]).read_row_group(
+                table = pq.ParquetFile(handle, metadata=self.footers[group.file],
+                                       page_checksum_verification=True).read_row_group(
                     group.index, columns=[info.feature_column, info.label_column], use_threads=False)
         except (OSError, pa.ArrowException) as exc:
+            self.check_unchanged()
             raise DataError(f"{path}: cannot read row group {group.index} ({fsx.first_line(exc)})") from None
+        self.check_unchanged()
         x, y = to_numpy(table.column(0)), to_numpy(table.column(1))
         if len(x) != group.rows:
             raise DataError(f"{path}: row group {group.index} has {len(x)} rows, its footer says {group.rows}")
         check_rows(path, x, y, info.task, info.num_classes, first_row=group.first_row)
         return x, y
+
+
+def _check_unchanged(store, name: str, identity: tuple[int, int] | None) -> None:
+    from pipeline.data.store import DatasetReplaced
+
+    if identity is not None and store.identity(name) != identity:
+        raise DatasetReplaced(f"dataset '{name}' in {store.root} was replaced while it was being read "
+                              "(an --overwrite import); read it again")
 
 
 def read_footer(store, path: str, info: DatasetInfo) -> pq.FileMetaData:

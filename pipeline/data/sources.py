@@ -56,6 +56,9 @@ def from_arrays(where: str, arrays: dict[str, np.ndarray]) -> Loaded:
     has_test = "x_test" in arrays or "y_test" in arrays
     if has_test and not ("x_test" in arrays and "y_test" in arrays):
         raise DataError(f"{where}: needs both 'x_test' and 'y_test', or neither")
+    for key in ("x", "y", "x_test", "y_test"):
+        if key in arrays:
+            _check_shape(where, key, np.asarray(arrays[key]))
     train = Split(_features(where, arrays["x"]), np.asarray(arrays["y"]))
     test = Split(_features(where, arrays["x_test"]), np.asarray(arrays["y_test"])) if has_test else None
     task = infer_task(train.y)
@@ -67,6 +70,14 @@ def from_arrays(where: str, arrays: dict[str, np.ndarray]) -> Loaded:
     if test is not None:
         test.y = test.y.astype(np.float32)
     return Loaded(train, test, task)
+
+
+def _check_shape(where: str, key: str, a: np.ndarray) -> None:
+    """One row per example (at least one dimension), and no dimension of size 0 within a row."""
+    if a.ndim == 0:
+        raise DataError(f"{where}: array '{key}' is 0-d (a single value); it needs one row per example")
+    if 0 in a.shape[1:]:
+        raise DataError(f"{where}: array '{key}' has shape {a.shape}: rows of zero width")
 
 
 def _features(where: str, x) -> np.ndarray:

@@ -143,7 +143,7 @@ class TableFiles:
             with self.fs.open_input_file(path) as handle:
                 # No pre-buffering and buffered column reads: memory stays at a batch's pages even when
                 # the source's row groups are large (pre_buffer would read whole row groups ahead).
-                file = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
+                file = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True)
                 meta = file.metadata
                 row_bytes = max(1, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
                                 // max(1, meta.num_rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipeline.data.dataset import FORMAT_VERSION
 from pipeline.data.fingerprint import Fingerprint
 from pipeline.data.rowgroups import SplitIndex
+from pipeline.data.store import DatasetReplaced
 from pipeline.data.validate import DataError
 
 
@@ -12,7 +13,26 @@ def verify_dataset(store, name: str) -> dict:
     """Re-read the whole dataset, streaming; raise DataError at the first problem.
 
     Returns what was checked: files, rows per split, bytes and the recomputed fingerprint.
+    A dataset replaced while it is verified (``--overwrite``) is verified again, up to three times.
     """
+    for attempt in range(3):
+        identity = store.identity(name)
+        try:
+            report = _verify(store, name)
+        except DatasetReplaced:
+            if attempt == 2:
+                raise
+            continue
+        except DataError:
+            if attempt < 2 and store.identity(name) != identity:
+                continue
+            raise
+        if store.identity(name) == identity:
+            return report
+    raise DatasetReplaced(f"dataset '{name}' in {store.root} was replaced three times while it was verified")
+
+
+def _verify(store, name: str) -> dict:
     info = store.info(name)
     where = store.path(name)
     if info.format_version < FORMAT_VERSION:

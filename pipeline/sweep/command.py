@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-seed", type=int, default=0, help="seed of the random strategy")
     p.add_argument("--sweep-dir", default=None, help="sweep folder; an existing one of the same sweep resumes")
     p.add_argument("--sweeps", default=None, help="sweeps root (default ./sweeps or $PIPELINE_SWEEPS)")
-    p.add_argument("--no-vmap", action="store_true", help="run the trials one at a time with the solo programs")
+    p.add_argument("--vmap", action="store_true",
+                   help="run vmapped populations (default: measure both plans, run the faster)")
+    p.add_argument("--no-vmap", action="store_true",
+                   help="run the trials one at a time with the solo programs (default: measure both, run the faster)")
     p.add_argument("--max-population", type=int, default=None, help="most members in one compiled population")
     p.add_argument("--population-memory", default="2G",
                    help="device memory budget of one population, e.g. 512M or 8G (an estimate; default 2G)")
@@ -41,23 +45,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> int:
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every number of the command line in range, before anything is loaded or built."""
+    from pipeline.sweep.strategy import MAX_TRIALS
+
+    if args.trials is not None and args.trials < 1:
+        raise PipelineError(f"bad value for '--trials': {args.trials} must be at least 1")
+    if args.trials is not None and args.trials > MAX_TRIALS:
+        raise PipelineError(f"bad value for '--trials': {args.trials} is more than the {MAX_TRIALS} trials a sweep "
+                            "may have")
+    if not 0 <= args.search_seed < 2**63:
+        raise PipelineError(f"bad value for '--search-seed': {args.search_seed} must be between 0 and 2**63 - 1")
+    if args.max_population is not None and not 1 <= args.max_population <= MAX_TRIALS:
+        raise PipelineError(f"bad value for '--max-population': {args.max_population} must be at least 1"
+                            + (f" and at most {MAX_TRIALS}" if args.max_population > MAX_TRIALS else ""))
+    if not (math.isfinite(args.keep) and 0.0 < args.keep < 1.0):
+        raise PipelineError(f"bad value for '--keep': {args.keep} must be between 0 and 1")
+    bad = [r for r in args.rungs if r < 1]
+    if bad:
+        raise PipelineError(f"bad value for '--rungs': {bad[0]} must be a positive step")
+    if args.top < 0:
+        raise PipelineError(f"bad value for '--top': {args.top} must not be negative")
+    population_bytes(args.population_memory)
+
+
+def population_bytes(text: str) -> int:
+    """``--population-memory``: a finite, positive size (``nan``, ``inf`` and ``-1G`` are refused)."""
     from pipeline.sweep.plan import parse_bytes
+
+    stripped = text.strip().lower()
+    if any(word in stripped for word in ("nan", "inf")):
+        raise PipelineError(f"bad value for '--population-memory': {text!r} is not a size like 512M or 2G")
+    try:
+        value = parse_bytes(text)
+    except (ValueError, OverflowError):
+        raise PipelineError(f"bad value for '--population-memory': {text!r} is not a size like 512M or 2G") from None
+    if value > 2**60:
+        raise PipelineError(f"bad value for '--population-memory': {text!r} is more than an exabyte")
+    return value
+
+
+def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> int:
+    from pipeline.sweep.folder import is_empty_dir, is_sweep_dir
     from pipeline.sweep.report import show_sweep
     from pipeline.sweep.runner import SweepOptions, run_sweep
+    from pipeline.track.run_dir import folder_lock
 
-    if args.max_population is not None and args.max_population < 1:
-        raise PipelineError(f"bad value for '--max-population': {args.max_population} must be at least 1")
+    if args.vmap and args.no_vmap:
+        raise PipelineError("--vmap and --no-vmap contradict each other; give one (or neither: the faster is measured)")
+    check_numbers(args)
     opts = SweepOptions(
         strategy=args.strategy, trials=args.trials, search_seed=args.search_seed,
         sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
         sweeps_root=Path(args.sweeps) if args.sweeps else None,
-        vmap=not args.no_vmap, max_population=args.max_population,
-        population_memory=parse_bytes(args.population_memory), rungs=args.rungs, keep=args.keep,
+        # --no-vmap forces one member at a time, --max-population forces populations; else both are measured.
+        vmap=False if args.no_vmap else (True if args.vmap or args.max_population else None),
+        max_population=args.max_population,
+        population_memory=population_bytes(args.population_memory), rungs=args.rungs, keep=args.keep,
         show_progress=not args.no_progress,
     )
     enable_cache(args)
-    summary = run_sweep(args.experiment, list(args.overrides), store, opts)
+    if opts.sweep_dir is not None and (is_sweep_dir(opts.sweep_dir) or is_empty_dir(opts.sweep_dir)):
+        # An existing folder is locked before anything is loaded: a second sweep into it stops at once.
+        with folder_lock(opts.sweep_dir, "sweep folder"):
+            summary = run_sweep(args.experiment, list(args.overrides), store, opts)
+    else:
+        summary = run_sweep(args.experiment, list(args.overrides), store, opts)
     print(show_sweep(Path(summary["sweep_dir"]), top=args.top))
     print(f"sweep folder: {summary['sweep_dir']}")
     if args.json:

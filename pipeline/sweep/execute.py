@@ -22,7 +22,7 @@ from pipeline.sweep.plan import Group, Trial
 from pipeline.sweep.population import MemberOrders, SoloPopulation, VmapPopulation, stack, unstack
 from pipeline.sweep.records import Curves, TrialRecord
 from pipeline.train.evaluation import finalize
-from pipeline.train.loop import Interrupted, Prepared, checkpoint_interval
+from pipeline.train.loop import Interrupted, Prepared
 from pipeline.train.state import create_state, same_program
 
 
@@ -124,7 +124,7 @@ class PopulationRun:
     # -- the loop ------------------------------------------------------------------------
     def execute(self) -> None:
         pending = None
-        every_save = checkpoint_interval(self.cfg)
+        every_save = self.cfg.checkpoint_every or self.cfg.eval_every  # populations save at evaluations
         while self.step < self.total and self.live.any():
             handle = self.pop.step()
             self.step += self.k

@@ -2,7 +2,9 @@
 
 A folder remembers the space that made it; resuming it with a different space, strategy,
 trial count, search seed or base config is refused, naming what differs, before anything
-in it is touched.
+in it is touched. A new folder is made exclusively (``os.mkdir``, a unique name); the process
+that runs a sweep locks its folder (``SWEEP_DIR/.lock``) before reading or writing anything
+in it, so a second ``pipeline sweep --sweep-dir SAME`` is refused naming the holder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError
-from pipeline.track.run_dir import new_run_dir, read_json, write_json
+from pipeline.track.run_dir import hold_folder, make_folders, new_run_dir, read_json_object, write_json
 
 SWEEP_FILE = "sweep.json"
 IDENTITY = ("experiment", "base_config", "space", "strategy", "trials_requested", "search_seed", "rungs", "keep")
@@ -26,15 +28,25 @@ def is_sweep_dir(path: Path) -> bool:
     return (path / SWEEP_FILE).is_file()
 
 
+def is_empty_dir(path: Path) -> bool:
+    """A folder with nothing in it but hidden entries (a lock file)."""
+    return path.is_dir() and not any(not p.name.startswith(".") for p in path.iterdir())
+
+
 def check_resumable(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved description of ``path`` when it is this sweep; None for a new folder; else an error."""
+    """The saved description of ``path`` when it is this sweep; None for a new folder; else an error.
+
+    An existing folder is locked for this process first (refused when another one runs it).
+    """
     if not path.exists():
         return None
     if not is_sweep_dir(path):
-        if path.is_dir() and not any(path.iterdir()):
+        if is_empty_dir(path):
+            hold_folder(path, "sweep folder")
             return None
         raise ConfigError(f"bad value for '--sweep-dir': {path} exists and is not a sweep folder (no {SWEEP_FILE})")
-    saved = read_json(path / SWEEP_FILE)
+    hold_folder(path, "sweep folder")
+    saved = read_json_object(path / SWEEP_FILE, ("chunks",))
     differing = [k for k in IDENTITY if saved.get(k) != identity.get(k)]
     if differing:
         details = "; ".join(f"{k}: {_short(saved.get(k))} -> {_short(identity.get(k))}" for k in differing)
@@ -49,7 +61,13 @@ def _short(value: Any, limit: int = 160) -> str:
 
 
 def create(path: Path | None, root: Path, experiment: str, description: dict[str, Any]) -> Path:
+    """Make (or, for an empty ``--sweep-dir``, take) the sweep folder, lock it and write ``sweep.json``."""
     folder = path if path is not None else new_run_dir(root, experiment)
-    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
+    hold_folder(folder, "sweep folder")
+    if path is not None and any(not p.name.startswith(".") and p.name != "checkpoints" for p in folder.iterdir()):
+        # Filled by another sweep between the check and now: never mix two sweeps in one folder.
+        raise ConfigError(f"bad value for '--sweep-dir': {path} exists and is not empty")
+    make_folders(folder / "checkpoints")
     write_json(folder / SWEEP_FILE, description)
     return folder

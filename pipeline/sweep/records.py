@@ -3,13 +3,14 @@
 ``trials.parquet``: one row per trial (id, group, every swept hyperparameter as its own
 column, status, final and best metrics with the step of the best, steps, wall time and
 the exact override list that re-runs it with ``pipeline train``).
-``curves.parquet``: every trial's metrics in long format (trial, step, split, name, value).
+``curves.parquet/``: every trial's metrics in long format (trial, step, split, name, value), a
+Parquet dataset folder with one part per population (``part-gGGGGGG-cCCCCCC.parquet``).
+Both are written through a new temporary file, fsync and a rename (``track.run_dir``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +18,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from pipeline.sweep.plan import Trial
 from pipeline.sweep.space import format_value
+from pipeline.track.run_dir import (
+    CorruptFile,
+    make_folders,
+    parquet_files,
+    read_parquet,
+    read_parquet_files,
+    write_parquet,
+)
 
 METRIC_COLUMN = re.compile(r"^(?P<kind>final|best)_(?P<split>val|test)_(?P<name>.+)$")
 FINISHED = ("done", "diverged", "stopped", "early_stopped")
@@ -98,22 +107,40 @@ class Curves:
             self.blocks.append(table.cast(CURVES_SCHEMA))
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Through a temporary file and an atomic rename: readers never see half a table."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def curves_part(key: str) -> str:
+    """The part of ``curves.parquet/`` with one population's rows: ``g3-c12`` -> ``part-g000003-c000012.parquet``."""
+    padded = re.sub(r"\d+", lambda m: m.group(0).zfill(6), key)
+    return f"part-{re.sub(r'[^A-Za-z0-9_-]', '_', padded)}.parquet"
 
 
-def merge_curves(path: Path, new: pa.Table) -> None:
-    """Replace the rows of ``new``'s trials in ``path`` (a re-run chunk never duplicates rows)."""
+def merge_curves(path: Path, new: pa.Table, key: str | None = None) -> None:
+    """Record the curves of one population (``key``, e.g. its checkpoint folder's name ``g0-c1``).
+
+    ``curves.parquet`` is a Parquet dataset folder with one part per population, written
+    through a new temporary file and a rename: a population that runs again (a resumed sweep)
+    replaces its own part, so no row is ever duplicated, and nothing else is read or rewritten.
+    A sweep recorded before (``curves.parquet`` one file) keeps being rewritten whole.
+    """
+    new = new.cast(CURVES_SCHEMA).sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"),
+                                           ("step", "ascending")])
     if path.is_file():
-        old = pq.read_table(path).cast(CURVES_SCHEMA)
+        old = read_parquet(path).cast(CURVES_SCHEMA)
         ids = pa.array(np.unique(np.asarray(new.column("trial"))), pa.int32())
-        keep = pa.compute.invert(pa.compute.is_in(old.column("trial"), value_set=ids))
-        new = pa.concat_tables([old.filter(keep), new.cast(CURVES_SCHEMA)])
-    new = new.sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"), ("step", "ascending")])
-    write_parquet(new, path)
+        keep = pc.invert(pc.is_in(old.column("trial"), value_set=ids))
+        merged = pa.concat_tables([old.filter(keep), new])
+        write_parquet(merged.sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"),
+                                      ("step", "ascending")]), path)
+        return
+    if key is None:  # named by its trials: the same population always lands in the same part
+        trials = np.unique(np.asarray(new.column("trial")))
+        key = f"t{int(trials[0]) if len(trials) else 0}"
+    make_folders(path)
+    write_parquet(new, path / curves_part(key))
+
+
+def read_curves(path: Path) -> pa.Table:
+    """Every trial's curves (a folder of parts, or the single file of an older sweep)."""
+    return read_parquet_files(parquet_files(path), CURVES_SCHEMA)
 
 
 def _hp_column(values: list[Any]) -> pa.Array:
@@ -148,20 +175,26 @@ def trials_table(trials: list[Trial], records: dict[int, TrialRecord], swept: li
 
 
 def read_records(path: Path) -> dict[int, TrialRecord]:
-    """The finished trials of an earlier (interrupted) sweep, rebuilt from ``trials.parquet``."""
+    """The finished trials of an earlier (interrupted) sweep, rebuilt from ``trials.parquet``.
+
+    A damaged table is one line naming it (``CorruptFile``).
+    """
     if not path.is_file():
         return {}
-    rows = pq.read_table(path).to_pylist()
+    rows = read_parquet(path).to_pylist()
     out = {}
-    for row in rows:
-        if row["status"] not in FINISHED:
-            continue
-        rec = TrialRecord(status=row["status"], steps=row["steps"], wall_s=row["wall_s"],
-                          stopped_at=row["stopped_at"], best_step=row["best_step"])
-        for col, value in row.items():
-            match = METRIC_COLUMN.match(col)
-            if match and value is not None and not math.isnan(value):
-                target = rec.last_eval if match["kind"] == "final" else rec.best_eval
-                target.setdefault(match["split"], {})[match["name"]] = value
-        out[int(row["trial"])] = rec
+    try:
+        for row in rows:
+            if row["status"] not in FINISHED:
+                continue
+            rec = TrialRecord(status=row["status"], steps=int(row["steps"]), wall_s=float(row["wall_s"]),
+                              stopped_at=row["stopped_at"], best_step=row["best_step"])
+            for col, value in row.items():
+                match = METRIC_COLUMN.match(col)
+                if match and value is not None and not math.isnan(value):
+                    target = rec.last_eval if match["kind"] == "final" else rec.best_eval
+                    target.setdefault(match["split"], {})[match["name"]] = value
+            out[int(row["trial"])] = rec
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFile(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
     return out

@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.track.run_dir import read_json
+from pipeline.track.plot import save_figure
+from pipeline.track.run_dir import read_json, read_parquet
 
 TOP = 10
 
@@ -24,7 +25,7 @@ def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str, str, b
     if not is_sweep(path):
         raise PipelineError(f"{path} is not a sweep folder (no trials.parquet)")
     description = read_json(path / "sweep.json") if (path / "sweep.json").is_file() else {}
-    rows = pq.read_table(path / "trials.parquet").to_pylist()
+    rows = read_parquet(path / "trials.parquet").to_pylist()
     split, _, metric = description.get("selection", "test/accuracy").partition("/")
     # Sweeps recorded before objectives carried directions: the built-in metrics better higher.
     higher = description.get("higher_is_better", metric in ("accuracy", "r2"))
@@ -130,10 +131,10 @@ def plot_sweep(path: Path) -> list[Path]:
         diverged = " (red lines: diverged)" if (status == "diverged").any() else ""
         fig.suptitle(f"{description.get('experiment', '')} sweep: {len(rows)} trials{diverged}")
         fig.tight_layout()
-        fig.savefig(path / "hparams.png", dpi=100)
+        save_figure(fig, path / "hparams.png")
         plt.close(fig)
         out.append(path / "hparams.png")
-    if (path / "curves.parquet").is_file():
+    if (path / "curves.parquet").exists():
         out.append(_plot_curves(path, ranked(rows, split, metric, higher)[:5], split, metric, swept, plt))
     return out
 
@@ -163,6 +164,6 @@ def _plot_curves(path: Path, best: list[dict], split: str, metric: str, swept: l
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path / "curves.png", dpi=100)
+    save_figure(fig, path / "curves.png")
     plt.close(fig)
     return path / "curves.png"

@@ -21,13 +21,15 @@ from pipeline.config import ConfigError, apply_overrides, to_dict
 from pipeline.data import Store, ensure_dataset
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import best_metric, resolve
-from pipeline.sweep import checkpoint, folder, plan, records, strategy
+from pipeline.signals import sigint_flag
+from pipeline.sweep import checkpoint, choose, folder, plan, records, strategy
 from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
 from pipeline.sweep.population import solo_programs, vmapped_programs
 from pipeline.sweep.space import Space, SpaceError, parse_space
+from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
-from pipeline.track.run_dir import write_json
-from pipeline.train.loop import prepare, sigint_flag, streaming
+from pipeline.track.run_dir import read_json, write_json
+from pipeline.train.loop import prepare, streaming
 from pipeline.train.state import create_state
 
 
@@ -38,7 +40,7 @@ class SweepOptions:
     search_seed: int = 0
     sweep_dir: Path | None = None
     sweeps_root: Path | None = None
-    vmap: bool = True
+    vmap: bool | None = None  # None: measure both plans per group (choose.py); False: --no-vmap
     max_population: int | None = None
     population_memory: int = plan.DEFAULT_POPULATION_BYTES
     rungs: tuple[int, ...] = ()
@@ -127,6 +129,8 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         records.write_parquet(records.trials_table(trials, recs, swept), sweep_dir / "trials.parquet")
 
     write_trials()
+    saved_plans = dict((saved or {}).get("plans", {}))
+    plans: dict[str, dict[str, Any]] = dict(saved_plans)  # by group id: what ran it and why
     todo = sum(g.total_steps * len(c) for g in groups for c in g.chunks
                if any(recs[t].status not in records.FINISHED for t in c))
     with Progress(todo, enabled=opts.show_progress) as progress, sigint_flag() as interrupted:
@@ -141,27 +145,53 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             if not chunks:
                 continue
             prep = prepare(trials[g.trials[0]].cfg, store)
-            programs = (vmapped_programs if opts.vmap else solo_programs)(prep.spec, g.steps_per_call)
+            vmap, programs = group_plan(g, prep, trials, chunks[0], opts, plans)
+            if str(g.id) not in saved_plans:
+                write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
+            if programs is None:
+                programs = (vmapped_programs if vmap else solo_programs)(prep.spec, g.steps_per_call)
             seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
-            run = GroupRun(g, prep, programs, opts.vmap, trials, recs, sweep_dir / "checkpoints",
+            run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
                            Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots)
             size = max(len(c) for c in g.chunks)
-            if opts.vmap:  # a multiple of the devices, so each device steps its own members
+            if vmap:  # a multiple of the devices, so each device steps its own members
                 size = -(-size // jax.device_count()) * jax.device_count()
             for index, members in enumerate(g.chunks):
                 if members not in chunks:
                     continue
                 population = PopulationRun(run, index, members, size)
                 population.execute()
-                records.merge_curves(sweep_dir / "curves.parquet", population.curves.table())
+                records.merge_curves(sweep_dir / "curves.parquet", population.curves.table(), population.folder.name)
                 write_trials()
                 checkpoint.remove(population.folder)
-    summary = summarize(sweep_dir, name, trials, recs, swept, groups, time.time() - started, opts.vmap, infos)
+    vmapped = any(p["plan"] == "population" for p in plans.values())
+    summary = summarize(sweep_dir, name, trials, recs, swept, groups, time.time() - started, vmapped, infos)
+    summary["plans"] = plans
     write_json(sweep_dir / "summary.json", summary)
-    from pipeline.sweep.report import plot_sweep
-
-    plot_sweep(sweep_dir)
+    if base.plot:
+        plot_later(sweep_dir)
     return summary
+
+
+def group_plan(g: plan.Group, prep, trials: list[plan.Trial], members: list[int], opts: SweepOptions,
+               plans: dict[str, dict[str, Any]]) -> tuple[bool, Any]:
+    """Whether group ``g`` runs as vmapped populations, and the programs already compiled for it (or None).
+
+    Forced by ``--no-vmap`` (sequential) or ``--max-population`` (populations); decided before by
+    a resumed sweep; else measured on the group's first population (``choose.measure``).
+    """
+    key = str(g.id)
+    if opts.vmap is not None:
+        plans[key] = {"plan": "population" if opts.vmap else "sequential", "forced": True}
+        return opts.vmap, None
+    if key in plans:
+        return plans[key]["plan"] == "population", None
+    if len(members) == 1:
+        plans[key] = {"plan": "sequential", "forced": False, "why": "one member"}
+        return False, None
+    measured = choose.measure(prep, [trials[t].cfg for t in members], g.steps_per_call, g.total_steps)
+    plans[key] = {**measured.record(), "forced": False}
+    return measured.vmap, measured.programs
 
 
 def selection(trial: plan.Trial, infos: dict) -> tuple[str, str, bool]:

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.config import Config, ConfigError, leaf_type, parse_value, resolve_key, split_override
 
 FUNCTIONS = ("choice", "range", "uniform", "loguniform", "linspace", "logspace")
+MAX_VALUES = 100_000  # values of one dimension (a sweep has at most strategy.MAX_TRIALS trials)
 _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
 
 
@@ -136,6 +137,8 @@ def parse_dimension(key: str, text: str, fn: str, args: str, typ: Any) -> Dimens
             raise SpaceError(f"bad space for '{key}': {text!r} needs a positive step")
         if lo > hi:
             raise SpaceError(f"bad space for '{key}': {text!r} has low {lo:g} > high {hi:g}")
+        if (int(hi) - int(lo) + int(stride) - 1) // int(stride) > MAX_VALUES:
+            raise SpaceError(f"bad space for '{key}': {text!r} has more than {MAX_VALUES} values")
         values = tuple(base(v) for v in range(int(lo), int(hi), int(stride)))
         if not values:
             raise SpaceError(f"bad space for '{key}': {text!r} is empty (the high end is excluded)")
@@ -149,6 +152,8 @@ def parse_dimension(key: str, text: str, fn: str, args: str, typ: Any) -> Dimens
     lo, hi, n = _numbers(key, text, args, (3,))
     if not n.is_integer() or n < 1:
         raise SpaceError(f"bad space for '{key}': {text!r} needs a positive whole count")
+    if n > MAX_VALUES:
+        raise SpaceError(f"bad space for '{key}': {text!r} has more than {MAX_VALUES} values")
     _check_interval(key, text, fn, lo, hi, allow_equal=True)
     if fn == "logspace":
         values = np.geomspace(lo, hi, int(n))

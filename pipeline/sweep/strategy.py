@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from pipeline.sweep.space import Space, SpaceError
 
 STRATEGIES = ("grid", "random")
 DEFAULT_RANDOM_TRIALS = 16
+MAX_TRIALS = 100_000  # a sweep larger than this is refused before any trial is built
 
 
 def trials(space: Space, strategy: str, count: int | None, seed: int) -> list[dict[str, Any]]:
@@ -22,6 +24,8 @@ def trials(space: Space, strategy: str, count: int | None, seed: int) -> list[di
                          "optimizer.learning_rate='loguniform(1e-4,1e-1)', or add sweep() to the experiment")
     if count is not None and count < 1:
         raise SpaceError(f"bad value for '--trials': {count} must be at least 1")
+    if count is not None and count > MAX_TRIALS:
+        raise SpaceError(f"bad value for '--trials': {count} is more than the {MAX_TRIALS} trials a sweep may have")
     if strategy == "grid":
         return _grid(space, count)
     rng = np.random.default_rng(seed)
@@ -34,6 +38,10 @@ def _grid(space: Space, count: int | None) -> list[dict[str, Any]]:
         if not d.finite:
             raise SpaceError(f"grid search cannot enumerate '{d.key}': {d.text} is a continuous interval; "
                              "use choice(...), range(...) or logspace(...), or --strategy random")
+    size = math.prod(len(d.values) for d in space.dimensions)
+    if size > MAX_TRIALS:
+        raise SpaceError(f"the grid has {size} cells, more than the {MAX_TRIALS} trials a sweep may have; "
+                         "narrow the space or use --strategy random --trials N")
     keys = [d.key for d in space.dimensions]
     cells = [dict(zip(keys, values)) for values in itertools.product(*(d.values for d in space.dimensions))]
     if count is not None and count != len(cells):

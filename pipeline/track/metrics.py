@@ -1,18 +1,51 @@
-"""A run's metrics table: long format (step, split, name, value, wall_s) in one Parquet file.
+"""A run's metrics table: long format (step, split, name, value, wall_s) as a Parquet dataset folder.
 
-Rows collect in memory and ``flush`` rewrites ``metrics.parquet`` through a temporary
-file and an atomic rename: a killed run loses at most the rows since the last flush,
-and the file on disk is always a whole, readable table.
+On disk ``RUN_DIR/metrics.parquet/`` holds parts ``part-SEQUENCE-LEVEL.parquet``;
+``pyarrow.parquet.read_table``, ``pandas.read_parquet`` and DuckDB
+(``read_parquet('RUN_DIR/metrics.parquet/*.parquet')``) read the folder as one table.
+
+* ``add`` collects rows in memory; ``flush`` writes them as one new part (level 0) through
+  a uniquely named temporary file, fsync and a rename. Nothing already on disk is read or
+  rewritten, so a flush costs the rows since the last one, and a killed run loses at most
+  those rows.
+* Parts merge like a log-structured tree: whenever the newest ``FANOUT`` parts share a
+  level, they become one part of the next level, in a copy of the folder (the other parts
+  hard-linked) that atomically replaces it. Every row is rewritten about
+  log_FANOUT(flushes) times over a run and a long run keeps a few dozen parts at most.
+* ``truncate_after(step)`` (a resume) deletes the parts that start past ``step`` and
+  rewrites, through a rename, the one part that straddles it. The rule that makes rows past
+  a checkpoint disappear exactly once: each row lives in exactly one part, every change
+  replaces or removes whole parts atomically, and new rows are only appended after the
+  truncation is complete on disk. A kill in the middle of a truncation leaves some rows
+  past the checkpoint (the next resume removes them), never a row twice.
+* Hidden names (``.part-...tmp``, ``.metrics.parquet.new-...``) are a killed writer's
+  leftovers; readers skip them and the next owner of the run folder deletes them.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
+
+from pipeline.track.run_dir import (
+    CorruptFile,
+    fsync_dir,
+    new_folder_beside,
+    parquet_files,
+    read_parquet,
+    read_parquet_files,
+    recover_folder,
+    remove_path,
+    replace_folder,
+    tie_lock_to,
+    write_parquet,
+)
 
 SCHEMA = pa.schema([
     ("step", pa.int64()),
@@ -21,16 +54,51 @@ SCHEMA = pa.schema([
     ("value", pa.float64()),
     ("wall_s", pa.float64()),
 ])
+PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+FANOUT = 8  # parts of one level that merge into one of the next
+
+
+def part_name(sequence: int, level: int) -> str:
+    return f"part-{sequence:09d}-{level}.parquet"
 
 
 class MetricsTable:
+    """The writer of ``RUN_DIR/metrics.parquet``; only the process that locks the run folder makes one."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._tables: list[pa.Table] = []
-        self._dirty = False
-        if self.path.exists():
-            self._tables.append(pq.read_table(self.path).cast(SCHEMA))
+        self._pending: list[pa.Table] = []
+        self._parts: list[tuple[int, int, Path]] = []  # (sequence, level, path), oldest first
+        tie_lock_to(self.path.parent, self)  # a library run's folder lock ends with its metrics writer
+        self._open()
 
+    # -- opening -------------------------------------------------------------------------------
+    def _open(self) -> None:
+        recover_folder(self.path)  # a merge killed between its two renames; killed writers' leftovers
+        if self.path.is_file() or self.path.is_symlink():
+            self._migrate()
+        if not self.path.exists():
+            os.mkdir(self.path)
+            fsync_dir(self.path.parent)
+        for entry in os.listdir(self.path):
+            if entry.startswith("."):  # a temporary file of a killed flush
+                remove_path(self.path / entry)
+        for entry in sorted(os.listdir(self.path)):
+            match = PART.match(entry)
+            if match:
+                self._parts.append((int(match[1]), int(match[2]), self.path / entry))
+        self._parts.sort()
+
+    def _migrate(self) -> None:
+        """A run recorded as one ``metrics.parquet`` file: its rows become the folder's first part."""
+        if self.path.is_symlink():
+            raise CorruptFile(f"{self.path}: a symbolic link, not the run's metrics")
+        table = read_parquet(self.path).cast(SCHEMA)
+        new = new_folder_beside(self.path, "new")
+        write_parquet(table, new / part_name(1, 0))
+        replace_folder(new, self.path)
+
+    # -- writing -------------------------------------------------------------------------------
     def add(self, step: int | np.ndarray, split: str, values: dict[str, np.ndarray | float], wall_s: float) -> None:
         """Add one or many steps of named metrics (arrays share the ``step`` array's length)."""
         steps = np.atleast_1d(np.asarray(step, np.int64))
@@ -43,37 +111,81 @@ class MetricsTable:
         if not columns["step"]:
             return
         n = sum(len(s) for s in columns["step"])
-        self._tables.append(pa.table({
+        self._pending.append(pa.table({
             "step": np.concatenate(columns["step"]),
             "split": np.full(n, split, dtype=object),
             "name": np.concatenate(columns["name"]),
             "value": np.concatenate(columns["value"]),
             "wall_s": np.full(n, wall_s),
         }, schema=SCHEMA))
-        self._dirty = True
-
-    def table(self) -> pa.Table:
-        if not self._tables:
-            return SCHEMA.empty_table()
-        table = pa.concat_tables(self._tables)
-        self._tables = [table]
-        return table
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows past ``step``: a resumed run rewrites them exactly once."""
-        table = self.table()
-        keep = np.asarray(table.column("step")) <= step
-        self._tables = [table.filter(pa.array(keep))]
-        self._dirty = True
 
     def flush(self) -> None:
-        if not self._dirty:
+        """The rows added since the last flush become one new part (nothing on disk is rewritten)."""
+        if not self._pending:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        pq.write_table(self.table(), tmp)
-        os.replace(tmp, self.path)
-        self._dirty = False
+        table = pa.concat_tables(self._pending)
+        sequence = self._parts[-1][0] + 1 if self._parts else 1
+        path = self.path / part_name(sequence, 0)
+        write_parquet(table, path)
+        self._pending = []
+        self._parts.append((sequence, 0, path))
+        self._merge()
+
+    def _merge(self) -> None:
+        while len(self._parts) >= FANOUT and len({level for _, level, _ in self._parts[-FANOUT:]}) == 1:
+            group, keep = self._parts[-FANOUT:], self._parts[:-FANOUT]
+            sequence, level = group[0][0], group[0][1] + 1
+            merged = read_parquet_files([p for _, _, p in group], SCHEMA)
+            new = new_folder_beside(self.path, "new")
+            try:
+                for _, _, p in keep:
+                    _link_or_copy(p, new / p.name)
+                write_parquet(merged, new / part_name(sequence, level))
+                replace_folder(new, self.path)
+            except BaseException:
+                remove_path(new)
+                raise
+            self._parts = keep + [(sequence, level, self.path / part_name(sequence, level))]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past ``step``: a resumed run rewrites them exactly once (see the module's rule)."""
+        self._pending = [t.filter(pc.less_equal(t.column("step"), step)) for t in self._pending]
+        changed = False
+        for entry in list(reversed(self._parts)):
+            path = entry[2]
+            steps = read_parquet(path, columns=["step"]).column("step")
+            if len(steps) and pc.max(steps).as_py() <= step:
+                continue
+            changed = True
+            if not len(steps) or pc.min(steps).as_py() > step:
+                os.unlink(path)
+                self._parts.remove(entry)
+            else:
+                table = read_parquet_files([path], SCHEMA)
+                write_parquet(table.filter(pc.less_equal(table.column("step"), step)), path)
+        if changed:
+            fsync_dir(self.path)  # the truncation is on disk before any new row is
+
+    # -- reading -------------------------------------------------------------------------------
+    def table(self) -> pa.Table:
+        """Every row: those on disk, then those not flushed yet."""
+        on_disk = read_parquet_files([p for _, _, p in self._parts], SCHEMA)
+        return pa.concat_tables([on_disk, *self._pending]) if self._pending else on_disk
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
 
 
 def read_metrics(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    """A run's metrics table (its folder of parts, or the single file of an older run).
+
+    A damaged part is one line naming it (``CorruptFile``).
+    """
+    path = Path(path)
+    if path.is_file():
+        return read_parquet_files([path], SCHEMA)
+    return read_parquet_files(parquet_files(path), SCHEMA)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import time
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
+from typing import Any
 
 
 class Progress:
     def __init__(self, total: int, enabled: bool = True):
         self.total = total
         self.enabled = enabled
-        self._bar: RichProgress | None = None
+        self._bar: Any = None  # rich's Progress, imported only when the bar is shown
         self._task = None
         self._start = time.time()
         self._eval = ""
 
     def __enter__(self) -> Progress:
         if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
             self._bar = RichProgress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),

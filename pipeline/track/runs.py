@@ -1,14 +1,21 @@
-"""Look at recorded runs: list them, show one, plot one."""
+"""Look at recorded runs: list them, show one, plot one.
+
+A run whose records cannot be read (a damaged ``config.json``, ``summary.json`` or
+metrics part) is one line naming the file: ``runs show`` and ``runs plot`` stop with it,
+``runs list`` prints it as a warning on stderr and lists the other runs.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-
-import pyarrow.parquet as pq
+from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.track.plot import plot_run
-from pipeline.track.run_dir import default_runs_root, read_json
+from pipeline.track.metrics import read_metrics
+from pipeline.track.run_dir import CorruptFile, default_runs_root, parquet_files, read_json_object
+
+METRICS = "metrics.parquet"
 
 
 def _require_run(run: Path) -> None:
@@ -16,40 +23,107 @@ def _require_run(run: Path) -> None:
         raise PipelineError(f"{run} is not a run folder (no config.json)")
 
 
-def list_runs(root: Path | None = None) -> list[dict]:
+def _config(run: Path) -> dict[str, Any]:
+    record = read_json_object(run / "config.json", ("config",))
+    if not isinstance(record["config"], dict):
+        raise CorruptFile(f"{run / 'config.json'}: damaged record ('config' is not an object)")
+    return record
+
+
+def _summary(run: Path) -> dict[str, Any] | None:
+    """``summary.json`` checked for the fields shown; None for an unfinished run."""
+    path = run / "summary.json"
+    if not path.is_file():
+        return None
+    summary = read_json_object(path, ("steps", "wall_s", "metrics"))
+    if not isinstance(summary["metrics"], dict) or not all(
+            isinstance(v, (int, float)) for v in summary["metrics"].values()):
+        raise CorruptFile(f"{path}: damaged record ('metrics' is not an object of numbers)")
+    if not isinstance(summary["wall_s"], (int, float)):
+        raise CorruptFile(f"{path}: damaged record ('wall_s' is not a number)")
+    return summary
+
+
+def _metrics_rows(run: Path) -> int | None:
+    """Rows in the run's metrics (footers only); a damaged part raises CorruptFile naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = run / METRICS
+    if not path.exists():
+        return None
+    rows = 0
+    for part in parquet_files(path):
+        try:
+            rows += pq.read_metadata(part).num_rows
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise CorruptFile(f"{part}: damaged Parquet ({str(exc).strip().splitlines()[0]})") from None
+        except pa.ArrowException as exc:
+            raise CorruptFile(f"{part}: damaged Parquet ({str(exc).strip().splitlines()[0]})") from None
+    return rows
+
+
+def _data_name(config: dict[str, Any]) -> str:
+    data = config.get("config", {}).get("data", "")
+    if isinstance(data, dict):
+        return str(data.get("name", ""))
+    return str(data)
+
+
+def list_runs(root: Path | None = None, warn=None) -> list[dict]:
+    """One row per run under ``root`` (every row has the same columns, in one order).
+
+    A run that cannot be read is left out; ``warn`` (default: a line on stderr) gets its message.
+    """
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     root = root or default_runs_root()
     rows = []
     if not root.is_dir():
         return rows
     for path in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
-        summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
-        config = read_json(path / "config.json")
+        try:
+            config = _config(path)
+            summary = _summary(path) or {}
+            _metrics_rows(path)
+        except CorruptFile as exc:
+            warn(f"skipped {path}: {exc}")
+            continue
+        except OSError as exc:
+            warn(f"skipped {path}: {exc.filename or path}: {exc.strerror or exc}")
+            continue
         metrics = summary.get("metrics", {})
         rows.append({
-            "run": str(path), "experiment": config.get("experiment", ""),
-            "data": config.get("config", {}).get("data", ""), "steps": summary.get("steps", "unfinished"),
+            "run": str(path), "experiment": str(config.get("experiment", "")),
+            "data": _data_name(config), "steps": summary.get("steps", "unfinished"),
             **{k: v for k, v in list(metrics.items())[:3]},
         })
-    return rows
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{c: row.get(c, "") for c in columns} for row in rows]
 
 
 def show_run(run: Path) -> str:
     _require_run(run)
-    config = read_json(run / "config.json")
+    config = _config(run)
     lines = [f"run          {run}", f"experiment   {config.get('experiment')}"]
-    if (run / "summary.json").is_file():
-        summary = read_json(run / "summary.json")
+    summary = _summary(run)
+    if summary is not None:
         lines.append(f"steps        {summary['steps']}  wall {summary['wall_s']:.1f} s")
         lines += [f"{k:<12} {v:.6g}" for k, v in summary["metrics"].items()]
     else:
         lines.append("status       unfinished (no summary.json)")
-    if (run / "metrics.parquet").is_file():
-        lines.append(f"metrics      {pq.read_metadata(run / 'metrics.parquet').num_rows} rows in metrics.parquet")
+    rows = _metrics_rows(run)
+    if rows is not None:
+        lines.append(f"metrics      {rows} rows in {METRICS}")
     return "\n".join(lines)
 
 
 def plot_run_dir(run: Path) -> Path:
+    from pipeline.track.plot import plot_run
+
     _require_run(run)
-    if not (run / "metrics.parquet").is_file():
-        raise PipelineError(f"{run} has no metrics.parquet yet")
-    return plot_run(run / "metrics.parquet", run / "curves.png", title=run.name)
+    # A damaged part is one line naming it, before any drawing.
+    if not (run / METRICS).exists() or read_metrics(run / METRICS).num_rows == 0:
+        raise PipelineError(f"{run} has no {METRICS} yet")
+    return plot_run(run / METRICS, run / "curves.png", title=run.name)

@@ -1,9 +1,13 @@
 """Orbax checkpoints of a run: the train state and the loop's position, saved together.
 
-``checkpoints/`` keeps the last K (every ``checkpoint_every`` steps and at the end);
-``checkpoints/best/`` keeps the one with the best evaluation metric. Each checkpoint holds
-the state pytree and a JSON ``meta`` item (step, data reader position, best-so-far and
-early-stopping bookkeeping), so a resumed run continues exactly where it stopped.
+``checkpoints/`` keeps the last K; ``checkpoints/best/`` keeps the one with the best
+evaluation metric. Each checkpoint holds the state pytree and a JSON ``meta`` item (step,
+data reader position, best-so-far and early-stopping bookkeeping), so a resumed run
+continues exactly where it stopped. Saves are asynchronous: Orbax writes from a host copy on
+a background thread while training goes on, and a save waits only for the one before it
+(Orbax commits each through a temporary folder and a rename, so a kill mid-write leaves the
+previous checkpoint as it was). Orbax is imported on first use: a run that never saves
+never pays for it.
 """
 
 from __future__ import annotations
@@ -14,32 +18,63 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
-
-# Orbax logs every save at INFO; a run's own progress bar says enough.
-logging.getLogger("absl").setLevel(logging.WARNING)
 
 
-def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    # Orbax logs every save at INFO; a run's own progress bar says enough.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    return ocp
+
+
+def _manager(directory: Path, keep: int):
+    ocp = _ocp()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=True)
     return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
+
+
+def host_copy(state: Any) -> Any:
+    """The state on the host: the device buffers are donated to the next step while Orbax writes."""
+    return jax.device_get(state)
 
 
 class Checkpointer:
     def __init__(self, run_dir: Path, keep: int):
-        self.latest = _manager(run_dir / "checkpoints", keep)
-        self.best = _manager(run_dir / "checkpoints" / "best", 1)
+        self.run_dir, self.keep = run_dir, keep
+        self._latest = self._best = None
+
+    @property
+    def latest(self):
+        if self._latest is None:
+            self._latest = _manager(self.run_dir / "checkpoints", self.keep)
+        return self._latest
+
+    @property
+    def best(self):
+        if self._best is None:
+            self._best = _manager(self.run_dir / "checkpoints" / "best", 1)
+        return self._best
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
-        # A host copy: the device buffers are donated to the next step while Orbax writes.
-        host_state = jax.device_get(state)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta))
-        self.latest.save(step, args=args, force=True)
+        """The latest checkpoint (and the best, when this step is it), written in the background."""
+        host_state = host_copy(state)
+        self.latest.save(step, args=self._args(host_state, meta), force=True)
         if best:
-            self.best.save(step, args=args, force=True)
+            self.save_best(step, host_state, meta)
+
+    def save_best(self, step: int, host_state: Any, meta: dict) -> None:
+        self.best.save(step, args=self._args(host_state, meta), force=True)
+
+    @staticmethod
+    def _args(host_state: Any, meta: dict):
+        ocp = _ocp()
+        return ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta))
 
     def restore_latest(self, like_state: Any) -> tuple[Any, dict] | None:
         """The newest readable checkpoint; a corrupt one is skipped with a note on stderr."""
+        ocp = _ocp()
         self.latest.reload()
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
@@ -56,6 +91,7 @@ class Checkpointer:
 
     def read(self, like_state: Any, best: bool = False) -> tuple[Any, dict] | None:
         """The newest checkpoint (of the best ones when ``best``), changing nothing on disk."""
+        ocp = _ocp()
         manager = self.best if best else self.latest
         manager.reload()
         step = manager.latest_step()
@@ -73,9 +109,11 @@ class Checkpointer:
                 manager.delete(newer)
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        for manager in (self._latest, self._best):
+            if manager is not None:
+                manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        for manager in (self._latest, self._best):
+            if manager is not None:
+                manager.close()

@@ -7,10 +7,8 @@ checkpoints it catches up, decides (best so far, early stopping) and saves.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +35,13 @@ from pipeline.data.sources import split_off_test
 from pipeline.data.stream import StreamingReader
 from pipeline.errors import PipelineError
 from pipeline.objectives import best_metric
+from pipeline.signals import sigint_flag
+from pipeline.track.background import plot_later
 from pipeline.track.metrics import MetricsTable
-from pipeline.track.plot import plot_run
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
-from pipeline.train.checkpoint import Checkpointer
+from pipeline.train.calls import target_steps_per_call
+from pipeline.train.checkpoint import Checkpointer, host_copy
 from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.record import open_run_dir
@@ -97,19 +97,16 @@ def streaming(cfg: Config, info: DatasetInfo) -> bool:
     return not fits_on_device(info, cfg.data.max_device_bytes)
 
 
-def choose_steps_per_call(cfg: Config, steps: int) -> int:
-    """The largest K <= target dividing the run, the evaluation and the checkpoint intervals.
+def choose_steps_per_call(cfg: Config, steps: int, target: int = AUTO_STEPS_PER_CALL) -> int:
+    """The largest K <= target (``steps_per_call`` when set) dividing the run, the evaluation and
+    the checkpoint intervals.
 
-    A fixed K means one compiled program for the whole run, and evaluations and
-    checkpoints land exactly on their steps.
+    A fixed K means one compiled program for the whole run, and evaluations and step-counted
+    checkpoints land exactly on their steps (time-based checkpoints take any call boundary).
     """
-    target = cfg.steps_per_call or AUTO_STEPS_PER_CALL
-    common = math.gcd(steps, min(cfg.eval_every, steps), min(checkpoint_interval(cfg), steps))
+    target = cfg.steps_per_call or target
+    common = math.gcd(steps, min(cfg.eval_every, steps), min(cfg.checkpoint_every or steps, steps))
     return max(k for k in range(1, min(target, common) + 1) if common % k == 0)
-
-
-def checkpoint_interval(cfg: Config) -> int:
-    return cfg.checkpoint_every or cfg.eval_every
 
 
 def read_splits(cfg: Config, store: Store, info: DatasetInfo) -> dict[str, Split]:
@@ -148,7 +145,12 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     # Committed to the mesh like every later state, so the step compiles once, not twice.
     state = jax.device_put(state, replicated(mesh))
     evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
-    return Prepared(cfg, info, spec, state, train_split, reader, evals, steps, choose_steps_per_call(cfg, steps))
+    target = AUTO_STEPS_PER_CALL
+    if not cfg.steps_per_call and reader is None:  # streamed batches are stacked K at a time: keep K modest
+        params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+        target = target_steps_per_call(params, cfg.batch_size)
+    return Prepared(cfg, info, spec, state, train_split, reader, evals, steps,
+                    choose_steps_per_call(cfg, steps, target))
 
 
 def compiled(spec: StepSpec, stream: bool = False):
@@ -187,25 +189,6 @@ class Batches:
             self.prep.reader.close()
 
 
-@contextlib.contextmanager
-def sigint_flag():
-    """Ctrl-C sets a flag that the loop checks between calls, so it can save and stop cleanly."""
-    flag = {"set": False}
-
-    def handler(signum, frame):
-        flag["set"] = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class _Run:
     """One training run's moving parts; ``train()`` below is the whole story."""
 
@@ -220,6 +203,8 @@ class _Run:
         self.last_flush = time.time()
         self.progress = Progress(prep.total_steps, enabled=show_progress)
         self.best_metric = best_metric(prep.cfg, prep.spec.objective)
+        self.last_save = time.time()
+        self.held_best: tuple[int, Any, dict] | None = None  # a best state not yet written (step, host state, meta)
 
     def restore(self, state: TrainState) -> TrainState:
         restored = self.checkpointer.restore_latest(state)
@@ -263,8 +248,14 @@ class _Run:
         self.progress.note(step, self.book.last_eval.get("test", {}))
         return improved
 
-    def save(self, step: int, state: TrainState, best: bool = False) -> None:
-        self.metrics.flush()
+    def latest_due(self, step: int) -> bool:
+        """The checkpoint policy: every ``checkpoint_every`` steps when set, else every ``checkpoint_minutes``."""
+        cfg = self.prep.cfg
+        if cfg.checkpoint_every:
+            return step % cfg.checkpoint_every == 0
+        return time.time() - self.last_save >= 60.0 * cfg.checkpoint_minutes
+
+    def meta(self, step: int) -> dict:
         self.book.step = step
         meta = self.book.to_meta()
         meta["wall_s"] = self.wall()
@@ -273,7 +264,23 @@ class _Run:
         else:
             epoch, offset = divmod(step, self.prep.steps_per_epoch)
             meta["reader"] = {"epoch": epoch, "offset": offset, "seed": self.prep.cfg.resolved_data_seed}
-        self.checkpointer.save(step, state, meta, best=best)
+        return meta
+
+    def hold_best(self, step: int, state: TrainState) -> None:
+        """A new best between latest checkpoints: kept on the host, written with the next latest one.
+
+        Written before that latest one, so the best checkpoint on disk always agrees with the
+        bookkeeping a resume starts from.
+        """
+        self.held_best = (step, host_copy(state), self.meta(step))
+
+    def save(self, step: int, state: TrainState, best: bool = False) -> None:
+        self.metrics.flush()
+        if self.held_best is not None and not best:
+            self.checkpointer.save_best(*self.held_best)
+        self.held_best = None
+        self.checkpointer.save(step, state, self.meta(step), best=best)
+        self.last_save = time.time()
 
     def evaluate_all(self, state: TrainState) -> dict[str, Any]:
         return {name: self.evaluate(state, b.x, b.y, b.mask) for name, b in self.prep.evals.items()}
@@ -305,7 +312,7 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
                     r.log_train(*item)
                 pending = [(step, step_metrics)]
                 eval_due = step % cfg.eval_every == 0 or step == total
-                save_due = step % checkpoint_interval(cfg) == 0 or step == total
+                save_due = step == total or r.latest_due(step)
                 if eval_due or save_due or interrupted["set"]:
                     for item in pending:
                         r.log_train(*item)
@@ -315,7 +322,10 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
                         improved = r.log_eval(step, r.evaluate_all(state))
                         if cfg.patience and r.book.evals_since_best >= cfg.patience:
                             r.book.stopped_early = True
-                    r.save(step, state, best=improved)
+                    if save_due or interrupted["set"] or r.book.stopped_early:
+                        r.save(step, state, best=improved)
+                    elif improved:
+                        r.hold_best(step, state)
                     if interrupted["set"]:
                         r.checkpointer.wait()
                         raise Interrupted(f"interrupted at step {step}; a checkpoint is saved; resume with "
@@ -343,5 +353,6 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
         "stopped_early": r.book.stopped_early,
     }
     write_json(run_dir / "summary.json", summary)
-    plot_run(run_dir / "metrics.parquet", run_dir / "curves.png", title=f"{experiment} on {cfg.data.name}")
+    if cfg.plot:
+        plot_later(run_dir)
     return summary

@@ -51,7 +51,8 @@ def test_tiny_suite_end_to_end(cli, tmp_path, monkeypatch):
     pipe = rows[("tiny-mlp", "pipeline")]
     assert pipe["status"] == "ok" and pipe["suite"] == "tiny"
     assert pipe["vs_jax_bare"] == pytest.approx(pipe["steps_per_s"] / rows[("tiny-mlp", "jax_bare")]["steps_per_s"])
-    assert pipe["steps_per_call"] == 100 and pipe["flops_xla"] > 0 and 0 <= pipe["input_share"] <= 1
+    assert 100 <= pipe["steps_per_call"] <= 1000  # K from the measured per-call overhead
+    assert pipe["flops_xla"] > 0 and 0 <= pipe["input_share"] <= 1
     assert pipe["backend"] == "cpu" and pipe["jax"] and pipe["params"] == 8 * 8 * 8 + 8 + 8 * 10 + 10
     assert rows[("tiny-mlp", "torch_compile")]["status"] == "skipped"
     assert rows[("tiny-mlp", "torch_eager")]["status"] in ("ok", "not installed")

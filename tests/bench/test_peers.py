@@ -71,3 +71,16 @@ def test_torch_twins_have_the_jax_parameter_count(workload_for, name):
     out = model(x.long() if w.info.task == "language_modeling" else x)
     expected = (w.point.batch, *w.info.label_shape, w.info.output_size)
     assert tuple(out.shape) == expected and math.isfinite(float(out.detach().float().sum()))
+
+
+def test_a_torch_peer_refused_before_setup_is_recorded_and_the_point_goes_on(workload_for, monkeypatch):
+    """The accelerator suite's path: the pipeline's program needs more memory than is free, so the
+    torch peers are refused before they build anything; closing them must not end the suite."""
+    pytest.importorskip("torch")
+    from pipeline.bench import peers
+
+    w = workload_for(POINTS["tiny-mlp"])
+    monkeypatch.setattr(peers, "device_free_bytes", lambda: 1)  # 1 byte free: every program is too big
+    measured = {m.impl: m for m in measure_point(w.point, w, ("pipeline", "torch_eager"), echo=lambda s: None)}
+    assert measured["pipeline"].status == "ok"
+    assert measured["torch_eager"].status == OUT_OF_MEMORY and "free" in measured["torch_eager"].detail

@@ -86,6 +86,9 @@ def test_breast_cancer_with_default_settings_comes_close_to_scikit_learn(home):
      "objective 'regression' does not fit dataset 'digits' (classification)"),
 ])
 def test_mistakes_raise_the_projects_error_with_one_line(home, call, message):
+    runs = home / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
     with pytest.raises(pipeline.PipelineError) as err:
         call()
     assert message in str(err.value) and "\n" not in str(err.value)
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # no empty run folder left behind

@@ -75,7 +75,7 @@ def test_overrides_reach_the_models_own_fields_and_unknown_ones_list_them(home):
 
 def test_a_vmapped_population_of_the_user_model_equals_no_vmap(home):
     swept = [run_cli("sweep", str(home / "resmlp.py"), "steps=40", "eval_every=20", "--no-progress", "--json",
-                     *flag) for flag in ([], ["--no-vmap"])]
+                     *flag) for flag in (["--vmap"], ["--no-vmap"])]
     for r in swept:
         assert r.code == 0, r.err
     a, b = (read_sweep(Path(json.loads(r.out.strip().splitlines()[-1])["sweep_dir"])) for r in swept)

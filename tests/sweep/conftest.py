@@ -51,8 +51,10 @@ def read_sweep(folder: Path, result: Result | None = None, summary: dict | None 
 
 
 def sweep(*args: str) -> Swept:
-    """``pipeline sweep ARGS --json``, which must succeed."""
-    r = pipeline("sweep", *args, "--json")
+    """``pipeline sweep ARGS --json``, which must succeed; vmapped populations unless ``--no-vmap``
+    (these tests are about populations: the plan chooser is tested on its own)."""
+    forced = () if "--no-vmap" in args or "--vmap" in args else ("--vmap",)
+    r = pipeline("sweep", *args, *forced, "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out.strip().splitlines()[-1])
     return read_sweep(Path(summary["sweep_dir"]), r, summary)

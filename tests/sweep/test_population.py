@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.sweep.population import TRACES
+from tests.conftest import wait_for
 from tests.sweep.conftest import TINY, pipeline, sweep
 
 # Every kind of traced hyperparameter differs across the 5 members of one population.
@@ -65,6 +66,7 @@ def test_best_trial_reproduces_with_pipeline_train(pair):
 def test_tables_show_and_plot(pair):
     population, _ = pair
     folder = population.folder
+    wait_for(folder / "curves.png")  # the plots are drawn by a background process, hparams.png first
     assert {"sweep.json", "trials.parquet", "curves.parquet", "summary.json", "hparams.png", "curves.png"} <= {
         p.name for p in folder.iterdir()}
     row = population.trials[0]

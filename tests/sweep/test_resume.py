@@ -19,7 +19,7 @@ from tests.sweep.conftest import pipeline, read_sweep, sweep
 # Two groups (two widths) of two members; checkpoints every 20 of 2000 steps; at step 100 the worse
 # member of each population stops and the population is repacked to one member.
 ARGS = ["model.hidden=choice(8;16)", "optimizer.learning_rate=choice(1e-3;1e-2)", "steps=2000",
-        "eval_every=20", "batch_size=32", "--rungs", "100", "--no-progress"]
+        "eval_every=20", "batch_size=32", "--rungs", "100", "--vmap", "--no-progress"]
 
 
 def checkpoint_step(folder: Path) -> int:

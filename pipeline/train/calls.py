@@ -1,0 +1,48 @@
+"""How many steps one compiled call runs (K): enough that the host's per-call work is a small share.
+
+Each call costs the host a fixed overhead (making and placing the call's row indices,
+dispatching, reading the previous call's metrics back), measured here on this machine. A
+step's time is estimated from the model's size: 6 x parameters x batch FLOPs and ~40 bytes
+of memory traffic per parameter (Adam's reads and writes), at a device's best rates, so the
+estimate is a lower bound and K errs on the large side. K is then the smallest count that
+keeps the overhead under ``OVERHEAD_SHARE`` of a call, between ``MIN_K`` (what every model
+got before) and ``MAX_K`` (a call stays short enough for progress and Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import numpy as np
+
+OVERHEAD_SHARE = 0.02
+MIN_K, MAX_K = 100, 1000
+# Best sustained rates (FLOP/s, bytes/s) by backend: generous, so that the step estimate is a floor.
+RATES = {"cpu": (1e11, 5e10), "gpu": (1e15, 5e12), "tpu": (1e15, 5e12)}
+
+
+def host_overhead_seconds(batch: int, repeats: int = 20) -> float:
+    """The host's fixed cost of one call: indices placed on the device, a dispatch, a small readback."""
+    bump = jax.jit(lambda idx: idx + 1)
+    idx = np.zeros((MIN_K, batch), np.int32)
+    jax.block_until_ready(bump(jax.device_put(idx)))  # compiled once, outside the timing
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = bump(jax.device_put(np.random.default_rng(0).permutation(idx.size).reshape(idx.shape)))
+        jax.device_get(out[0, 0])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def step_seconds_floor(params: int, batch: int) -> float:
+    flop_rate, byte_rate = RATES.get(jax.default_backend(), RATES["gpu"])
+    return max(6.0 * params * batch / flop_rate, 40.0 * params / byte_rate)
+
+
+def target_steps_per_call(params: int, batch: int) -> int:
+    """The K to aim for: overhead / (share x step time), within [MIN_K, MAX_K]."""
+    wanted = host_overhead_seconds(batch) / (OVERHEAD_SHARE * step_seconds_floor(params, batch))
+    return int(min(MAX_K, max(MIN_K, math.ceil(wanted))))

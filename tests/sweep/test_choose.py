@@ -1,0 +1,36 @@
+"""The sweep's plan: a vmapped population or one member at a time, whichever measured faster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.sweep.choose import choose
+from tests.sweep.conftest import TINY, pipeline
+
+
+@pytest.mark.parametrize("rates, vmap", [
+    ({"population": 12_000.0, "sequential": 9_000.0}, True),  # an accelerator: the population wins
+    ({"population": 7_000.0, "sequential": 9_500.0}, False),  # a few CPU cores under load
+    ({"population": 5_000.0, "sequential": 5_000.0}, True),  # a tie keeps the one program
+])
+def test_the_faster_plan_is_chosen(rates, vmap):
+    assert choose(rates) is vmap
+
+
+def test_a_default_sweep_measures_both_plans_and_records_its_choice(home):
+    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)", "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out.strip().splitlines()[-1])
+    plan = summary["plans"]["0"]
+    rates = plan["member_steps_per_s"]
+    assert set(rates) == {"population", "sequential"} and min(rates.values()) > 0
+    assert plan["plan"] == ("population" if rates["population"] >= rates["sequential"] else "sequential")
+    assert summary["vmap"] is (plan["plan"] == "population") and not plan["forced"]
+    saved = json.loads((__import__("pathlib").Path(summary["sweep_dir"]) / "sweep.json").read_text())
+    assert saved["plans"] == summary["plans"]
+    forced = json.loads(pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)",
+                                 "--no-vmap", "--json").out.strip().splitlines()[-1])
+    assert forced["plans"]["0"] == {"plan": "sequential", "forced": True}
+    assert pipeline("sweep", "digits_mlp", *TINY, "seed=range(2)", "--vmap", "--no-vmap").code == 2
