@@ -189,7 +189,8 @@ def group_plan(g: plan.Group, prep, trials: list[plan.Trial], members: list[int]
     if len(members) == 1:
         plans[key] = {"plan": "sequential", "forced": False, "why": "one member"}
         return False, None
-    measured = choose.measure(prep, [trials[t].cfg for t in members], g.steps_per_call, g.total_steps)
+    measured = choose.measure(prep, [trials[t].cfg for t in members], g.steps_per_call, g.total_steps,
+                              len(g.trials) * g.total_steps)
     plans[key] = {**measured.record(), "forced": False}
     return measured.vmap, measured.programs
 

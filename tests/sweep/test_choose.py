@@ -19,14 +19,27 @@ def test_the_faster_plan_is_chosen(rates, vmap):
     assert choose(rates) is vmap
 
 
-def test_a_default_sweep_measures_both_plans_and_records_its_choice(home):
+def test_a_long_enough_group_probes_both_plans(home, monkeypatch):
+    from pipeline.sweep import choose as choose_module
+
+    monkeypatch.setattr(choose_module, "REPAY", 0.0)  # any group repays the probe
+    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)", "--json")
+    assert r.code == 0, r.err
+    plan = json.loads(r.out.strip().splitlines()[-1])["plans"]["0"]
+    rates = plan["member_steps_per_s"]
+    assert set(rates) == {"population", "sequential"} and min(rates.values()) > 0
+    assert plan["plan"] == ("population" if rates["population"] >= rates["sequential"] else "sequential")
+
+
+def test_a_default_sweep_measures_its_plan_and_records_its_choice(home):
     r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)", "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out.strip().splitlines()[-1])
     plan = summary["plans"]["0"]
     rates = plan["member_steps_per_s"]
-    assert set(rates) == {"population", "sequential"} and min(rates.values()) > 0
-    assert plan["plan"] == ("population" if rates["population"] >= rates["sequential"] else "sequential")
+    # 3 trials x 40 steps cannot repay probing the second plan: the population is measured alone.
+    assert set(rates) == {"population"} and rates["population"] > 0
+    assert plan["plan"] == "population" and plan["why"] == "too short to repay probing the sequential plan"
     assert summary["vmap"] is (plan["plan"] == "population") and not plan["forced"]
     saved = json.loads((__import__("pathlib").Path(summary["sweep_dir"]) / "sweep.json").read_text())
     assert saved["plans"] == summary["plans"]
