@@ -36,11 +36,6 @@ def torch_module():
         return None
 
 
-def torch_version() -> str | None:
-    torch = torch_module()
-    return None if torch is None else str(torch.__version__)
-
-
 def unavailable(workload: Workload) -> tuple[str, str] | None:
     """(status, why) when the torch peers cannot run here; None when they can."""
     torch = torch_module()

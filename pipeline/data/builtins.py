@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.data.dataset import Split
-from pipeline.data.sources import Loaded
+from pipeline.data.dataset import Loaded, Split
 
 
 def digits(seed: int) -> Loaded:

@@ -27,6 +27,17 @@ class Split:
 
 
 @dataclass
+class Loaded:
+    """A source's arrays before metadata: ``test`` is None when the source has no split."""
+
+    train: Split
+    test: Split | None
+    task: str
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DatasetInfo:
     """Everything a model and an objective need to know about a dataset."""
 

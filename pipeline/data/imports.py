@@ -16,12 +16,12 @@ import pyarrow.fs as pafs
 
 from pipeline.data import fs as fsx
 from pipeline.data.builtins import BUILTINS
-from pipeline.data.dataset import DatasetInfo, Split, describe
+from pipeline.data.dataset import DatasetInfo, Loaded, Split, describe
 from pipeline.data.features import FeaturePlan, pick_features
 from pipeline.data.labels import LabelPlan, LabelScan
 from pipeline.data.layout import Layout
 from pipeline.data.signals import sigterm_as_interrupt
-from pipeline.data.sources import Loaded, load_source, split_off_test, test_mask
+from pipeline.data.sources import load_source, split_off_test, test_mask
 from pipeline.data.store import Store, check_dataset_name
 from pipeline.data.tables import TableFiles, Tables
 from pipeline.data.tensors import to_numpy

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.data import fs as fsx
-from pipeline.data.dataset import Split
+from pipeline.data.dataset import Loaded, Split
 from pipeline.data.validate import DataError
-
-
-@dataclass
-class Loaded:
-    """A source's arrays before metadata: ``test`` is None when the source has no split."""
-
-    train: Split
-    test: Split | None
-    task: str
-    num_classes: int = 0
-    class_names: list[str] = field(default_factory=list)
 
 
 def load_source(source: str, target: str | None, seed: int) -> Loaded:

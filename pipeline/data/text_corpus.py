@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.dataset import Split
-from pipeline.data.sources import Loaded
+from pipeline.data.dataset import Loaded, Split
 from pipeline.data.validate import DataError
 
 SEQ_LEN = 128  # tokens per example; a model's context must be at least this

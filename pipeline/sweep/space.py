@@ -67,11 +67,6 @@ class Space:
         return {"dimensions": {d.key: d.text for d in self.dimensions}, "fixed": list(self.fixed)}
 
 
-def is_space_text(text: str) -> bool:
-    match = _CALL.match(text)
-    return bool(match) and match.group(1) in FUNCTIONS
-
-
 def parse_space(cfg: Config, items: dict[str, str] | list[str]) -> Space:
     """``{"key": "loguniform(1e-4,1e-1)", "steps": "50"}`` or ``["key=text", ...]`` -> Space."""
     pairs = [split_override(i) for i in items] if isinstance(items, list) else list(items.items())
