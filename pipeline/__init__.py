@@ -2,7 +2,7 @@
 
 The Python surface (loaded on first use, so ``import pipeline`` stays light):
 ``fit``, ``load_run``, ``register_model``, ``register_objective``, ``Config``, ``ModelConfig``,
-``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``PipelineError``.
+``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``Hook``, ``RunInfo``, ``PipelineError``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _EXPORTS = {
     "Config": "pipeline.config", "ModelConfig": "pipeline.config", "OptimizerConfig": "pipeline.config",
     "DataConfig": "pipeline.config", "traced": "pipeline.config",
     "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",
+    "Hook": "pipeline.train.hooks", "RunInfo": "pipeline.train.hooks",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -24,7 +24,7 @@ class FitResult:
 
 def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: str | None = None,
         overrides: list[str] | dict[str, Any] | None = None, run_dir: str | Path | None = None,
-        store: Any = None, progress: bool = False) -> FitResult:
+        store: Any = None, progress: bool = False, hooks: list[Any] | None = None) -> FitResult:
     """Train an experiment (a name in ``experiments/`` or a file path) or a ``Config``.
 
     ``data`` is a dataset name in the store, ``(x, y)`` or ``(x, y, x_test, y_test)`` numpy
@@ -32,7 +32,8 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     Arrays and frames are imported into the store once, under a name made from their content
     (``arrays-HASH``, ``frame-HASH``), so the run's config names its data like any other.
     ``overrides`` are ``KEY=VALUE`` strings or a ``{key: value}`` dict; ``run_dir`` defaults to
-    a new folder under the runs root.
+    a new folder under the runs root. ``hooks`` (``pipeline.Hook`` subclasses) are called between
+    compiled calls, after an experiment file's own ``hooks()``.
     """
     from pipeline.data import Store
     from pipeline.experiments import experiment_name, load_experiment
@@ -42,21 +43,22 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     if data is not None:
         items.append(f"data={_dataset_name(store, data, target)}")
     if isinstance(experiment_or_config, Config):
-        cfg, name, source = apply_overrides(experiment_or_config, items), "fit", ""
+        cfg, name, source, file_hooks = apply_overrides(experiment_or_config, items), "fit", "", []
     elif isinstance(experiment_or_config, (str, Path)):
-        cfg, path = load_experiment(str(experiment_or_config), items)
+        cfg, path, file_hooks = load_experiment(str(experiment_or_config), items)
         name, source = experiment_name(str(experiment_or_config)), str(path)
     else:
         raise ConfigError(f"fit() takes an experiment name, an experiment file or a Config, "
                           f"not {type(experiment_or_config).__name__}")
-    summary = train_in_folder(cfg, name, run_dir, store, show_progress=progress, experiment_file=source)
+    summary = train_in_folder(cfg, name, run_dir, store, show_progress=progress, experiment_file=source,
+                              hooks=file_hooks + list(hooks or []))
     folder = Path(summary["run_dir"])
     return FitResult(folder, summary, load_run(folder, which="latest"))
 
 
 def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: Any, *,
                     runs_root: Path | None = None, show_progress: bool = False,
-                    experiment_file: str = "") -> dict[str, Any]:
+                    experiment_file: str = "", hooks: list[Any] | None = None) -> dict[str, Any]:
     """Train into ``run_dir`` (resuming it) or a new folder under the runs root; returns the summary.
 
     The folder is locked for the whole run and released when it ends. A folder this call made
@@ -73,7 +75,8 @@ def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: A
         folder = new_run_dir(runs_root or default_runs_root(), name, made)
     with folder_lock(folder, "run folder"):  # a second `train --run-dir SAME` is refused, naming this pid
         try:
-            return train(cfg, name, folder, store, show_progress=show_progress, experiment_file=experiment_file)
+            return train(cfg, name, folder, store, show_progress=show_progress, experiment_file=experiment_file,
+                         hooks=hooks)
         except BaseException:
             if not (folder / "config.json").exists():  # nothing was recorded: leave no empty folder behind
                 remove_if_unused(made)

@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     from pipeline.api import train_in_folder
     from pipeline.experiments import experiment_name, load_experiment
 
-    cfg, experiment_file = load_experiment(args.experiment, args.overrides)
+    cfg, experiment_file, hooks = load_experiment(args.experiment, args.overrides)
     if args.resume and not args.run_dir:
         raise PipelineError("--resume needs --run-dir of a run")
     if args.resume and not (Path(args.run_dir) / "config.json").is_file():
@@ -137,7 +137,7 @@ def cmd_train(args) -> int:
     _compile_cache(args)
     summary = train_in_folder(cfg, experiment_name(args.experiment), args.run_dir, _store(args),
                               runs_root=Path(args.runs) if args.runs else None, show_progress=not args.no_progress,
-                              experiment_file=str(experiment_file))
+                              experiment_file=str(experiment_file), hooks=hooks)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     print(f"{metrics}\nrun folder: {summary['run_dir']}")
     if args.json:
@@ -177,8 +177,12 @@ def cmd_runs_show(args) -> int:
 
 def cmd_runs_plot(args) -> int:
     from pipeline.sweep.report import is_sweep, plot_sweep
-    from pipeline.track.runs import plot_run_dir
+    from pipeline.track.runs import plot_many, plot_run_dir
 
+    if len(args.run) > 1 or "@" in args.run[0]:  # several runs or trials overlaid in one picture
+        print(plot_many(list(args.run), Path(args.out)))
+        return 0
+    args.run = args.run[0]
     if is_sweep(Path(args.run)):
         print("\n".join(str(p) for p in plot_sweep(Path(args.run))))
         return 0
@@ -257,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = runs.add_parser("show", parents=[common])
     p.add_argument("run")
     p.set_defaults(func=cmd_runs_show)
-    p = runs.add_parser("plot", parents=[common])
-    p.add_argument("run")
+    p = runs.add_parser("plot", parents=[common],
+                        help="draw a run's or sweep's plots; several RUN (or SWEEP_DIR@TRIAL) overlay in --out")
+    p.add_argument("run", nargs="+")
+    p.add_argument("--out", default="runs-compared.png", help="the overlay of several runs (default %(default)s)")
     p.set_defaults(func=cmd_runs_plot)
     return parser
 

@@ -107,6 +107,8 @@ class Config:
     checkpoint_minutes: float = 5.0  # with checkpoint_every=0: the latest is saved this often, at the end, on signals
     checkpoint_keep: int = 3  # latest checkpoints kept, besides the best one
     plot: bool = True  # draw curves.png in a background process once the summary is written
+    log: str = ""  # trackers besides Parquet, a comma list: tensorboard, wandb, mlflow
+    profile: str = ""  # START:STEPS traces those steps with jax.profiler into RUN_DIR/profile/
     model: ModelConfig = field(default_factory=lambda: default_model())
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -313,6 +315,32 @@ _AT_MOST = {
 }
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # `log=`; Parquet is always on
+
+
+def tracker_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "parquet"]
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"bad value for 'log': unknown tracker '{name}'; choose from {', '.join(TRACKERS)} "
+                              "(Parquet is always on)")
+    return names
+
+
+def profile_window(text: str) -> tuple[int, int] | None:
+    """``profile=START:STEPS`` as (start, steps), or None when empty."""
+    if not text:
+        return None
+    start, _, steps = text.partition(":")
+    try:
+        first, count = int(start), int(steps)
+    except ValueError:
+        first = count = -1
+    if first < 0 or count < 1:
+        raise ConfigError(f"bad value for 'profile': {text!r} is not START:STEPS (a step and a positive count)")
+    return first, count
+
+
 def validate(cfg: Config) -> None:
     """Reject values that parse but make no sense, naming the key."""
     from pipeline.registry import family
@@ -323,6 +351,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'model': a {type(cfg.model).__name__} is not the config of model "
                           f"'{cfg.model.name}' ({family(cfg.model.name).config.__name__})")
     cfg.model.validate()
+    tracker_names(cfg.log)
+    profile_window(cfg.profile)
     flat = flat_keys(cfg)
     for key, allowed in _CHOICES.items():
         if key in flat and flat[key] not in allowed:

@@ -124,8 +124,8 @@ def load_config(name: str, overrides: list[str] | None = None) -> Config:
     return load_experiment(name, overrides)[0]
 
 
-def load_experiment(name: str, overrides: list[str] | None = None) -> tuple[Config, Path]:
-    """``load_config``, and the experiment file it came from."""
+def load_experiment(name: str, overrides: list[str] | None = None) -> tuple[Config, Path, list]:
+    """``load_config``, the experiment file it came from, and the hooks its ``hooks()`` lists (if any)."""
     module = load_module(name)
     try:
         cfg = module.config()
@@ -134,4 +134,10 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> tuple[Conf
     if not isinstance(cfg, Config):
         raise ExperimentError(f"experiment {module.__file__}: config() returned {type(cfg).__name__}, "
                               "not a pipeline.config.Config")
-    return apply_overrides(cfg, list(overrides or [])), Path(module.__file__).resolve()
+    hooks = []
+    if hasattr(module, "hooks"):
+        try:
+            hooks = list(module.hooks())
+        except Exception as exc:
+            raise ExperimentError(f"experiment {module.__file__}: hooks() failed: {_one_line(exc)}") from exc
+    return apply_overrides(cfg, list(overrides or [])), Path(module.__file__).resolve(), hooks

@@ -11,35 +11,50 @@ import pyarrow.parquet as pq
 
 
 def plot_run(metrics_path: Path, out_path: Path, title: str = "") -> Path:
+    """One run's curves: a panel per metric (loss first), a line per split."""
+    return plot_runs([("", pq.read_table(metrics_path).to_pydict())], out_path, title)
+
+
+def plot_runs(series: list[tuple[str, dict]], out_path: Path, title: str = "") -> Path:
+    """Several runs (or sweep trials) overlaid: a colour per run, a line style per split.
+
+    ``series`` is ``(label, long-format columns step/split/name/value)`` per run.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = pq.read_table(metrics_path).to_pydict()
-    steps = np.asarray(table["step"])
-    splits = np.asarray(table["split"], dtype=object)
-    names = np.asarray(table["name"], dtype=object)
-    values = np.asarray(table["value"])
-    metric_names = [n for n in dict.fromkeys(names) if n != "loss"]
+    names_seen = [n for _, t in series for n in t["name"]]
+    metric_names = [n for n in dict.fromkeys(names_seen) if n != "loss"]
     panels = ["loss"] + metric_names[:2]
+    styles = {"train": "-", "val": "--", "test": ":"}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for run_index, (label, table) in enumerate(series):
+        steps = np.asarray(table["step"])
+        splits = np.asarray(table["split"], dtype=object)
+        names = np.asarray(table["name"], dtype=object)
+        values = np.asarray(table["value"])
+        for ax, name in zip(axes[0], panels):
+            for split_index, split in enumerate(dict.fromkeys(splits)):
+                sel = (names == name) & (splits == split)
+                if not sel.any():
+                    continue
+                x, y = steps[sel], values[sel]
+                if split == "train" and sel.sum() > 200:  # smooth noisy per-step curves
+                    width = max(1, int(sel.sum()) // 100)
+                    y = np.convolve(y, np.ones(width) / width, mode="valid")
+                    x = x[width - 1:]
+                colour = colours[(run_index if label else split_index) % len(colours)]
+                ax.plot(x, y, label=f"{label} {split}".strip(), color=colour, linestyle=styles.get(split, "-"),
+                        marker="o" if split != "train" and not label else None, markersize=3)
     for ax, name in zip(axes[0], panels):
-        for split in dict.fromkeys(splits):
-            sel = (names == name) & (splits == split)
-            if not sel.any():
-                continue
-            x, y = steps[sel], values[sel]
-            if split == "train" and sel.sum() > 200:  # smooth noisy per-step curves
-                width = max(1, int(sel.sum()) // 100)
-                y = np.convolve(y, np.ones(width) / width, mode="valid")
-                x = x[width - 1:]
-            ax.plot(x, y, label=split, marker="o" if split != "train" else None, markersize=3)
         ax.set_xlabel("step")
         ax.set_title(name)
         if name == "loss":
             ax.set_yscale("log")
-        ax.legend()
+        ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

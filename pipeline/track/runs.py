@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.track.metrics import read_metrics
-from pipeline.track.run_dir import CorruptFile, default_runs_root, parquet_files, read_json_object
+from pipeline.track.run_dir import CorruptFile, default_runs_root, parquet_files, read_json_object, read_parquet
 
 METRICS = "metrics.parquet"
 
@@ -127,3 +127,30 @@ def plot_run_dir(run: Path) -> Path:
     if not (run / METRICS).exists() or read_metrics(run / METRICS).num_rows == 0:
         raise PipelineError(f"{run} has no {METRICS} yet")
     return plot_run(run / METRICS, run / "curves.png", title=run.name)
+
+
+def curves_of(spec: str) -> tuple[str, dict]:
+    """``RUN_DIR`` or ``SWEEP_DIR@TRIAL``: a label and that run's (or trial's) long-format metrics."""
+    folder, _, trial = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    path = Path(folder)
+    if trial:
+        if not trial.isdigit():
+            raise PipelineError(f"{spec}: a sweep trial is SWEEP_DIR@N, with N a trial id")
+        curves = path / "curves.parquet"
+        if not curves.exists():
+            raise PipelineError(f"{path} is not a sweep folder with curves (no curves.parquet)")
+        table = read_parquet(curves, filters=[("trial", "=", int(trial))])
+        if table.num_rows == 0:
+            raise PipelineError(f"{spec}: the sweep has no curves for trial {trial}")
+        return f"{path.name}@{trial}", table.to_pydict()
+    _require_run(path)
+    if not (path / METRICS).exists():
+        raise PipelineError(f"{path} has no {METRICS} yet")
+    return path.name, read_metrics(path / METRICS).to_pydict()
+
+
+def plot_many(specs: list[str], out: Path) -> Path:
+    """Several runs or sweep trials overlaid in one PNG."""
+    from pipeline.track.plot import plot_runs
+
+    return plot_runs([curves_of(s) for s in specs], out, title=f"{len(specs)} runs")

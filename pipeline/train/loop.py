@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, to_dict
 from pipeline.data import DataError, DatasetInfo, Split, Store, ensure_dataset
 from pipeline.data.budget import fits_on_device
 from pipeline.data.device import (
@@ -38,12 +39,15 @@ from pipeline.objectives import best_metric
 from pipeline.signals import sigint_flag
 from pipeline.track.background import plot_later
 from pipeline.track.metrics import MetricsTable
+from pipeline.track.profile import Profiler
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
+from pipeline.track.trackers import trackers
 from pipeline.train.calls import target_steps_per_call
 from pipeline.train.checkpoint import Checkpointer, host_copy
 from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.evaluation import Bookkeeping, finalize
+from pipeline.train.hooks import Hook, Hooks, RunInfo
 from pipeline.train.record import open_run_dir
 from pipeline.train.state import StepSpec, TrainState, create_state
 from pipeline.train.step import eval_sums, train_many, train_scan
@@ -192,8 +196,8 @@ class Batches:
 class _Run:
     """One training run's moving parts; ``train()`` below is the whole story."""
 
-    def __init__(self, prep: Prepared, run_dir: Path, show_progress: bool):
-        self.prep, self.run_dir = prep, run_dir
+    def __init__(self, prep: Prepared, run_dir: Path, show_progress: bool, hooks: Hooks):
+        self.prep, self.run_dir, self.hooks = prep, run_dir, hooks
         self.k = prep.steps_per_call
         self.metrics = MetricsTable(run_dir / "metrics.parquet")
         self.checkpointer = Checkpointer(run_dir, prep.cfg.checkpoint_keep)
@@ -230,6 +234,7 @@ class _Run:
             raise NonFiniteLoss(f"non-finite training loss at step {int(steps[good])}; the run stopped "
                                 f"(metrics up to step {int(steps[good]) - 1} are in {self.metrics.path})")
         self.metrics.add(steps, "train", host, self.wall())
+        self.hooks.after_call(steps, host)
         self.progress.update(last_step, float(host["loss"][-1]))
 
     def log_eval(self, step: int, sums: dict[str, Any]) -> bool:
@@ -245,6 +250,7 @@ class _Run:
                                       f"metric (it returned {', '.join(values)})")
                 higher = self.prep.spec.objective.higher_is_better[self.best_metric]
                 improved = self.book.observe(step, values[self.best_metric], higher)
+        self.hooks.on_eval(step, {split: self.book.last_eval[split] for split in sums})
         self.progress.note(step, self.book.last_eval.get("test", {}))
         return improved
 
@@ -281,20 +287,24 @@ class _Run:
         self.held_best = None
         self.checkpointer.save(step, state, self.meta(step), best=best)
         self.last_save = time.time()
+        self.hooks.on_checkpoint(step, best)
 
     def evaluate_all(self, state: TrainState) -> dict[str, Any]:
         return {name: self.evaluate(state, b.x, b.y, b.mask) for name, b in self.prep.evals.items()}
 
 
 def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progress: bool = True,
-          experiment_file: str = "") -> dict[str, Any]:
+          experiment_file: str = "", hooks: list[Hook] | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming it when it holds an earlier run of this config.
 
-    Returns the summary object (also written to ``run_dir/summary.json``).
+    ``hooks`` (and the trackers ``cfg.log`` names) are called on the host between compiled
+    calls. Returns the summary object (also written to ``run_dir/summary.json``).
     """
+    all_hooks = Hooks(trackers(cfg.log) + list(hooks or []))  # a missing tracker extra fails before any work
+    profiler = Profiler(cfg.profile, run_dir / "profile")
     prep = prepare(cfg, store)
     resuming = open_run_dir(run_dir, experiment, cfg, prep.info, experiment_file)
-    r = _Run(prep, run_dir, show_progress)
+    r = _Run(prep, run_dir, show_progress, all_hooks)
     state = r.restore(prep.state) if resuming else prep.state
     if not resuming:
         r.metrics.truncate_after(0)
@@ -302,11 +312,13 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
     pending: list[tuple[int, Any]] = []  # (last step, device metrics) of the previous call
     batches = Batches(prep, r.book.step)
     try:
+        all_hooks.on_start(RunInfo(run_dir, experiment, to_dict(cfg), total, r.book.step))
         with sigint_flag() as interrupted, r.progress:
             step = r.book.step
             r.progress.update(step, float("nan"))
             while step < total and not r.book.stopped_early:
-                state, step_metrics = r.run(state, *batches.args())
+                with profiler.call(step, k):
+                    state, step_metrics = r.run(state, *batches.args())
                 step += k
                 for item in pending:  # the previous call's results, while this one runs
                     r.log_train(*item)
@@ -336,10 +348,13 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
             for item in pending:
                 r.log_train(*item)
     finally:
+        profiler.stop()
         batches.close()
         r.checkpointer.wait()
         r.checkpointer.close()
         r.metrics.flush()
+        if sys.exc_info()[0] is not None:  # failed or interrupted: the hooks still close (files, runs)
+            all_hooks.close()
     summary = {
         "run_dir": str(run_dir),
         "experiment": experiment,
@@ -353,6 +368,10 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
         "stopped_early": r.book.stopped_early,
     }
     write_json(run_dir / "summary.json", summary)
+    try:
+        all_hooks.on_end(summary)
+    finally:
+        all_hooks.close()
     if cfg.plot:
         plot_later(run_dir)
     return summary

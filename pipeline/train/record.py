@@ -16,7 +16,7 @@ DATASET_FILE = "dataset.json"
 # changing what the saved state means.
 RESUMABLE_CHANGES = (
     "steps", "epochs", "eval_every", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep", "patience",
-    "steps_per_call", "plot",
+    "steps_per_call", "plot", "log", "profile",
 )
 
 
