@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -116,7 +117,7 @@ class DatasetWriter:
         self.staging = ""
         self._held = ExitStack()
         self._open = True
-        try:
+        with self._or_abort():
             self._held.enter_context(sigterm_as_interrupt())
             self._held.enter_context(store.lock(wait, f"import '{template.name}'"))
             if store.exists(template.name) and not overwrite:
@@ -129,6 +130,13 @@ class DatasetWriter:
                 self.fs.create_dir(staging)
             self.staging = staging
             commits.LIVE.add(staging)
+
+    @contextmanager
+    def _or_abort(self) -> Iterator[None]:
+        """Any failure inside aborts (files closed, staging removed, lock released); an OSError
+        becomes one line naming the path."""
+        try:
+            yield
         except OSError as exc:
             self.abort()
             raise self._error(exc) from None
@@ -151,11 +159,8 @@ class DatasetWriter:
     def add_split(self, split: str) -> None:
         """Declare a split that may receive no rows (commit then reports it as empty)."""
         if split not in self.splits:
-            try:
+            with self._or_abort():
                 self.splits[split] = _SplitWriter(self, split)
-            except OSError as exc:
-                self.abort()
-                raise self._error(exc) from None
 
     def append(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
         t = self.template
@@ -168,15 +173,12 @@ class DatasetWriter:
         self.fingerprint.update(split, x, y)
         if split == "train" and self.stats is not None:
             self.stats.update(x)
-        try:
+        with self._or_abort():
             self.splits[split].append(x, y)
-        except OSError as exc:
-            self.abort()
-            raise self._error(exc) from None
 
     def commit(self) -> DatasetInfo:
         """Write the footers with the final metadata, fsync, and rename the staging folder into place."""
-        try:
+        with self._or_abort():
             commits.pause_at("staging")
             for name, writer in self.splits.items():
                 if writer.rows == 0:
@@ -195,12 +197,6 @@ class DatasetWriter:
             self.store.install(self.staging, info.name, self.overwrite)
             commits.LIVE.discard(self.staging)
             self.staging = ""
-        except OSError as exc:
-            self.abort()
-            raise self._error(exc) from None
-        except BaseException:
-            self.abort()
-            raise
         self.abort()  # releases the lock; the staging folder is the dataset now
         return info
 

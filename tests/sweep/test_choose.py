@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_a_default_sweep_measures_its_plan_and_records_its_choice(home):
     assert set(rates) == {"population"} and rates["population"] > 0
     assert plan["plan"] == "population" and plan["why"] == "too short to repay probing the sequential plan"
     assert summary["vmap"] is (plan["plan"] == "population") and not plan["forced"]
-    saved = json.loads((__import__("pathlib").Path(summary["sweep_dir"]) / "sweep.json").read_text())
+    saved = json.loads((Path(summary["sweep_dir"]) / "sweep.json").read_text())
     assert saved["plans"] == summary["plans"]
     forced = json.loads(pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)",
                                  "--no-vmap", "--json").out.strip().splitlines()[-1])
