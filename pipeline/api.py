@@ -147,7 +147,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     folder = Path(run_dir)
     _, cfg, info = read_run(folder)
     spec, like = create_state(cfg, info, cfg.steps)
-    checkpointer = Checkpointer(folder, cfg.checkpoint_keep)
+    checkpointer = Checkpointer(folder / "checkpoints", cfg.checkpoint_keep)
     try:
         restored = checkpointer.read(like, best=which == "best")
     finally:

@@ -167,6 +167,15 @@ def cmd_sweep(args) -> int:
     return run_from_args(args, _store(args), _compile_cache)
 
 
+def cmd_sweep_export(args) -> int:
+    from pipeline.sweep.export import export_trial
+
+    runs_root = Path(args.runs) if args.runs else None
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    print(export_trial(Path(args.sweep_dir), args.trial, _store(args), run_dir, runs_root))
+    return 0
+
+
 def cmd_runs_show(args) -> int:
     from pipeline.sweep.report import is_sweep, show_sweep
     from pipeline.track.runs import show_run
@@ -188,6 +197,17 @@ def cmd_runs_plot(args) -> int:
         return 0
     print(plot_run_dir(Path(args.run)))
     return 0
+
+
+def cmd_launch(args) -> int:
+    from pipeline.launch import launch
+
+    command = args.launch_command[1:] if args.launch_command[:1] == ["--"] else args.launch_command
+    return launch(args.processes, command, port=args.port, grace_s=args.grace)
+
+
+# Commands that use devices: they join the other processes (pipeline.distributed) before JAX touches a device.
+DEVICE_COMMANDS = ("train", "sweep", "sweep-export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,8 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_sweep)
+    # `pipeline sweep export ...` (routed here by _parse: `sweep` itself takes an experiment name first)
+    p = sub.add_parser("sweep-export", parents=[common], prog="pipeline sweep export",
+                       help="write one sweep trial as a run folder (pipeline sweep export SWEEP_DIR --trial N)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--run-dir", default=None, help="the run folder to write (default: a new one under the runs root)")
+    p.set_defaults(func=cmd_sweep_export)
 
-    p = sub.add_parser("bench", parents=[common], help="benchmark the pipeline side by side with its peers")
+    p = sub.add_parser("bench", parents=[common],
+                       help="benchmark suites (cpu-small, loop, sweep, data, stream-train, accel, ...) and points")
     from pipeline.bench.command import add_arguments as add_bench_arguments
     from pipeline.bench.command import run_from_args as run_bench_from_args
 
@@ -266,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="+")
     p.add_argument("--out", default="runs-compared.png", help="the overlay of several runs (default %(default)s)")
     p.set_defaults(func=cmd_runs_plot)
+
+    p = sub.add_parser("launch", help="run N local processes of COMMAND joined by jax.distributed",
+                       usage="pipeline launch -n N [--port P] [--grace S] COMMAND ...")
+    p.add_argument("-n", "--processes", type=int, required=True, metavar="N", help="processes to start")
+    p.add_argument("--port", type=int, default=None, help="coordinator port on localhost (default: a free one)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="S",
+                   help="seconds the other processes get to stop after one fails, before SIGKILL")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("launch_command", nargs=argparse.REMAINDER, metavar="COMMAND",
+                   help="e.g. pipeline train digits_mlp steps=100; each output line comes back prefixed [i]")
+    p.set_defaults(func=cmd_launch)
     return parser
 
 
@@ -284,6 +323,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     import contextlib
     import io
 
+    if argv is None:
+        argv = sys.argv[1:]
+    if list(argv[:2]) == ["sweep", "export"]:
+        argv = ["sweep-export", *argv[2:]]
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -304,6 +347,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if code:
+        from pipeline import distributed
+
+        if distributed.joined():  # one of several processes: leave now, its peers may be waiting for it
+            distributed.leave(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     import signal
 
     from pipeline import signals
@@ -315,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # SIGTERM unwinds like Ctrl-C; the loops that save (train, sweep) catch both as a flag.
         with signals.terminate_as_interrupt(), lock_scope():
+            if args.command in DEVICE_COMMANDS:
+                from pipeline.distributed import initialize
+
+                initialize()  # a no-op, without JAX, unless the environment asks for several processes
             code = args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return code

@@ -84,6 +84,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """How the devices are laid out: ``mesh.data`` x ``mesh.fsdp`` must be the device count.
+
+    Batches are split over both axes; parameters and optimizer state are sharded over ``fsdp``
+    (``pipeline.sharding``). The product is checked when the mesh is built, against the devices
+    of every process.
+    """
+
+    data: int = 0  # data-parallel size; 0 takes the devices `fsdp` leaves
+    fsdp: int = 1  # devices each large parameter is sharded over; 1 replicates every parameter
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment: what data, which model, how to optimise and for how long."""
 
@@ -109,6 +122,7 @@ class Config:
     plot: bool = True  # draw curves.png in a background process once the summary is written
     log: str = ""  # trackers besides Parquet, a comma list: tensorboard, wandb, mlflow
     profile: str = ""  # START:STEPS traces those steps with jax.profiler into RUN_DIR/profile/
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # mesh.data x mesh.fsdp devices
     model: ModelConfig = field(default_factory=lambda: default_model())
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -312,6 +326,7 @@ _AT_MOST = {
     "steps_per_call": 10**5, "grad_accum": 10**4, "patience": 10**9, "checkpoint_every": 10**9,
     "checkpoint_keep": 10**4, "checkpoint_minutes": 10**6, "optimizer.warmup_steps": 10**9,
     "data.shuffle_buffer": 10**9, "data.prefetch": 10**4, "data.max_device_bytes": 2**60,
+    "mesh.data": 2**20, "mesh.fsdp": 2**20,
 }
 
 
@@ -358,7 +373,7 @@ def validate(cfg: Config) -> None:
         if key in flat and flat[key] not in allowed:
             raise ConfigError(f"bad value for '{key}': {flat[key]!r}; choose one of {', '.join(allowed)}")
     positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "grad_accum", "checkpoint_keep",
-                "data.shuffle_buffer", "data.prefetch")
+                "data.shuffle_buffer", "data.prefetch", "mesh.fsdp")
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must be at least 1")
@@ -372,7 +387,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'data.max_device_bytes': {flat['data.max_device_bytes']} must not be "
                           "negative (0 streams every dataset from disk)")
     for key in ("epochs", "steps_per_call", "optimizer.warmup_steps", "patience", "checkpoint_every",
-                "checkpoint_minutes"):
+                "checkpoint_minutes", "mesh.data"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
     if not 0.0 <= flat["data.validation_fraction"] < 1.0:

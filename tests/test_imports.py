@@ -28,12 +28,12 @@ def modules_after(argv: list[str], tmp_path, before_first_step: bool = False) ->
             return sorted(m for m in sys.modules if m in {HEAVY!r}
                           or (m.startswith("pipeline.bench") and m not in {PARSER_ONLY!r}))
         if {before_first_step!r}:
-            from pipeline.train import loop
-            original = loop.Batches.args
+            from pipeline.train import population
+            original = population.SoloPopulation.step
             def first(self):
                 seen.setdefault("first_step", loaded())
                 return original(self)
-            loop.Batches.args = first
+            population.SoloPopulation.step = first
         from pipeline.cli import main
         try:
             code = main({argv!r})

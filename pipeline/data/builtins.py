@@ -1,7 +1,8 @@
 """Built-in sources that need no network: ``builtin:NAME`` on the command line.
 
 A dataset named like a built-in is imported on first use (``data=digits``).
-Each loader takes the import seed and returns a ``Loaded``.
+Each loader takes no arguments and returns a ``Loaded``. A built-in's arrays do not depend on
+the import's seed, which only picks the test rows of a built-in without a test split of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from pipeline.data.dataset import Loaded, Split
 
 
-def digits(seed: int) -> Loaded:
+def digits() -> Loaded:
     """scikit-learn's 8x8 handwritten digits, as 8x8 float32 images in [0, 1]."""
     from sklearn.datasets import load_digits
 
@@ -23,7 +24,7 @@ def digits(seed: int) -> Loaded:
     return Loaded(Split(x, y), None, "classification", 10, [str(i) for i in range(10)])
 
 
-def regression(seed: int) -> Loaded:
+def regression() -> Loaded:
     """4000 rows, 8 Gaussian features, a linear target plus a small nonlinear term and noise."""
     rng = np.random.default_rng(1234)  # fixed: the built-in is the same everywhere
     x = rng.normal(size=(4000, 8)).astype(np.float32)
@@ -32,14 +33,14 @@ def regression(seed: int) -> Loaded:
     return Loaded(Split(x, y.astype(np.float32)), None, "regression")
 
 
-def text(seed: int) -> Loaded:
+def text() -> Loaded:
     """Byte-level token windows of the Python standard library's source (see text_corpus.py)."""
     from pipeline.data.text_corpus import text as load_text
 
-    return load_text(seed)
+    return load_text()
 
 
-BUILTINS: dict[str, Callable[[int], Loaded]] = {
+BUILTINS: dict[str, Callable[[], Loaded]] = {
     "digits": digits,
     "regression": regression,
     "text": text,

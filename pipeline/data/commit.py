@@ -18,7 +18,8 @@ one with ``NAME`` beside it is deleted. Every staging folder belongs to the writ
 store lock, so one found by the holder (that is not its own) is debris and is deleted.
 
 ``PIPELINE_TEST_PAUSE_AT=STAGE[:SECONDS]`` makes a write sleep at a named stage (default 600 s)
-after printing ``paused at STAGE`` to stderr, so tests can kill it there. Tests only.
+after printing ``paused at STAGE`` to stderr, so tests can kill it there. Tests only. The
+stages, in order: ``locked``, ``staging``, ``written``, ``moved-aside``, ``swapped``, ``installed``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from pipeline.data.validate import DataError
 
 STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{12}$")
 OLD = re.compile(r"^\.(?P<name>.+)\.old-[0-9a-f]{12}$")
-STAGES = ("locked", "staging", "written", "moved-aside", "swapped", "installed")
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 EXCHANGE = True  # tests set it False to exercise the move-aside path

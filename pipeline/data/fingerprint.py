@@ -34,11 +34,6 @@ class Fingerprint:
             if arr.size:
                 digest.update(memoryview(arr).cast("B"))
 
-    def add_empty(self, split: str, x_dtype: str, x_shape: tuple[int, ...], y_dtype: str,
-                  y_shape: tuple[int, ...]) -> None:
-        """Make a split with no rows count (so it still changes the fingerprint)."""
-        self.update(split, np.zeros((0, *x_shape), x_dtype), np.zeros((0, *y_shape), y_dtype))
-
     def hexdigest(self) -> str:
         summary = hashlib.sha256()
         for split, role in sorted(self._digests, key=lambda k: (k[0], ROLES.index(k[1]))):

@@ -45,7 +45,7 @@ def import_dataset(store: Store, source: str, name: str, target: str | None = No
             if features is not None:
                 raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "
                                 "not of an .npz or a built-in")
-            return import_loaded(store, load_source(source, target, seed), source, name, test_fraction, seed,
+            return import_loaded(store, load_source(source), source, name, test_fraction, seed,
                                  overwrite, layout, wait=wait)
         layout = layout or Layout()
         return import_tables(store, TableFiles(source, layout), name, target, features, test_fraction, seed,

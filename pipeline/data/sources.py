@@ -12,10 +12,10 @@ from pipeline.data.dataset import Loaded, Split
 from pipeline.data.validate import DataError
 
 
-def load_source(source: str, target: str | None, seed: int) -> Loaded:
+def load_source(source: str) -> Loaded:
     """Read an ``.npz`` or ``builtin:NAME`` into arrays. Raises DataError naming the file and what is wrong."""
     if source.startswith("builtin:"):
-        return load_builtin(source.removeprefix("builtin:"), seed)
+        return load_builtin(source.removeprefix("builtin:"))
     fs, paths = fsx.expand(source, (".npz",))
     if len(paths) != 1:
         raise DataError(f"{source}: {len(paths)} .npz files; import one at a time")
@@ -97,13 +97,13 @@ def _class_ids(where: str, train: Split, test: Split | None) -> Loaded:
     return Loaded(train, test, "classification", int(values.size), names)
 
 
-def load_builtin(name: str, seed: int) -> Loaded:
+def load_builtin(name: str) -> Loaded:
     from pipeline.data.builtins import BUILTINS
 
     if name not in BUILTINS:
         known = ", ".join("builtin:" + b for b in BUILTINS)
         raise DataError(f"unknown built-in source 'builtin:{name}'; built-ins: {known}")
-    return BUILTINS[name](seed)
+    return BUILTINS[name]()
 
 
 def test_mask(rows: int, fraction: float, seed: int) -> np.ndarray:

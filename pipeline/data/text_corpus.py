@@ -55,8 +55,8 @@ def byte_names() -> list[str]:
     return [chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in range(VOCAB)]
 
 
-def text(seed: int) -> Loaded:
-    """Train and test token windows; ``seed`` is unused: the corpus is fixed by the interpreter."""
+def text() -> Loaded:
+    """Train and test token windows of the running interpreter's standard library."""
     files = corpus_files()
     splits = {}
     for name, paths in files.items():

@@ -19,16 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipeline.sweep.population import (
-    MemberOrders,
-    Programs,
-    SoloPopulation,
-    VmapPopulation,
-    solo_programs,
-    stack,
-    vmapped_programs,
-)
-from pipeline.train.loop import Prepared
+from pipeline.train.loop import Prepared, run_feed
+from pipeline.train.population import Programs, SoloPopulation, VmapPopulation, solo_programs, stack, vmapped_programs
 from pipeline.train.state import create_state
 
 PROBE_CALLS = 3  # timed calls of each plan, after one that compiles and warms up
@@ -66,21 +58,25 @@ def measure(prep: Prepared, configs: list[Any], steps_per_call: int, total_steps
     seeds = [cfg.resolved_data_seed for cfg in configs]
     live = np.ones(len(configs), bool)
     rates, programs = {}, {}
+    stream = prep.reader is not None
     for name, make in (("population", vmapped_programs), ("sequential", solo_programs)):
-        programs[name] = make(prep.spec, steps_per_call)
-        orders = MemberOrders(seeds, prep.train, prep.cfg.batch_size, len(set(seeds)))
-        if name == "population":
-            pop = VmapPopulation(programs[name], stack(states), live, orders, 0)
-        else:
-            pop = SoloPopulation(programs[name], jax.device_get(states), live, orders, 0)
-        start = time.perf_counter()
-        jax.block_until_ready(pop.step())  # compiles
-        compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(PROBE_CALLS):
-            handle = pop.step()
-        jax.block_until_ready(handle)
-        rates[name] = len(configs) * steps_per_call * PROBE_CALLS / (time.perf_counter() - start)
+        programs[name] = make(prep.spec, steps_per_call, stream=stream)
+        feed = run_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
+        try:
+            if name == "population":
+                pop = VmapPopulation(programs[name], stack(states), live, feed, 0)
+            else:
+                pop = SoloPopulation(programs[name], jax.device_get(states), live, feed, 0)
+            start = time.perf_counter()
+            jax.block_until_ready(pop.step())  # compiles
+            compile_s = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(PROBE_CALLS):
+                handle = pop.step()
+            jax.block_until_ready(handle)
+            rates[name] = len(configs) * steps_per_call * PROBE_CALLS / (time.perf_counter() - start)
+        finally:
+            feed.close()
         if name == "population" and group_member_steps / rates[name] < REPAY * compile_s:
             return Plan(True, rates, programs[name], why="too short to repay probing the sequential plan")
     vmap = choose(rates)

@@ -1,28 +1,34 @@
-"""One population from first step to last: K steps a call, evaluations, halving, checkpoints.
+"""One population of a sweep, from first step to last, run by the training engine.
 
-The host reads back the metrics of call N while call N+1 runs. At evaluations it catches
-up, records every live member, stops diverged, early-stopped and (at rungs) the worst
-members, and checkpoints the population so an interrupted sweep continues from here.
+A population is a chunk of a group's trials: their states (fresh, or from the population's
+Orbax checkpoint ``checkpoints/gG-cC/``), their metrics (``checkpoints/gG-cC.metrics/``, the
+run's metrics writer with a ``trial`` column) and the engine that steps them. The final
+checkpoint stays after the population ends: ``pipeline sweep export`` reads a trial's weights
+from it.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.objectives import best_metric
-from pipeline.sweep import checkpoint
+from pipeline.config import to_dict
 from pipeline.sweep.plan import Group, Trial
-from pipeline.sweep.population import MemberOrders, SoloPopulation, VmapPopulation, stack, unstack
-from pipeline.sweep.records import Curves, TrialRecord
-from pipeline.train.evaluation import finalize
-from pipeline.train.loop import Interrupted, Prepared
+from pipeline.track.metrics import MetricsTable
+from pipeline.track.run_dir import remove_path
+from pipeline.track.trackers import trackers
+from pipeline.train.checkpoint import Checkpointer
+from pipeline.train.engine import Engine, Selection, books_from_meta
+from pipeline.train.evaluation import Bookkeeping
+from pipeline.train.hooks import Hook, Hooks, RunInfo
+from pipeline.train.loop import Prepared, policy_of, run_feed, selection_of
+from pipeline.train.population import SoloPopulation, VmapPopulation, stack, unstack
 from pipeline.train.state import create_state, same_program
 
 
@@ -41,74 +47,98 @@ class GroupRun:
     programs: Any
     vmap: bool
     trials: list[Trial]
-    records: dict[int, TrialRecord]
+    records: dict[int, Bookkeeping]
     checkpoints: Path
     halving: Halving
     interrupted: dict
     on_checkpoint: Callable[[], None]  # rewrites trials.parquet
     on_progress: Callable[[int, float], None] = lambda steps, loss: None
     seed_slots: int = 1  # distinct data seeds a population of this group holds, at most
-    select: tuple[str, str] = field(init=False)
-    higher: bool = field(init=False)  # whether the selection metric is better higher
+    experiment: str = ""
+    select: Selection = field(init=False)
 
     def __post_init__(self) -> None:
-        metric = best_metric(self.prep.cfg, self.prep.spec.objective)
-        self.select = (self.prep.select_split, metric)
-        self.higher = self.prep.spec.objective.higher_is_better[metric]
+        self.select = selection_of(self.prep)
+
+
+def population_folder(checkpoints: Path, group: int, index: int) -> Path:
+    return checkpoints / f"g{group}-c{index}"
+
+
+class _AfterSave(Hook):
+    def __init__(self, callback: Callable[[], None]):
+        self.callback = callback
+
+    def on_checkpoint(self, step: int, best: bool) -> None:
+        self.callback()
 
 
 class PopulationRun:
     def __init__(self, run: GroupRun, index: int, members: list[int], size: int):
         self.run, self.members = run, members
-        self.folder = run.checkpoints / f"g{run.group.id}-c{index}"
+        self.folder = population_folder(run.checkpoints, run.group.id, index)
         self.cfg = run.prep.cfg
-        self.k, self.total = run.group.steps_per_call, run.group.total_steps
-        self.slots: list[int | None] = members + [None] * (size - len(members))
-        self.step, self.wall0 = 0, 0.0
-        self.curves = Curves()
-        self.saved_rows = 0  # curve rows already in the checkpoint's parts
-        self.live = np.array([s is not None for s in self.slots])
-        restored = self._restore()
-        states = restored if restored is not None else self._fresh_states()
-        if run.vmap and isinstance(states, list):
-            states = stack(states)
-        for t in members:
-            if run.records[t].status == "pending":
-                run.records[t].status = "running"
-        seeds = [self._slot_cfg(slot).resolved_data_seed for slot in self.slots]
-        orders = MemberOrders(seeds, run.prep.train, self.cfg.batch_size, run.seed_slots)
+        total = run.group.total_steps
+        slots: list[int | None] = members + [None] * (size - len(members))
+        self._forget_first_build()
+        self.checkpointer = Checkpointer(self.folder, keep=1)
+        self.metrics = MetricsTable(self.folder.with_name(self.folder.name + ".metrics"), members=True)
+        step, wall, live, state = 0, 0.0, None, None
+        restored = self.checkpointer.restore_latest(lambda meta: stack(self._fresh_states(meta["slots"])))
+        if restored is not None and restored[1]["members"] == members:
+            state, meta = restored
+            slots, live, step, wall = meta["slots"], np.array(meta["live"], bool), meta["step"], meta["wall_s"]
+            run.records.update(books_from_meta(meta))
+        elif restored is not None:  # made by another chunking of the group: start over
+            self.checkpointer.close()
+            remove_path(self.folder)
+            self.checkpointer = Checkpointer(self.folder, keep=1)
+        self.metrics.truncate_after(step)
+        if state is None:
+            state = stack(self._fresh_states(slots))
+        seeds = [self._slot_cfg(slot).resolved_data_seed for slot in slots]
+        self.feed = run_feed(run.prep, step, seeds, run.seed_slots, own_reader=False)
+        live = np.array([s is not None for s in slots]) if live is None else live
         if run.vmap:
-            self.pop = VmapPopulation(run.programs, states, self.live, orders, self.step)
+            pop = VmapPopulation(run.programs, state, live, self.feed, step)
         else:
-            states = states if isinstance(states, list) else unstack(states, len(self.slots))
-            self.pop = SoloPopulation(run.programs, states, self.live, orders, self.step)
-        self.started = time.time()
+            pop = SoloPopulation(run.programs, unstack(state, len(slots)), live, self.feed, step)
+        self.hooks = {t: self._trackers(t) for t in members}
+        policy = policy_of(self.cfg, total, run.group.steps_per_call, single=False, rungs=run.halving.rungs,
+                           keep=run.halving.keep)
+        message = (f"interrupted at step {{step}} of group {run.group.id}; the sweep is checkpointed: continue it "
+                   f"with the same command and --sweep-dir {run.checkpoints.parent}")
+        self.engine = Engine(pop, slots, run.records, policy, run.select, run.prep.spec.objective, run.prep.evals,
+                             self.metrics, self.checkpointer, self.hooks, run.interrupted, message, step=step,
+                             wall_s=wall, live=live,
+                             on_progress=lambda last, n, loss: run.on_progress(n, loss))
 
-    def _restore(self) -> Any:
-        """The checkpointed stacked state (and records, curves, position), or None to start afresh."""
-        meta = checkpoint.read_meta(self.folder)
-        if meta is None or meta["members"] != self.members:
-            return None
-        padded = self.slots
-        self.slots = meta["slots"]  # after a repack, fewer slots than members
-        restored = checkpoint.load(self.folder, stack(self._fresh_states()))
-        if restored is None:  # made by another program: start over
-            self.slots = padded
-            return None
-        host_state, meta, table = restored
-        self.step, self.wall0 = meta["step"], meta["wall_s"]
-        self.live = np.array(meta["live"], bool)
-        for tid, rec in meta["records"].items():
-            self.run.records[int(tid)] = TrialRecord.from_json(rec)
-        if table is not None:
-            self.curves.extend(table)
-            self.saved_rows = table.num_rows
-        return host_state
+    def _forget_first_build(self) -> None:
+        """The first build kept a population as ``state.npz`` + ``meta.json``: its trials start over."""
+        if (self.folder / "meta.json").is_file() or (self.folder / "state.npz").is_file():
+            print(f"note: {self.folder} is a checkpoint of the first build's format; this population's trials "
+                  "start over (finished trials are kept)", file=sys.stderr)
+            remove_path(self.folder)
+            remove_path(self.folder.with_name(self.folder.name + ".curves"))
 
-    def _fresh_states(self) -> list[Any]:
+    def _trackers(self, trial: int) -> Hook:
+        """Each member's trackers (``log=``), under ``SWEEP_DIR/trials/TRIAL/``; and the trials table
+        rewritten at every checkpoint (by the first member's hook: once per save)."""
+        tracked = trackers(self.cfg.log)
+        if tracked:
+            cfg = self.run.trials[trial].cfg
+            info = RunInfo(self.run.checkpoints.parent / "trials" / str(trial), self.run.experiment, to_dict(cfg),
+                           self.run.group.total_steps, 0)
+            for hook in tracked:
+                hook.on_start(info)
+        if trial == self.members[0]:
+            tracked.append(_AfterSave(self.run.on_checkpoint))
+        return Hooks(tracked)
+
+    def _fresh_states(self, slots: list[int | None]) -> list[Any]:
         states = []
-        for slot in self.slots:
-            spec, state = create_state(self._slot_cfg(slot), self.run.prep.info, self.total)
+        for slot in slots:
+            spec, state = create_state(self._slot_cfg(slot), self.run.prep.info, self.run.group.total_steps)
             # plan.check_programs refused this before the sweep began; a member must never run another program.
             assert same_program(spec, self.run.prep.spec), f"trial {slot} does not fit its population's program"
             states.append(state)
@@ -118,124 +148,20 @@ class PopulationRun:
         """A slot's trial config; padding slots (None) repeat the first member."""
         return self.run.trials[self.members[0] if slot is None else slot].cfg
 
-    def wall(self) -> float:
-        return self.wall0 + time.time() - self.started
-
-    # -- the loop ------------------------------------------------------------------------
     def execute(self) -> None:
-        pending = None
-        every_save = self.cfg.checkpoint_every or self.cfg.eval_every  # populations save at evaluations
-        while self.step < self.total and self.live.any():
-            handle = self.pop.step()
-            self.step += self.k
-            if pending is not None:
-                self._train_metrics(*pending)  # the previous call's, while this one runs
-            pending = (self.step, handle)
-            eval_due = self.step % self.cfg.eval_every == 0 or self.step == self.total
-            save_due = self.step % every_save == 0
-            if eval_due or save_due or self.run.interrupted["set"]:
-                self._train_metrics(*pending)
-                pending = None
-                if eval_due:
-                    self._evaluate()
-                if self.step < self.total and self.live.any():
-                    self.save()
-                if self.run.interrupted["set"]:
-                    raise Interrupted(f"interrupted at step {self.step} of group {self.run.group.id}; the sweep "
-                                      f"is checkpointed: continue it with the same command and --sweep-dir "
-                                      f"{self.run.checkpoints.parent}")
-        if pending is not None:
-            self._train_metrics(*pending)
-        for slot in np.flatnonzero(self.live):
-            self._finish(self.slots[slot], "done", None)
+        try:
+            self.engine.execute()
+        finally:
+            self.feed.close()
+            self.checkpointer.wait()
+            self.checkpointer.close()
+            self.metrics.flush()
+            for hooks in self.hooks.values():
+                hooks.close()
 
-    def _finish(self, trial: int, status: str, at: int | None, steps: int | None = None) -> None:
-        rec = self.run.records[trial]
-        rec.status, rec.stopped_at = status, at
-        rec.steps = self.step if steps is None else steps
-        rec.wall_s = self.wall()
+    def curves(self) -> pa.Table:
+        return self.metrics.table()
 
-    def _train_metrics(self, last_step: int, handle: Any) -> None:
-        host = self.pop.fetch(handle)
-        if not host:
-            return
-        steps = np.arange(last_step - self.k + 1, last_step + 1)
-        live = np.flatnonzero(self.live)
-        bad_LxK = ~np.isfinite(host["loss"][live])
-        ok = live[~bad_LxK.any(axis=1)]
-        ids = np.array([self.slots[s] for s in ok], np.int64)
-        self.curves.add(np.repeat(ids, self.k), np.tile(steps, len(ok)), "train",
-                        {n: v[ok].reshape(-1) for n, v in host.items()})
-        diverged = []
-        for row, slot in enumerate(live):
-            if not bad_LxK[row].any():
-                continue
-            first = int(np.argmax(bad_LxK[row]))
-            trial = self.slots[slot]
-            self.curves.add(np.full(first, trial), steps[:first], "train",
-                            {n: v[slot, :first] for n, v in host.items()})
-            # Frozen inside the compiled program at the state before this call.
-            self._finish(trial, "diverged", int(steps[first]), steps=last_step - self.k)
-            diverged.append(int(slot))
-        if diverged:
-            self.live[diverged] = False
-            self.pop.stop(diverged)
-        for slot in ok:
-            self.run.records[self.slots[slot]].steps = last_step
-        if len(ok):
-            self.run.on_progress(len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
-
-    def _evaluate(self) -> None:
-        sums = self.pop.eval_sums(self.run.prep.evals)
-        split, metric = self.run.select
-        objective = self.run.prep.spec.objective
-        live = np.flatnonzero(self.live)
-        for slot in live:
-            evals = {s: finalize(objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
-            trial = self.slots[slot]
-            self.run.records[trial].observe(self.step, evals, split, metric, self.run.higher)
-            for s, values in evals.items():
-                self.curves.add(np.array([trial]), np.array([self.step]), s, values)
-        patience = self.cfg.patience
-        if patience:
-            done = [int(s) for s in live if self.run.records[self.slots[s]].evals_since_best >= patience]
-            self._stop(done, "early_stopped")
-        if self.step in self.run.halving.rungs and self.step < self.total:
-            self._halve(split, metric)
-
-    def _stop(self, slots: list[int], status: str) -> None:
-        if not slots:
-            return
-        for slot in slots:
-            self._finish(self.slots[slot], status, self.step)
-        self.live[slots] = False
-        self.pop.stop(slots)
-
-    def _halve(self, split: str, metric: str) -> None:
-        """Successive halving: the worst members of this population stop here; their records stay."""
-        live = [int(s) for s in np.flatnonzero(self.live)]
-        sign = -1.0 if self.run.higher else 1.0
-
-        def badness(slot: int) -> tuple[float, int]:
-            value = self.run.records[self.slots[slot]].last_eval[split][metric]
-            return (math.inf if math.isnan(value) else sign * value, self.slots[slot])
-
-        ranked = sorted(live, key=badness)
-        survivors = max(1, math.ceil(len(ranked) * self.run.halving.keep))
-        self._stop(ranked[survivors:], "stopped")
-        kept = [int(s) for s in np.flatnonzero(self.live)]
-        if len(kept) <= len(self.slots) // 2:  # repack: stopped members stop costing compute
-            self.pop.keep_only(kept)
-            self.slots = [self.slots[s] for s in kept]
-            self.live = self.live[kept]
-
-    def save(self) -> None:
-        meta = {
-            "members": self.members, "slots": self.slots, "live": self.live.tolist(), "step": self.step,
-            "wall_s": self.wall(),
-            "records": {str(t): self.run.records[t].to_json() for t in self.members},
-        }
-        table = self.curves.table()
-        checkpoint.save(self.folder, self.pop.host_state(), meta, table.slice(self.saved_rows))
-        self.saved_rows = table.num_rows
-        self.run.on_checkpoint()
+    def forget_metrics(self) -> None:
+        """Once merged into ``curves.parquet``, the population's own metrics folder goes."""
+        remove_path(self.metrics.path)

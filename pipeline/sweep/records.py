@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ from pipeline.track.run_dir import (
     read_parquet_files,
     write_parquet,
 )
+from pipeline.train.evaluation import FINISHED, Bookkeeping
 
 METRIC_COLUMN = re.compile(r"^(?P<kind>final|best)_(?P<split>val|test)_(?P<name>.+)$")
-FINISHED = ("done", "diverged", "stopped", "early_stopped")
 
 CURVES_SCHEMA = pa.schema([
     ("trial", pa.int32()),
@@ -43,68 +42,8 @@ CURVES_SCHEMA = pa.schema([
 ])
 
 
-@dataclass
-class TrialRecord:
-    status: str = "pending"  # pending | running | done | diverged | stopped | early_stopped
-    steps: int = 0  # updates in the trial's final state
-    wall_s: float = 0.0
-    stopped_at: int | None = None  # the step of divergence or of the rung that stopped it
-    last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
-    best_eval: dict[str, dict[str, float]] = field(default_factory=dict)
-    best_value: float | None = None
-    best_step: int | None = None
-    evals_since_best: int = 0
-
-    def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str, higher: bool) -> None:
-        """Record one evaluation; track the best by ``split/metric`` (what the solo loop selects by)."""
-        self.last_eval = evals
-        value = evals[split][metric]
-        if math.isnan(value):
-            better = False
-        elif self.best_value is None:
-            better = True
-        else:
-            better = value > self.best_value if higher else value < self.best_value
-        if better:
-            self.best_value, self.best_step, self.best_eval, self.evals_since_best = value, step, evals, 0
-        else:
-            self.evals_since_best += 1
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrialRecord:
-        return cls(**data)
-
-
-class Curves:
-    """Long-format metric rows collected in memory (numpy blocks, concatenated on write)."""
-
-    def __init__(self) -> None:
-        self.blocks: list[pa.Table] = []
-
-    def add(self, trial: np.ndarray, step: np.ndarray, split: str, values: dict[str, np.ndarray]) -> None:
-        """``trial`` and ``step`` are equal-length arrays; each value array matches them."""
-        trial = np.asarray(trial, np.int32)
-        step = np.asarray(step, np.int64)
-        if trial.size == 0:
-            return
-        for name, v in values.items():
-            self.blocks.append(pa.table({
-                "trial": trial, "step": step, "split": pa.array([split] * trial.size, pa.string()),
-                "name": pa.array([name] * trial.size, pa.string()),
-                "value": np.asarray(v, np.float64).reshape(trial.shape),
-            }, schema=CURVES_SCHEMA))
-
-    def table(self) -> pa.Table:
-        table = pa.concat_tables(self.blocks) if self.blocks else CURVES_SCHEMA.empty_table()
-        self.blocks = [table] if self.blocks else []
-        return table
-
-    def extend(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.blocks.append(table.cast(CURVES_SCHEMA))
+# A trial's record is the engine's bookkeeping of that member.
+TrialRecord = Bookkeeping
 
 
 def curves_part(key: str) -> str:
@@ -121,15 +60,14 @@ def merge_curves(path: Path, new: pa.Table, key: str | None = None) -> None:
     replaces its own part, so no row is ever duplicated, and nothing else is read or rewritten.
     A sweep recorded before (``curves.parquet`` one file) keeps being rewritten whole.
     """
-    new = new.cast(CURVES_SCHEMA).sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"),
-                                           ("step", "ascending")])
+    order = [("trial", "ascending"), ("split", "ascending"), ("name", "ascending"), ("step", "ascending")]
+    new = new.select(CURVES_SCHEMA.names).cast(CURVES_SCHEMA).sort_by(order)
     if path.is_file():
         old = read_parquet(path).cast(CURVES_SCHEMA)
         ids = pa.array(np.unique(np.asarray(new.column("trial"))), pa.int32())
         keep = pc.invert(pc.is_in(old.column("trial"), value_set=ids))
         merged = pa.concat_tables([old.filter(keep), new])
-        write_parquet(merged.sort_by([("trial", "ascending"), ("split", "ascending"), ("name", "ascending"),
-                                      ("step", "ascending")]), path)
+        write_parquet(merged.sort_by(order), path)
         return
     if key is None:  # named by its trials: the same population always lands in the same part
         trials = np.unique(np.asarray(new.column("trial")))

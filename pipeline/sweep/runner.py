@@ -22,14 +22,14 @@ from pipeline.data import Store, ensure_dataset
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import best_metric, resolve
 from pipeline.signals import sigint_flag
-from pipeline.sweep import checkpoint, choose, folder, plan, records, strategy
+from pipeline.sweep import choose, folder, plan, records, strategy
 from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
-from pipeline.sweep.population import solo_programs, vmapped_programs
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import read_json, write_json
-from pipeline.train.loop import prepare, streaming
+from pipeline.train.loop import prepare
+from pipeline.train.population import solo_programs, vmapped_programs
 from pipeline.train.state import create_state
 
 
@@ -89,12 +89,6 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         if t.cfg.data.name not in infos:
             infos[t.cfg.data.name] = ensure_dataset(store, t.cfg.data.name)
     groups = plan.make_groups(trials, infos)
-    for g in groups:
-        cfg = trials[g.trials[0]].cfg
-        if streaming(cfg, infos[cfg.data.name]):
-            raise ConfigError(f"dataset '{cfg.data.name}' is streamed from disk (its training split is over "
-                              f"data.max_device_bytes={cfg.data.max_device_bytes}); a sweep needs it on the device: "
-                              "raise data.max_device_bytes")
     check_halving(opts, groups, trials)
     plan.check_programs(groups, trials, infos)
 
@@ -118,7 +112,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         split, metric, higher = selection(trials[0], infos)
         description = {**identity, "trials": len(trials), "chunks": [g.chunks for g in groups],
                        "swept": [d.key for d in space.dimensions], "selection": f"{split}/{metric}",
-                       "higher_is_better": higher}
+                       "higher_is_better": higher, "experiment_file": str(Path(module.__file__).resolve())}
         sweep_dir = folder.create(opts.sweep_dir, opts.sweeps_root or folder.default_sweeps_root(), name,
                                   description)
     swept = [d.key for d in space.dimensions]
@@ -145,25 +139,12 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             if not chunks:
                 continue
             prep = prepare(trials[g.trials[0]].cfg, store)
-            vmap, programs = group_plan(g, prep, trials, chunks[0], opts, plans)
-            if str(g.id) not in saved_plans:
-                write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
-            if programs is None:
-                programs = (vmapped_programs if vmap else solo_programs)(prep.spec, g.steps_per_call)
-            seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
-            run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
-                           Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots)
-            size = max(len(c) for c in g.chunks)
-            if vmap:  # a multiple of the devices, so each device steps its own members
-                size = -(-size // jax.device_count()) * jax.device_count()
-            for index, members in enumerate(g.chunks):
-                if members not in chunks:
-                    continue
-                population = PopulationRun(run, index, members, size)
-                population.execute()
-                records.merge_curves(sweep_dir / "curves.parquet", population.curves.table(), population.folder.name)
-                write_trials()
-                checkpoint.remove(population.folder)
+            try:
+                run_group(g, prep, trials, chunks, recs, sweep_dir, opts, plans, saved_plans, interrupted,
+                          write_trials, on_progress, name)
+            finally:
+                if prep.reader is not None:
+                    prep.reader.close()
     vmapped = any(p["plan"] == "population" for p in plans.values())
     summary = summarize(sweep_dir, name, trials, recs, swept, groups, time.time() - started, vmapped, infos)
     summary["plans"] = plans
@@ -171,6 +152,32 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     if base.plot:
         plot_later(sweep_dir)
     return summary
+
+
+def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[int]], recs: dict,
+              sweep_dir: Path, opts: SweepOptions, plans: dict, saved_plans: dict, interrupted: dict,
+              write_trials, on_progress, name: str) -> None:
+    """Every unfinished population of group ``g``, one after another, with one compiled program."""
+    vmap, programs = group_plan(g, prep, trials, chunks[0], opts, plans)
+    if str(g.id) not in saved_plans:
+        write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
+    if programs is None:
+        make = vmapped_programs if vmap else solo_programs
+        programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
+    seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
+    run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
+                   Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots, name)
+    size = max(len(c) for c in g.chunks)
+    if vmap:  # a multiple of the devices, so each device steps its own members
+        size = -(-size // jax.device_count()) * jax.device_count()
+    for index, members in enumerate(g.chunks):
+        if members not in chunks:
+            continue
+        population = PopulationRun(run, index, members, size)
+        population.execute()
+        records.merge_curves(sweep_dir / "curves.parquet", population.curves(), population.folder.name)
+        write_trials()
+        population.forget_metrics()
 
 
 def group_plan(g: plan.Group, prep, trials: list[plan.Trial], members: list[int], opts: SweepOptions,

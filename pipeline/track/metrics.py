@@ -1,5 +1,7 @@
 """A run's metrics table: long format (step, split, name, value, wall_s) as a Parquet dataset folder.
 
+A population's table (a sweep's) has a leading ``trial`` column: one writer serves both.
+
 On disk ``RUN_DIR/metrics.parquet/`` holds parts ``part-SEQUENCE-LEVEL.parquet``;
 ``pyarrow.parquet.read_table``, ``pandas.read_parquet`` and DuckDB
 (``read_parquet('RUN_DIR/metrics.parquet/*.parquet')``) read the folder as one table.
@@ -54,6 +56,7 @@ SCHEMA = pa.schema([
     ("value", pa.float64()),
     ("wall_s", pa.float64()),
 ])
+MEMBERS_SCHEMA = pa.schema([("trial", pa.int32()), *SCHEMA])
 PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 FANOUT = 8  # parts of one level that merge into one of the next
 
@@ -65,8 +68,9 @@ def part_name(sequence: int, level: int) -> str:
 class MetricsTable:
     """The writer of ``RUN_DIR/metrics.parquet``; only the process that locks the run folder makes one."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, members: bool = False):
         self.path = Path(path)
+        self.schema = MEMBERS_SCHEMA if members else SCHEMA
         self._pending: list[pa.Table] = []
         self._parts: list[tuple[int, int, Path]] = []  # (sequence, level, path), oldest first
         tie_lock_to(self.path.parent, self)  # a library run's folder lock ends with its metrics writer
@@ -93,14 +97,16 @@ class MetricsTable:
         """A run recorded as one ``metrics.parquet`` file: its rows become the folder's first part."""
         if self.path.is_symlink():
             raise CorruptFile(f"{self.path}: a symbolic link, not the run's metrics")
-        table = read_parquet(self.path).cast(SCHEMA)
+        table = read_parquet(self.path).cast(self.schema)
         new = new_folder_beside(self.path, "new")
         write_parquet(table, new / part_name(1, 0))
         replace_folder(new, self.path)
 
     # -- writing -------------------------------------------------------------------------------
-    def add(self, step: int | np.ndarray, split: str, values: dict[str, np.ndarray | float], wall_s: float) -> None:
-        """Add one or many steps of named metrics (arrays share the ``step`` array's length)."""
+    def add(self, step: int | np.ndarray, split: str, values: dict[str, np.ndarray | float], wall_s: float,
+            trial: np.ndarray | None = None) -> None:
+        """Add one or many steps of named metrics (arrays share the ``step`` array's length; so does
+        ``trial``, the member of each row, in a population's table)."""
         steps = np.atleast_1d(np.asarray(step, np.int64))
         columns: dict[str, list] = {f: [] for f in SCHEMA.names}
         for name, value in values.items():
@@ -111,13 +117,15 @@ class MetricsTable:
         if not columns["step"]:
             return
         n = sum(len(s) for s in columns["step"])
+        members = {} if trial is None else {"trial": np.tile(np.asarray(trial, np.int32), len(columns["step"]))}
         self._pending.append(pa.table({
+            **members,
             "step": np.concatenate(columns["step"]),
             "split": np.full(n, split, dtype=object),
             "name": np.concatenate(columns["name"]),
             "value": np.concatenate(columns["value"]),
             "wall_s": np.full(n, wall_s),
-        }, schema=SCHEMA))
+        }, schema=self.schema))
 
     def flush(self) -> None:
         """The rows added since the last flush become one new part (nothing on disk is rewritten)."""
@@ -135,7 +143,7 @@ class MetricsTable:
         while len(self._parts) >= FANOUT and len({level for _, level, _ in self._parts[-FANOUT:]}) == 1:
             group, keep = self._parts[-FANOUT:], self._parts[:-FANOUT]
             sequence, level = group[0][0], group[0][1] + 1
-            merged = read_parquet_files([p for _, _, p in group], SCHEMA)
+            merged = read_parquet_files([p for _, _, p in group], self.schema)
             new = new_folder_beside(self.path, "new")
             try:
                 for _, _, p in keep:
@@ -161,7 +169,7 @@ class MetricsTable:
                 os.unlink(path)
                 self._parts.remove(entry)
             else:
-                table = read_parquet_files([path], SCHEMA)
+                table = read_parquet_files([path], self.schema)
                 write_parquet(table.filter(pc.less_equal(table.column("step"), step)), path)
         if changed:
             fsync_dir(self.path)  # the truncation is on disk before any new row is
@@ -169,7 +177,7 @@ class MetricsTable:
     # -- reading -------------------------------------------------------------------------------
     def table(self) -> pa.Table:
         """Every row: those on disk, then those not flushed yet."""
-        on_disk = read_parquet_files([p for _, _, p in self._parts], SCHEMA)
+        on_disk = read_parquet_files([p for _, _, p in self._parts], self.schema)
         return pa.concat_tables([on_disk, *self._pending]) if self._pending else on_disk
 
 

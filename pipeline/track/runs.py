@@ -72,10 +72,16 @@ def _data_name(config: dict[str, Any]) -> str:
     return str(data)
 
 
-def list_runs(root: Path | None = None, warn=None) -> list[dict]:
-    """One row per run under ``root`` (every row has the same columns, in one order).
+RUN_COLUMNS = ("run", "experiment", "data", "steps")
 
-    A run that cannot be read is left out; ``warn`` (default: a line on stderr) gets its message.
+
+def list_runs(root: Path | None = None, warn=None) -> list[dict]:
+    """One row per run under ``root``, every row with the same columns in one order.
+
+    The columns are ``RUN_COLUMNS`` then every metric of any run's summary (``test/accuracy``,
+    ``test/r2``, ...), grouped by split; a run without a metric has "" there. ``data`` is the
+    dataset's name. A run that cannot be read is left out; ``warn`` (default: a line on stderr)
+    gets its message.
     """
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     root = root or default_runs_root()
@@ -93,14 +99,15 @@ def list_runs(root: Path | None = None, warn=None) -> list[dict]:
         except OSError as exc:
             warn(f"skipped {path}: {exc.filename or path}: {exc.strerror or exc}")
             continue
-        metrics = summary.get("metrics", {})
         rows.append({
             "run": str(path), "experiment": str(config.get("experiment", "")),
             "data": _data_name(config), "steps": summary.get("steps", "unfinished"),
-            **{k: v for k, v in list(metrics.items())[:3]},
+            **{str(k): v for k, v in summary.get("metrics", {}).items() if str(k) not in RUN_COLUMNS},
         })
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    return [{c: row.get(c, "") for c in columns} for row in rows]
+    metrics = list(dict.fromkeys(k for row in rows for k in row if k not in RUN_COLUMNS))
+    splits = list(dict.fromkeys(m.partition("/")[0] for m in metrics))
+    metrics.sort(key=lambda m: splits.index(m.partition("/")[0]))  # stable: first seen within a split
+    return [{c: row.get(c, "") for c in (*RUN_COLUMNS, *metrics)} for row in rows]
 
 
 def show_run(run: Path) -> str:

@@ -1,9 +1,10 @@
-"""Orbax checkpoints of a run: the train state and the loop's position, saved together.
+"""Orbax checkpoints of a run or a sweep population: the train state and the engine's position.
 
-``checkpoints/`` keeps the last K; ``checkpoints/best/`` keeps the one with the best
-evaluation metric. Each checkpoint holds the state pytree and a JSON ``meta`` item (step,
-data reader position, best-so-far and early-stopping bookkeeping), so a resumed run
-continues exactly where it stopped. Saves are asynchronous: Orbax writes from a host copy on
+A run's ``checkpoints/`` keeps the last K and ``checkpoints/best/`` the one with the best
+evaluation metric; a population's ``checkpoints/gG-cC/`` keeps its last (the members' states
+stacked). Each checkpoint holds the state pytree and a JSON ``meta`` item (step, data reader
+position, every member's bookkeeping), so a resume continues exactly where it stopped.
+Saves are asynchronous: Orbax writes from a host copy on
 a background thread while training goes on, and a save waits only for the one before it
 (Orbax commits each through a temporary folder and a rename, so a kill mid-write leaves the
 previous checkpoint as it was). Orbax is imported on first use: a run that never saves
@@ -14,10 +15,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from pipeline.errors import PipelineError
+
+# Written into every checkpoint's meta; checkpoints of the first build have none.
+FORMAT = 2
+
+
+class CannotResume(PipelineError):
+    """A checkpoint that holds a different train state (an earlier version, another model)."""
 
 
 def _ocp():
@@ -32,7 +43,8 @@ def _manager(directory: Path, keep: int):
     ocp = _ocp()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers)
 
 
 def host_copy(state: Any) -> Any:
@@ -40,21 +52,33 @@ def host_copy(state: Any) -> Any:
     return jax.device_get(state)
 
 
+def _path_names(path: tuple) -> tuple[str, ...]:
+    """A pytree path as plain names: a dataclass field, a dict key and a list index read alike."""
+    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def _layout(tree: Any) -> dict[tuple[str, ...], tuple]:
+    return {_path_names(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class Checkpointer:
-    def __init__(self, run_dir: Path, keep: int):
-        self.run_dir, self.keep = run_dir, keep
+    """The Orbax managers of one checkpoint folder: the latest K, and the best one."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory, self.keep = Path(directory), keep
         self._latest = self._best = None
 
     @property
     def latest(self):
         if self._latest is None:
-            self._latest = _manager(self.run_dir / "checkpoints", self.keep)
+            self._latest = _manager(self.directory, self.keep)
         return self._latest
 
     @property
     def best(self):
         if self._best is None:
-            self._best = _manager(self.run_dir / "checkpoints" / "best", 1)
+            self._best = _manager(self.directory / "best", 1)
         return self._best
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
@@ -70,16 +94,27 @@ class Checkpointer:
     @staticmethod
     def _args(host_state: Any, meta: dict):
         ocp = _ocp()
-        return ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta))
+        return ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
 
-    def restore_latest(self, like_state: Any) -> tuple[Any, dict] | None:
-        """The newest readable checkpoint; a corrupt one is skipped with a note on stderr."""
+    def restore_latest(self, like_state: Any | Callable[[dict], Any]) -> tuple[Any, dict] | None:
+        """The newest readable checkpoint, shaped like ``like_state`` (or ``like_state(meta)``, for a
+        population whose size its meta says); a corrupt one is skipped with a note on stderr.
+
+        A checkpoint that holds a *different* state (the first build's format, or another
+        model) is not corrupt: it raises ``CannotResume`` and nothing on disk changes.
+        """
         ocp = _ocp()
         self.latest.reload()
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
+                meta = dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
+                self._check_layout(step, like, meta)
                 restored = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(jax.device_get(like_state)), meta=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+            except CannotResume:
+                raise
             except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: fall back
                 print(f"warning: checkpoint at step {step} is unreadable ({type(exc).__name__}); "
                       "falling back to the previous one", file=sys.stderr)
@@ -89,7 +124,20 @@ class Checkpointer:
         self._forget_after(-1)
         return None
 
-    def read(self, like_state: Any, best: bool = False) -> tuple[Any, dict] | None:
+    def _check_layout(self, step: int, like: Any, meta: dict) -> None:
+        saved = _layout(self.latest.item_metadata(step)["state"].tree)
+        wanted = _layout(like)
+        if saved == wanted:
+            return
+        where = self.directory / str(step)
+        if meta.get("format") is None:
+            raise CannotResume(f"{where}: written by the first build of the pipeline, whose train state differs "
+                               "from this version's; it cannot be resumed: train into a new --run-dir")
+        differ = sorted(set(wanted) ^ set(saved)) or sorted(k for k in wanted if saved[k] != wanted[k])
+        raise CannotResume(f"{where}: holds a different train state (first difference at "
+                           f"'{'.'.join(differ[0])}'): was the model or optimizer changed? it cannot be resumed")
+
+    def read(self, like_state: Any | Callable[[dict], Any], best: bool = False) -> tuple[Any, dict] | None:
         """The newest checkpoint (of the best ones when ``best``), changing nothing on disk."""
         ocp = _ocp()
         manager = self.best if best else self.latest
@@ -97,8 +145,10 @@ class Checkpointer:
         step = manager.latest_step()
         if step is None:
             return None
+        meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(jax.device_get(like_state)), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
     def _forget_after(self, step: int) -> None:

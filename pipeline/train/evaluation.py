@@ -1,4 +1,9 @@
-"""Evaluation splits and the bookkeeping of the best evaluation so far."""
+"""Whole-split metrics from device sums, and the one bookkeeping of a member's progress.
+
+A run and every member of a sweep population keep a ``Bookkeeping``: where it is, its last
+and best evaluations, how many evaluations since the best (early stopping) and how it ended.
+A run's checkpoints carry it in their meta; a sweep writes one per trial to ``trials.parquet``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import jax
 
 from pipeline.objectives import Objective
 
+# How a member ended: still "pending"/"running", or one of these.
+FINISHED = ("done", "diverged", "stopped", "early_stopped")
+
 
 def finalize(objective: Objective, sums: dict) -> dict[str, float]:
     """Whole-split metrics from the device sums of ``eval_sums``."""
@@ -18,33 +26,53 @@ def finalize(objective: Objective, sums: dict) -> dict[str, float]:
 
 @dataclass
 class Bookkeeping:
-    """What the loop must remember across a resume: saved in every checkpoint's meta."""
+    """What the engine remembers about one member, across a resume."""
 
-    step: int = 0
-    best_value: float | None = None
-    best_step: int = 0
-    evals_since_best: int = 0
-    stopped_early: bool = False
+    status: str = "pending"  # pending | running | done | diverged | stopped | early_stopped
+    steps: int = 0  # updates in the member's state
     wall_s: float = 0.0
+    stopped_at: int | None = None  # the step of divergence, of early stopping or of the rung that stopped it
     last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
 
-    def observe(self, step: int, value: float, higher_is_better: bool) -> bool:
-        """Record an evaluation; True when it is the best so far."""
+    @property
+    def stopped_early(self) -> bool:
+        return self.status == "early_stopped"
+
+    def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str, higher: bool) -> bool:
+        """Record one evaluation of every split; True when ``split/metric`` is the best so far."""
+        self.last_eval = {**self.last_eval, **evals}
+        value = evals[split][metric]
         if math.isnan(value):
-            improved = False
+            better = False
         elif self.best_value is None:
-            improved = True
+            better = True
         else:
-            improved = value > self.best_value if higher_is_better else value < self.best_value
-        if improved:
-            self.best_value, self.best_step, self.evals_since_best = value, step, 0
+            better = value > self.best_value if higher else value < self.best_value
+        if better:
+            self.best_value, self.best_step, self.best_eval, self.evals_since_best = value, step, evals, 0
         else:
             self.evals_since_best += 1
-        return improved
+        return better
 
-    def to_meta(self) -> dict:
+    def finish(self, status: str, at: int | None = None) -> None:
+        self.status, self.stopped_at = status, at
+
+    def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_meta(cls, meta: dict) -> Bookkeeping:
-        return cls(**{k: meta[k] for k in asdict(cls()) if k in meta})
+    def from_json(cls, data: dict) -> Bookkeeping:
+        """From ``to_json``, or from the meta of a run checkpoint written before there was one bookkeeping
+        (``step``, ``stopped_early``, ``best_step`` 0 before any evaluation)."""
+        known = {k: data[k] for k in asdict(cls()) if k in data}
+        if "steps" not in data and "step" in data:
+            known["steps"] = int(data["step"])
+        if "status" not in data:
+            known["status"] = "early_stopped" if data.get("stopped_early") else "running"
+            if known.get("best_value") is None:
+                known["best_step"] = None
+        return cls(**known)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.sweep.population import TRACES
 from tests.conftest import Result
 
 # A tiny, quick configuration: every sweep in these tests starts from it.
@@ -71,8 +72,22 @@ def home(tmp_path_factory) -> Path:
         yield root
 
 
+# Traces of the vmapped population's programs, counted from JAX's own monitoring events (each
+# trace is one compilation): {"train": N, "eval": M}.
+TRACES: collections.Counter[str] = collections.Counter()
+_NAMES = {"population_train": "train", "population_train_stream": "train", "population_eval": "eval"}
+
+
+def _count_trace(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") in _NAMES:
+        TRACES[_NAMES[kwargs["fun_name"]]] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_trace)
+
+
 @pytest.fixture
 def traces():
-    """Compilations of the population programs during a test (each trace is one compilation)."""
+    """Compilations of the population programs during a test."""
     TRACES.clear()
     return TRACES

@@ -18,7 +18,7 @@ import json, sys
 import jax, numpy as np
 from pipeline.config import Config, apply_overrides
 from pipeline.data import Store
-from pipeline.sweep.population import (MemberOrders, SoloPopulation, VmapPopulation, solo_programs, stack,
+from pipeline.train.population import (ResidentFeed, SoloPopulation, VmapPopulation, solo_programs, stack,
                                        vmapped_programs)
 from pipeline.train.loop import prepare
 from pipeline.train.state import create_state
@@ -33,9 +33,9 @@ seeds = [c.resolved_data_seed for c in cfgs]
 k = prep.steps_per_call
 out = {"devices": jax.device_count()}
 for name, make in (("vmap", lambda: VmapPopulation(vmapped_programs(prep.spec, k), stack(states),
-                                                   np.ones(members, bool), MemberOrders(seeds, prep.train, 16, 2), 0)),
+                                                   np.ones(members, bool), ResidentFeed(seeds, prep.train, 16, 2), 0)),
                    ("solo", lambda: SoloPopulation(solo_programs(prep.spec, k), states, np.ones(members, bool),
-                                                   MemberOrders(seeds, prep.train, 16, 2), 0))):
+                                                   ResidentFeed(seeds, prep.train, 16, 2), 0))):
     pop = make()
     losses = [pop.fetch(pop.step())["loss"] for _ in range(2)]
     out[name] = np.concatenate(losses, axis=1).tolist()

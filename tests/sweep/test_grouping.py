@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.sweep.population import TRACES
-from tests.sweep.conftest import TINY, sweep
+from tests.sweep.conftest import TINY, TRACES, sweep
 
 
 def test_one_compilation_per_model_shape_and_data_order_by_seed(home):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.sweep.population import TRACES
-from tests.sweep.conftest import sweep
+from tests.sweep.conftest import TRACES, sweep
 
 ARGS = ["model.hidden=16", "steps=60", "eval_every=20", "batch_size=32", "--no-progress",
         "optimizer.learning_rate=choice(1e-4;1e-3;1e-2;3e-2)", "--rungs", "20,40", "--keep", "0.5"]

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.sweep.population import TRACES
 from tests.conftest import wait_for
-from tests.sweep.conftest import TINY, pipeline, sweep
+from tests.sweep.conftest import TINY, TRACES, pipeline, sweep
 
 # Every kind of traced hyperparameter differs across the 5 members of one population.
 SPACE = [

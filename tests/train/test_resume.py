@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,3 +153,31 @@ def test_resume_flag_needs_a_run_folder(cli, tmp_path):
     result = cli("train", "digits_mlp", "--run-dir", str(tmp_path / "nope"), "--resume", "--no-progress")
     assert result.code == 2
     assert "is not a run folder" in result.err
+
+
+def test_a_first_build_checkpoint_is_refused_in_one_line_and_kept(cli, tmp_path):
+    """The first build's train state had ``key`` and ``data_key`` fields and no format in its meta."""
+    import orbax.checkpoint as ocp
+
+    run_dir = tmp_path / "run"
+    args = ["train", "digits_mlp", "model.hidden=8", "steps=40", "eval_every=20", "checkpoint_every=20",
+            "--run-dir", str(run_dir), "--no-progress", "--no-compile-cache"]
+    assert cli(*args).code == 0
+    checkpoints = (run_dir / "checkpoints").resolve()
+    state = ocp.StandardCheckpointer().restore(checkpoints / "40" / "state")
+    shutil.rmtree(checkpoints)
+    old_state = {**{k: v for k, v in state.items() if k != "ema"}, "key": np.zeros(2, np.uint32),
+                 "data_key": np.zeros(2, np.uint32)}
+    manager = ocp.CheckpointManager(checkpoints, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(20, args=ocp.args.Composite(state=ocp.args.StandardSave(old_state), meta=ocp.args.JsonSave(
+        {"step": 20, "best_value": 0.5, "best_step": 20, "evals_since_best": 0, "stopped_early": False,
+         "wall_s": 1.0, "last_eval": {}})))
+    manager.wait_until_finished()
+    manager.close()
+    before = sorted(str(p.relative_to(checkpoints)) for p in checkpoints.rglob("*"))
+    again = cli(*args[:-2], "--resume", "--no-progress")
+    assert again.code != 0
+    line = again.err.strip()
+    assert "\n" not in line and "first build" in line and "cannot be resumed" in line, line
+    assert sorted(str(p.relative_to(checkpoints)) for p in checkpoints.rglob("*")) == before  # nothing deleted

@@ -1,0 +1,138 @@
+"""The device mesh (``data`` x ``fsdp``) and where arrays live on it.
+
+* ``make_mesh(data, fsdp)``: a ``Mesh`` with axes ``('data', 'fsdp')``. Processes lie on the
+  outer axis: in row-major order process 0's devices come first, so each process holds whole
+  rows of the mesh when ``fsdp`` fits in one host (an ``fsdp`` larger than a host spans hosts).
+* Batches are split over both axes (``batch_spec``): every device computes its share of each
+  batch, and XLA adds the gradients up (data parallelism).
+* Parameters and optimizer state are sharded over ``fsdp`` by big_vision's size rule
+  (``fsdp_spec``): an array of at least ``min_size`` elements is split along its largest
+  dimension that ``fsdp`` divides evenly; anything else is replicated. With ``fsdp=1`` every
+  array is replicated: plain data parallelism, today's behaviour.
+
+One device is a mesh of one (1 x 1), so one code path serves one device and many.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pipeline.config import ConfigError
+
+AXES = ("data", "fsdp")
+BATCH_AXES = AXES  # the batch is split over every device
+MIN_SHARD_SIZE = 2**12  # elements; smaller arrays are replicated (gathering them costs more than it saves)
+
+
+def mesh_shape(data: int, fsdp: int, devices: int) -> tuple[int, int]:
+    """(data, fsdp) for ``devices`` devices; ``data=0`` takes the devices ``fsdp`` leaves.
+
+    Raises ``ConfigError`` naming ``mesh.data``, ``mesh.fsdp`` and the device count.
+    """
+    if fsdp < 1:
+        raise ConfigError(f"bad value for 'mesh.fsdp': {fsdp} must be at least 1")
+    if data < 0:
+        raise ConfigError(f"bad value for 'mesh.data': {data} must not be negative (0 takes the devices "
+                          "mesh.fsdp leaves)")
+    if data == 0:
+        if devices % fsdp:
+            raise ConfigError(f"mesh.fsdp={fsdp} does not divide the {devices} devices (mesh.data=0 takes the "
+                              f"rest); choose mesh.fsdp from {_divisors(devices)}")
+        return devices // fsdp, fsdp
+    if data * fsdp != devices:
+        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} is {data * fsdp} devices, but there are "
+                          f"{devices}; mesh.data * mesh.fsdp must be {devices} (mesh.data=0 takes the rest)")
+    return data, fsdp
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def make_mesh(data: int = 0, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """The ``('data', 'fsdp')`` mesh of ``devices`` (default: every device of every process).
+
+    One process: ``mesh_utils.create_device_mesh`` (which follows a TPU's physical topology).
+    Several processes, each holding whole rows: ``create_hybrid_device_mesh`` with processes as
+    the outer granules. Otherwise (``fsdp`` spanning hosts) the devices ordered by process.
+    """
+    from jax.experimental import mesh_utils
+
+    devices = list(jax.devices() if devices is None else devices)
+    data, fsdp = mesh_shape(data, fsdp, len(devices))
+    processes = sorted({d.process_index for d in devices})
+    grid = None
+    try:
+        if len(processes) == 1:
+            grid = mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
+        elif data % len(processes) == 0:
+            grid = mesh_utils.create_hybrid_device_mesh((data // len(processes), fsdp), (len(processes), 1),
+                                                        devices, process_is_granule=True)
+    except (ValueError, NotImplementedError, AssertionError):  # a topology the helpers cannot lay out
+        grid = None
+    if grid is None:
+        grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(data, fsdp)
+    return Mesh(grid, AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = MIN_SHARD_SIZE,
+              axis: str = "fsdp") -> PartitionSpec:
+    """Shard the largest dimension ``fsdp_size`` divides, for arrays of at least ``min_size`` elements.
+
+    Ties go to the first such dimension. Anything smaller, or with no dimension that divides,
+    is replicated (``PartitionSpec()``), as is everything when ``fsdp_size`` is 1.
+    """
+    shape = tuple(int(n) for n in shape)
+    if fsdp_size <= 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    for i in sorted(range(len(shape)), key=lambda i: -shape[i]):  # stable: equal sizes keep their order
+        if shape[i] >= fsdp_size and shape[i] % fsdp_size == 0:
+            return PartitionSpec(*(None,) * i, axis)
+    return PartitionSpec()
+
+
+def state_shardings(tree: Any, mesh: Mesh, min_size: int = MIN_SHARD_SIZE) -> Any:
+    """A ``NamedSharding`` for every leaf of ``tree`` (arrays, ``ShapeDtypeStruct``, scalars) by ``fsdp_spec``.
+
+    The result has the structure of ``tree`` (an ``nnx.State`` stays one), ready for
+    ``jax.jit(in_shardings=..., out_shardings=...)`` or ``jax.device_put``. Optimizer state
+    mirrors the parameters' shapes, so it is sharded like them.
+    """
+    size = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size, min_size)), tree)
+
+
+def batch_spec(axis: int = 0) -> PartitionSpec:
+    """Axis ``axis`` (the batch) split over every device: ``('data', 'fsdp')``."""
+    return PartitionSpec(*(None,) * axis, BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
+    """Split axis ``axis`` over the whole mesh when it divides the device count; else replicate.
+
+    As ``pipeline.data.device.batch_sharding`` on the one-axis mesh. With several processes the
+    global batch must divide: a replicated batch would have to be the same on every process.
+    """
+    if batch % mesh.devices.size:
+        return replicated(mesh)
+    return NamedSharding(mesh, batch_spec(axis))
+
+
+def global_batch(local: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """One global array per leaf from each process's own rows (``jax.make_array_from_process_local_data``).
+
+    Process p's rows are the p-th block of the global batch (processes lie on the outer mesh
+    axis). In one process this is ``jax.device_put`` with ``batch_spec(axis)``.
+    """
+    sharding = NamedSharding(mesh, batch_spec(axis))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)

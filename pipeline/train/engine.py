@@ -1,0 +1,265 @@
+"""The one training engine: K compiled steps a call for P members, a run being P = 1.
+
+The host never waits on the call it just dispatched: it reads back the metrics of call N
+while call N+1 runs. At evaluations and checkpoints it catches up, records every live
+member, decides per member (best so far, early stopping, divergence, a halving rung) and
+checkpoints. ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only
+in the ``Policy`` they hand it and in how they build the population.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ConfigError
+from pipeline.data.device import EvalBatches
+from pipeline.errors import PipelineError
+from pipeline.objectives import Objective
+from pipeline.track.metrics import MetricsTable
+from pipeline.track.profile import Profiler
+from pipeline.train.checkpoint import Checkpointer, host_copy
+from pipeline.train.evaluation import Bookkeeping, finalize
+from pipeline.train.hooks import Hook
+
+FLUSH_SECONDS = 5.0
+
+
+class NonFiniteLoss(PipelineError):
+    pass
+
+
+class Interrupted(PipelineError):
+    """Ctrl-C or SIGTERM: a checkpoint is saved and the work can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The split and metric that pick the best checkpoint, rank trials and drive early stopping."""
+
+    split: str
+    metric: str
+    higher: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    total: int
+    steps_per_call: int
+    eval_every: int
+    patience: int = 0  # evaluations without improvement before a member stops; 0: never
+    checkpoint_every: int = 0  # steps; 0: every ``checkpoint_minutes``
+    checkpoint_minutes: float = 5.0
+    # A run (one member): a non-finite loss stops it with an error, it keeps its best state in
+    # ``checkpoints/best``, and its checkpoints hold its state unstacked. A population freezes a
+    # diverged member and goes on, and records its members' best metrics (not their best weights).
+    single: bool = True
+    rungs: tuple[int, ...] = ()  # successive halving: the worst members stop at these steps
+    keep: float = 0.5
+
+
+class Engine:
+    def __init__(self, pop: Any, slots: list[int | None], books: dict[int, Bookkeeping], policy: Policy,
+                 select: Selection, objective: Objective, evals: dict[str, EvalBatches], metrics: MetricsTable,
+                 checkpointer: Checkpointer, hooks: dict[int, Hook], interrupted: dict, interrupt_message: str,
+                 step: int = 0, wall_s: float = 0.0, live: np.ndarray | None = None,
+                 meta_extra: Callable[[int], dict] | None = None, profiler: Profiler | None = None,
+                 on_progress: Callable[[int, int, float], None] | None = None,
+                 on_evaluated: Callable[[int, dict], None] | None = None):
+        self.pop, self.slots, self.books, self.policy = pop, list(slots), books, policy
+        self.select, self.objective, self.evals = select, objective, evals
+        self.metrics, self.checkpointer, self.hooks = metrics, checkpointer, hooks
+        self.interrupted, self.interrupt_message = interrupted, interrupt_message
+        self.step, self.saved_step, self.wall0 = step, step, wall_s
+        self.live = np.array([s is not None for s in slots]) if live is None else np.asarray(live, bool)
+        self.members = [s for s in slots if s is not None]
+        self.meta_extra = meta_extra or (lambda step: {})
+        self.profiler = profiler
+        self.on_progress = on_progress or (lambda step, member_steps, loss: None)
+        self.on_evaluated = on_evaluated or (lambda step, evals: None)
+        self.k = policy.steps_per_call
+        self.started = self.last_save = self.last_flush = time.time()
+        self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
+        for t in self.members:
+            if self.books[t].status == "pending":
+                self.books[t].status = "running"
+
+    def wall(self) -> float:
+        return self.wall0 + time.time() - self.started
+
+    # -- the loop ------------------------------------------------------------------------------
+    def execute(self) -> None:
+        p = self.policy
+        pending, improved = None, []
+        while self.step < p.total and self.live.any():
+            if self.profiler is not None:
+                with self.profiler.call(self.step, self.k):
+                    handle = self.pop.step()
+            else:
+                handle = self.pop.step()
+            self.step += self.k
+            if pending is not None:
+                self._train_metrics(*pending)  # the previous call's, while this one runs
+            pending = (self.step, handle)
+            eval_due = self.step % p.eval_every == 0 or self.step == p.total
+            save_due = self._latest_due()
+            if eval_due or save_due or self.interrupted["set"]:
+                self._train_metrics(*pending)
+                pending = None
+                improved = self._evaluate() if eval_due else []
+                if self.step >= p.total or not self.live.any():
+                    break  # the final save follows the loop
+                if save_due or self.interrupted["set"]:
+                    self.save(improved)
+                elif improved and p.single:
+                    self.hold_best()
+                if self.interrupted["set"]:
+                    self.checkpointer.wait()
+                    raise Interrupted(self.interrupt_message.format(step=self.step))
+            elif time.time() - self.last_flush > FLUSH_SECONDS:
+                self.metrics.flush()
+                self.last_flush = time.time()
+        if pending is not None:
+            self._train_metrics(*pending)
+        for slot in np.flatnonzero(self.live):
+            self.books[self.slots[slot]].finish("done")
+        if self.step != self.saved_step:
+            self.save(improved)  # the final state: what `latest`, exports and a resume read
+
+    def _latest_due(self) -> bool:
+        """The checkpoint policy: every ``checkpoint_every`` steps when set, else every ``checkpoint_minutes``."""
+        p = self.policy
+        if p.checkpoint_every:
+            return self.step % p.checkpoint_every == 0
+        return time.time() - self.last_save >= 60.0 * p.checkpoint_minutes
+
+    # -- what the host records between calls ----------------------------------------------------
+    def _train_metrics(self, last_step: int, handle: Any) -> None:
+        host = self.pop.fetch(handle)  # {name: (P, K)}
+        if not host:
+            return
+        steps = np.arange(last_step - self.k + 1, last_step + 1)
+        live = np.flatnonzero(self.live)
+        bad_LxK = ~np.isfinite(host["loss"][live])
+        wall = self.wall()
+        for row, slot in enumerate(live):
+            trial = self.slots[slot]
+            good = int(np.argmax(bad_LxK[row])) if bad_LxK[row].any() else self.k
+            values = {n: v[slot, :good] for n, v in host.items()}
+            self._add(trial, steps[:good], "train", values, wall)
+            if good == self.k:
+                self.books[trial].steps = last_step
+                self.hooks[trial].after_call(steps, values)
+                continue
+            bad_step = int(steps[good])
+            if self.policy.single:
+                self.metrics.flush()
+                raise NonFiniteLoss(f"non-finite training loss at step {bad_step}; the run stopped "
+                                    f"(metrics up to step {bad_step - 1} are in {self.metrics.path})")
+            # Frozen inside the compiled program at the state before this call.
+            self.books[trial].steps = last_step - self.k
+            self._stop([int(slot)], "diverged", at=bad_step)
+        ok = live[~bad_LxK.any(axis=1)]
+        if len(ok):
+            self.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
+
+    def _add(self, trial: int, steps: np.ndarray, split: str, values: dict, wall: float) -> None:
+        trial_ids = None if self.policy.single else np.full(len(steps), trial, np.int32)
+        self.metrics.add(steps, split, values, wall, trial=trial_ids)
+
+    def _evaluate(self) -> list[int]:
+        """Evaluate every live member; returns the slots whose selection metric improved."""
+        sums = self.pop.eval_sums(self.evals)
+        sel, wall = self.select, self.wall()
+        improved, live = [], np.flatnonzero(self.live)
+        for slot in live:
+            evals = {s: finalize(self.objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
+            if sel.metric not in evals[sel.split]:
+                raise ConfigError(f"objective '{self.objective.name}' returned no '{sel.metric}' metric "
+                                    f"(it returned {', '.join(evals[sel.split])})")
+            trial = self.slots[slot]
+            if self.books[trial].observe(self.step, evals, sel.split, sel.metric, sel.higher):
+                improved.append(int(slot))
+            for s, values in evals.items():
+                self._add(trial, np.array([self.step]), s, values, wall)
+            self.hooks[trial].on_eval(self.step, evals)
+        if len(live):
+            self.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
+        if self.policy.patience:
+            self._stop([int(s) for s in live if self.books[self.slots[s]].evals_since_best >= self.policy.patience],
+                       "early_stopped")
+        if self.step in self.policy.rungs and self.step < self.policy.total:
+            self._halve()
+        return improved
+
+    def _stop(self, slots: list[int], status: str, at: int | None = None) -> None:
+        if not slots:
+            return
+        for slot in slots:
+            self.books[self.slots[slot]].finish(status, self.step if at is None else at)
+        self.live[slots] = False
+        self.pop.stop(slots)
+
+    def _halve(self) -> None:
+        """Successive halving: the worst live members stop here; their records stay."""
+        live = [int(s) for s in np.flatnonzero(self.live)]
+        sign = -1.0 if self.select.higher else 1.0
+
+        def badness(slot: int) -> tuple[float, int]:
+            value = self.books[self.slots[slot]].last_eval[self.select.split][self.select.metric]
+            return (math.inf if math.isnan(value) else sign * value, self.slots[slot])
+
+        ranked = sorted(live, key=badness)
+        survivors = max(1, math.ceil(len(ranked) * self.policy.keep))
+        self._stop(ranked[survivors:], "stopped")
+        kept = [int(s) for s in np.flatnonzero(self.live)]
+        if len(kept) <= len(self.slots) // 2:  # repack: stopped members stop costing compute
+            self.pop.keep_only(kept)
+            self.slots = [self.slots[s] for s in kept]
+            self.live = self.live[kept]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def meta(self) -> dict:
+        wall = self.wall()
+        for t in self.members:
+            if self.books[t].status == "running":
+                self.books[t].wall_s = wall
+        return {"step": self.step, "wall_s": wall, "members": self.members, "slots": self.slots,
+                "live": self.live.tolist(), "records": {str(t): self.books[t].to_json() for t in self.members},
+                **self.meta_extra(self.step)}
+
+    def state(self) -> Any:
+        """What a checkpoint holds: a run's one state, or the population's states stacked."""
+        return self.pop.members[0] if self.policy.single else self.pop.states()
+
+    def hold_best(self) -> None:
+        """A run's new best between latest checkpoints: kept on the host, written with the next latest
+        one, before it, so the best checkpoint on disk always agrees with the bookkeeping a resume
+        starts from."""
+        self.held_best = (self.step, host_copy(self.state()), self.meta())
+
+    def save(self, improved: list[int]) -> None:
+        self.metrics.flush()
+        self.last_flush = time.time()
+        best = bool(improved) and self.policy.single
+        if self.held_best is not None and not best:
+            self.checkpointer.save_best(*self.held_best)
+        self.held_best = None
+        self.checkpointer.save(self.step, self.state(), self.meta(), best=best)
+        self.saved_step, self.last_save = self.step, time.time()
+        for t in self.members:
+            self.hooks[t].on_checkpoint(self.step, best)
+
+
+def books_from_meta(meta: dict) -> dict[int, Bookkeeping]:
+    """Every member's bookkeeping in a checkpoint's meta (a first-build run's meta held one, flat)."""
+    if "records" not in meta:
+        return {0: Bookkeeping.from_json(meta)}
+    return {int(t): Bookkeeping.from_json(rec) for t, rec in meta["records"].items()}
