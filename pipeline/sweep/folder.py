@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import Config, ConfigError, from_dict, to_dict
 from pipeline.track.run_dir import hold_folder, make_folders, new_run_dir, read_json_object, write_json
 
 SWEEP_FILE = "sweep.json"
@@ -47,12 +47,22 @@ def check_resumable(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
         raise ConfigError(f"bad value for '--sweep-dir': {path} exists and is not a sweep folder (no {SWEEP_FILE})")
     hold_folder(path, "sweep folder")
     saved = read_json_object(path / SWEEP_FILE, ("chunks",))
-    differing = [k for k in IDENTITY if saved.get(k) != identity.get(k)]
+    differing = [k for k in IDENTITY if _comparable(k, saved.get(k)) != _comparable(k, identity.get(k))]
     if differing:
         details = "; ".join(f"{k}: {_short(saved.get(k))} -> {_short(identity.get(k))}" for k in differing)
         raise ConfigError(f"sweep folder {path} was made by a different sweep ({details}); "
                           "use another --sweep-dir")
     return saved
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A base config as this version reads it: keys added since the folder was made take their defaults."""
+    if key != "base_config" or not isinstance(value, dict):
+        return value
+    try:
+        return to_dict(from_dict(Config, value))
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        return value
 
 
 def _short(value: Any, limit: int = 160) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from tests.sweep.conftest import TINY, TRACES, sweep
@@ -37,3 +39,14 @@ def test_finished_sweep_resumes_to_nothing(home):
     assert TRACES["train"] == 0  # every trial finished: nothing compiled, nothing run
     assert again.trials == s.trials
     assert {p.name: p.read_bytes() for p in (s.folder / "curves.parquet").iterdir()} == before
+
+
+def test_a_sweep_folder_of_an_earlier_version_resumes(home):
+    """Config keys added since a folder was made (here ``mesh``) take their defaults when it is resumed."""
+    s = sweep("digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;3e-3)")
+    description = json.loads((s.folder / "sweep.json").read_text())
+    del description["base_config"]["mesh"]
+    (s.folder / "sweep.json").write_text(json.dumps(description))
+    TRACES.clear()
+    again = sweep("digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;3e-3)", "--sweep-dir", str(s.folder))
+    assert TRACES["train"] == 0 and again.trials == s.trials
