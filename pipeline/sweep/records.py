@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from pipeline.sweep.plan import Trial
 from pipeline.sweep.space import format_value
+from pipeline.track.metrics import MEMBERS_SCHEMA
 from pipeline.track.run_dir import (
     CorruptFile,
     make_folders,
@@ -33,13 +34,8 @@ from pipeline.train.evaluation import FINISHED, Bookkeeping
 
 METRIC_COLUMN = re.compile(r"^(?P<kind>final|best)_(?P<split>val|test)_(?P<name>.+)$")
 
-CURVES_SCHEMA = pa.schema([
-    ("trial", pa.int32()),
-    ("step", pa.int64()),
-    ("split", pa.string()),
-    ("name", pa.string()),
-    ("value", pa.float64()),
-])
+# A population's metrics table without the wall time (members of one population share it).
+CURVES_SCHEMA = pa.schema([f for f in MEMBERS_SCHEMA if f.name != "wall_s"])
 
 
 # A trial's record is the engine's bookkeeping of that member.
