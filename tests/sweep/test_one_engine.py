@@ -119,3 +119,18 @@ def test_members_stop_early_on_their_own(home):
     summary = json.loads((alone / "summary.json").read_text())
     assert summary["stopped_early"] and summary["steps"] == 60
     assert summary["metrics"]["test/loss"] == pytest.approx(frozen["final_test_loss"], rel=1e-5)
+
+
+def test_each_member_logs_its_curves_under_its_trial_id(home):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    swept = sweep("digits_mlp", *TINY, "optimizer.learning_rate=choice(0.003;0.03)", "log=tensorboard")
+    for trial in (0, 1):
+        events = EventAccumulator(str(swept.folder / "trials" / str(trial) / "tensorboard")).Reload()
+        rows = {(split, name, step): value for step, split, name, value in curve_rows(swept.folder, trial)}
+        assert set(events.Tags()["scalars"]) == {f"{split}/{name}" for split, name, _ in rows}
+        for tag in events.Tags()["scalars"]:
+            split, name = tag.split("/")
+            for event in events.Scalars(tag):
+                assert event.value == pytest.approx(rows[(split, name, event.step)], rel=1e-6)
+        assert len(events.Scalars("train/loss")) == 40
