@@ -5,16 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("suites", nargs="*", metavar="SUITE",
-                   help="suites or point names (default cpu-small); --list shows them")
-    p.add_argument("--out", default=None, help="results folder (default ./bench-results)")
+                   help="suites (cpu-small, mlp, cnn, transformer, data, loop, sweep, stream-train, accel, ...), "
+                        "point names or experiment files (default cpu-small; --list shows them), and KEY=VALUE "
+                        "config overrides for every point")
+    p.set_defaults(overrides=[])  # names and overrides given after an option land here
+    p.add_argument("--out", default=None,
+                   help="results folder (default ./bench-results; ./bench-results/accel-DEVICE for accel)")
     p.add_argument("--peers", default=None,
-                   help="comma-separated implementations to run (default all: pipeline, jax_bare, "
-                        "jax_bare_scan, torch_eager, torch_compile)")
+                   help="comma-separated implementations to run (default all: pipeline, jax_bare, jax_bare_scan, "
+                        "torch_eager, torch_compile; a suite's other ways, e.g. population,sequential, likewise)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="start no point or implementation after this many minutes; the rest are recorded as "
+                        "skipped (default: no limit; 7.5 with the accel suite)")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="measure every point on this dataset of the data store (--store) instead of its own data")
+    p.add_argument("--docs", default=None, metavar="DIR",
+                   help="where the accel suite's report is copied as accel-DEVICE.md (default docs/benchmarks)")
+    p.add_argument("--no-docs", action="store_true", help="do not copy the accel suite's report")
     p.add_argument("--list", action="store_true", help="list the suites and points, measure nothing")
     p.add_argument("--json", action="store_true", help="print the new rows' summary as JSON on the last line")
 
@@ -26,26 +39,57 @@ def list_text() -> str:
     lines.append("points:")
     for p in POINTS.values():
         model = " ".join(p.overrides)
-        lines.append(f"  {p.name}: {p.family} on {p.data}, batch {p.batch}, {p.precision}  {model}".rstrip())
+        kind = p.family if not p.model or p.model == p.family else f"{p.family} ({p.model})"
+        extra = f", {p.population} members" if p.population else ""
+        lines.append(f"  {p.name}: {kind} on {p.data}, batch {p.batch}, {p.precision}{extra}  {model}".rstrip())
     return "\n".join(lines)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from pipeline.bench import accel
     from pipeline.bench.points import select
-    from pipeline.bench.report import readers, side_by_side
-    from pipeline.bench.run import DEFAULT_OUT, parse_peers, run_bench, summary
+    from pipeline.bench.run import parse_peers, split_names
 
     if args.list:
         print(list_text())
         return 0
-    select(args.suites)  # unknown names fail here, before anything is measured
+    names, overrides = split_names([*args.suites, *args.overrides])
     peers = parse_peers(args.peers)
-    out = Path(args.out) if args.out else DEFAULT_OUT
-    rows = run_bench(args.suites, out, peers, echo=lambda line: print(line, file=sys.stderr, flush=True))
-    for table in (side_by_side(rows), readers(rows)):
+    select(names)  # unknown names fail here, before anything is measured
+    if args.minutes is not None and not args.minutes > 0:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"bad value for '--minutes': {args.minutes} must be more than 0")
+    accel.share_gpu_with_torch(peers)  # before JAX starts its backend
+    from pipeline.bench.report import readers, side_by_side, ways
+    from pipeline.bench.run import DEFAULT_OUT, run_bench, summary
+
+    started = time.time()
+    with_accel = accel.SUITE in names
+    minutes = args.minutes if args.minutes is not None else (accel.DEFAULT_MINUTES if with_accel else None)
+    slug = accel.device_slug() if with_accel else ""
+    out = Path(args.out) if args.out else (DEFAULT_OUT / f"accel-{slug}" if with_accel else DEFAULT_OUT)
+    docs = None if args.no_docs or not with_accel else (Path(args.docs) if args.docs else accel.default_docs())
+    if with_accel and slug == "cpu":
+        print("warning: JAX found no accelerator; the accel suite runs its CPU stand-ins", file=sys.stderr)
+
+    def echo(line: str) -> None:
+        print(f"[{time.time() - started:6.0f}s] {line}" if with_accel else line, file=sys.stderr, flush=True)
+
+    store = None
+    if args.dataset:
+        from pipeline.data import Store
+
+        store = Store(args.store)
+    rows = run_bench(names, out, peers, echo=echo, deadline=started + 60 * minutes if minutes else None,
+                     overrides=overrides, dataset=args.dataset, data_store=store,
+                     after_point=(lambda _rows: accel.publish(out, docs, slug)) if docs else None)
+    for table in (side_by_side(rows), readers(rows), ways(rows)):
         if table:
             print(table)
     print(f"results: {out / 'bench.parquet'} (report: {out / 'bench.md'}, chart: {out / 'bench.png'})")
+    if docs:
+        print(f"report copied to {accel.publish(out, docs, slug)}")
     if args.json:
         print(json.dumps(summary(rows, out)))
     return 0

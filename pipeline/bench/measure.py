@@ -29,11 +29,13 @@ class Measurement:
     mem_program_bytes: int | None = None  # arguments + outputs + temporaries of the compiled program
     input_share: float | None = None  # share of step time spent producing the input
     bytes_per_step: float | None = None  # data suite: bytes read per "step" (one batch)
+    wall_s: float | None = None  # whole-process measurements: their seconds (time to a first step, a sweep)
+    artifact: str | None = None  # what the measurement left to look at: a profiler trace folder
     extra: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status == OK and self.timing is not None
+        return self.status == OK and (self.timing is not None or self.wall_s is not None)
 
 
 def missing(impl: str, status: str, detail: str = "") -> Measurement:

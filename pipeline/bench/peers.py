@@ -7,24 +7,18 @@ from collections.abc import Callable
 from pipeline.bench import torch_peer
 from pipeline.bench.environment import device_free_bytes, device_memory_bytes
 from pipeline.bench.jax_bare import BareRunner, BareScanRunner
-from pipeline.bench.measure import (
-    FAILED,
-    OUT_OF_MEMORY,
-    UNAVAILABLE,
-    DeviceOutOfMemory,
-    Measurement,
-    Runner,
-    is_out_of_memory,
-    missing,
-)
+from pipeline.bench.measure import OUT_OF_MEMORY, UNAVAILABLE, DeviceOutOfMemory, Measurement, Runner, missing
 from pipeline.bench.pipeline_loop import PipelineRunner
 from pipeline.bench.points import Point
 from pipeline.bench.results import IMPLS
-from pipeline.bench.timing import RoundRobin, time_alone
+from pipeline.bench.schedule import SKIPPED, time_each, time_together
+from pipeline.bench.timing import Deadline
 from pipeline.bench.workload import RUN_STEPS, Workload
 from pipeline.train.loop import choose_steps_per_call
 
-SKIPPED = "skipped"
+# An implementation made from the point's workload; ``factories`` of ``measure_point`` put one
+# in place of a built-in implementation of the same name (a peer of your own, or a test's).
+Factory = Callable[[Workload], Runner]
 # Parameters, gradients and two Adam moments in float32; activations come on top.
 STATE_BYTES_PER_PARAM = 16
 # Implementations are kept in memory together (and timed round-robin) while their states
@@ -36,7 +30,8 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def runners_for(workload: Workload, peers: tuple[str, ...]) -> tuple[list[Runner], list[Measurement]]:
+def runners_for(workload: Workload, peers: tuple[str, ...],
+                factories: dict[str, Factory] | None = None) -> tuple[list[Runner], list[Measurement]]:
     """Runners for the wanted implementations, and records for those that cannot run."""
     k = choose_steps_per_call(workload.cfg, RUN_STEPS)
     runners: list[Runner] = []
@@ -45,6 +40,8 @@ def runners_for(workload: Workload, peers: tuple[str, ...]) -> tuple[list[Runner
     for impl in IMPLS:
         if impl not in peers:
             absent.append(missing(impl, SKIPPED, "not in --peers"))
+        elif factories and impl in factories:
+            runners.append(factories[impl](workload))
         elif impl == "pipeline":
             runners.append(PipelineRunner(workload))
         elif impl == "jax_bare":
@@ -56,13 +53,6 @@ def runners_for(workload: Workload, peers: tuple[str, ...]) -> tuple[list[Runner
         else:
             runners.append(torch_peer.TorchRunner(workload, compile_model=impl == "torch_compile"))
     return runners, absent
-
-
-def _failure(impl: str, exc: BaseException, needs: str) -> Measurement:
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    if is_out_of_memory(exc):
-        return missing(impl, OUT_OF_MEMORY, f"{needs}; {first_line}")
-    return missing(impl, FAILED, f"{type(exc).__name__}: {first_line}")
 
 
 def _torch_fits(runner: Runner, jax_runners: list[Runner]) -> None:
@@ -77,24 +67,10 @@ def _torch_fits(runner: Runner, jax_runners: list[Runner]) -> None:
                                 f"{gib(free)} free")
 
 
-def _guarded(runner: Runner, done: dict[str, Measurement], needs: str, fn: Callable[[], object]) -> bool:
-    """Run ``fn``; on an exception record the runner as failed (or out of memory) and free it."""
-    try:
-        fn()
-        return True
-    except Exception as exc:  # one implementation failing must not stop the others
-        done[runner.impl] = _failure(runner.impl, exc, needs)
-        try:
-            runner.close()
-        except Exception:  # noqa: BLE001 - freeing a half-built runner must not end the suite either
-            pass
-        return False
-
-
-def measure_point(point: Point, workload: Workload, peers: tuple[str, ...],
-                  echo: Callable[[str], None]) -> list[Measurement]:
+def measure_point(point: Point, workload: Workload, peers: tuple[str, ...], echo: Callable[[str], None],
+                  deadline: Deadline | None = None, factories: dict[str, Factory] | None = None) -> list[Measurement]:
     """Measurements in IMPLS order; missing and failed implementations are recorded, not dropped."""
-    runners, absent = runners_for(workload, peers)
+    runners, absent = runners_for(workload, peers, factories)
     done: dict[str, Measurement] = {m.impl: m for m in absent}
     state_bytes = workload.param_count * STATE_BYTES_PER_PARAM
     available = device_memory_bytes()
@@ -104,27 +80,13 @@ def measure_point(point: Point, workload: Workload, peers: tuple[str, ...],
         for r in runners:
             done[r.impl] = missing(r.impl, OUT_OF_MEMORY, needs)
         runners = []
-    together = not available or state_bytes * len(runners) < SHARED_MEMORY_SHARE * available
-    if together:
-        live = []
-        for r in runners:
-            echo(f"  {r.impl}: compiling")
-            if _guarded(r, done, needs, lambda r=r: (_torch_fits(r, runners), r.setup())):
-                live.append(r)
-        rr = RoundRobin(point.budget)
-        live = [r for r in live if _guarded(r, done, needs, lambda r=r: rr.warm(r.impl, r))]
-        echo(f"  timing {', '.join(r.impl for r in live)} round-robin")
-        for _ in range(point.budget.rounds):
-            live = [r for r in live if _guarded(r, done, needs, lambda r=r: rr.one_round(r.impl, r))]
-        for r in live:
-            timing = rr.timing(r.impl, r.steps_per_unit)
-            _guarded(r, done, needs, lambda r=r, t=timing: done.__setitem__(r.impl, r.result(t)))
-            r.close()
+
+    def fits(r: Runner) -> None:
+        _torch_fits(r, runners)
+
+    if not available or state_bytes * len(runners) < SHARED_MEMORY_SHARE * available:
+        time_together(runners, point.budget, done, echo, deadline, needs, before_setup=fits)
     else:
-        for r in runners:
-            echo(f"  {r.impl}: compiling and timing alone (large model)")
-            if _guarded(r, done, needs, lambda r=r: (_torch_fits(r, runners), r.setup())):
-                _guarded(r, done, needs,
-                         lambda r=r: done.__setitem__(r.impl, r.result(time_alone(r, point.budget))))
-                r.close()
+        time_each(runners, point.budget, done, echo, deadline, needs, before_setup=fits,
+                  note="compiling and timing alone (large model)")
     return [done.get(impl) or missing(impl, UNAVAILABLE, "not measured") for impl in IMPLS]

@@ -6,6 +6,10 @@ the loop does, and each call's batches come from the loop's own ``Batches`` (the
 epoch order, its row indices placed on the device). Evaluation, checkpoints and metric
 files are left out: they are not steps. The input share is the time of the input part
 alone (the indices made and placed, the rows gathered on the device) over the step time.
+
+The same runner, given another config, measures the loop's other ways: one step per
+dispatch (``steps_per_call=1``, the loop suite's ``host_loop``) and a training split
+streamed from disk (``data.max_device_bytes=0``, the stream-train suite's ``streaming``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from pipeline.bench.measure import Runner, check_fits, device_peak_bytes, program_bytes, xla_flops
 from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
+from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.train.loop import Batches, compiled, prepare
 from pipeline.train.step import train_step
@@ -29,21 +34,24 @@ INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
 class PipelineRunner(Runner):
     impl = "pipeline"
 
-    def __init__(self, workload: Workload):
+    def __init__(self, workload: Workload, impl: str = "pipeline", cfg: Config | None = None,
+                 input_share: bool = True):
+        self.impl = impl
         super().__init__()
-        self.workload = workload
+        self.workload, self.cfg, self.with_input_share = workload, cfg or workload.cfg, input_share
+        self.prep = self.batches = None
 
     def setup(self) -> None:
-        prep = self.prep = prepare(self.workload.cfg, self.workload.store)
+        prep = self.prep = prepare(self.cfg, self.workload.store)
         self.steps_per_unit = prep.steps_per_call
-        self.call, _evaluate = compiled(prep.spec)
+        self.call, _evaluate = compiled(prep.spec, stream=prep.reader is not None)
         self.batches = Batches(prep, 0)
         start = time.perf_counter()
         program = self.call.lower(prep.state, *self.batches.args()).compile()  # later calls reuse it
         self.m.compile_s = time.perf_counter() - start
         self.m.mem_program_bytes = program_bytes(program)
         check_fits(program, "the pipeline's program")
-        self.m.flops_xla = step_flops(prep)
+        self.m.flops_xla = step_flops(prep) if prep.train is not None else None
         self.state, self.pending = prep.state, None
 
     def run(self, units: int) -> None:
@@ -61,10 +69,13 @@ class PipelineRunner(Runner):
     def result(self, timing: Timing):
         m = super().result(timing)
         m.mem_peak_bytes = device_peak_bytes()
-        m.input_share = min(input_seconds_per_step(self.prep) / timing.median, 1.0)
+        if self.with_input_share and self.prep.train is not None:
+            m.input_share = min(input_seconds_per_step(self.prep) / timing.median, 1.0)
         return m
 
     def close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()  # the streaming reader's thread and files
         self.prep = self.state = self.pending = self.call = self.batches = None
 
 

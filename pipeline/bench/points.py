@@ -3,6 +3,13 @@
 A point is one (model, size, batch, precision) to measure; its model is given as
 config overrides, so the pipeline runs it exactly as ``pipeline train`` would. The data
 is a built-in dataset or a synthetic one made on first use (see ``synthetic.py``).
+
+A point's family says how it is measured: a model family (``mlp``, ``cnn``,
+``transformer``, or any registered one) side by side with the peers; ``data`` with the
+store's readers; ``loop``, ``first-step``, ``sweep``, ``sweep-run``, ``stream`` and
+``trace`` in the ways ``results.GROUPS`` names, with ``model`` as the model family.
+Suite names, point names and experiment files (paths ending in ``.py``) never overlap,
+so ``pipeline bench NAME`` is never ambiguous (tests/bench/test_suites.py checks it).
 """
 
 from __future__ import annotations
@@ -29,10 +36,14 @@ class Point:
     steps_per_call: int = 0  # 0: the loop's automatic choice, as in `pipeline train`
     budget: Budget = field(default_factory=Budget)
     experiment: str = ""  # an experiment file or name: its config is the point's (its own model included)
+    model: str = ""  # the model family of a point whose family is a way of measuring (loop, sweep, ...)
+    population: int = 0  # sweep families: members of the population
+    accelerator: bool = False  # sized for an accelerator: the accel suite runs `cpu_standin` on a CPU instead
+    cpu_standin: str = ""
 
     @property
     def model_overrides(self) -> tuple[str, ...]:
-        return self.overrides if self.experiment else (f"model.name={self.family}", *self.overrides)
+        return self.overrides if self.experiment else (f"model.name={self.model or self.family}", *self.overrides)
 
 
 QUICK = Budget(warmup=2, rounds=15, round_s=0.1)
@@ -40,11 +51,22 @@ ACCEL = Budget(warmup=2, rounds=5, round_s=0.5)
 SMOKE = Budget(warmup=1, rounds=3, round_s=0.02, max_units=5)
 
 
+PROCESSES = Budget(warmup=0, rounds=3)  # whole processes: `rounds` of each way, the median kept
+TRACE = Budget(warmup=1, rounds=3)  # calls traced after one untraced warm-up call
+
+
 def _lm(name: str, d: int, layers: int, heads: int, context: int, vocab: int, batch: int,
-        precision: str = "bf16", k: int = 10) -> Point:
-    return Point(name, "transformer", f"tokens:{vocab}x{context}", batch, precision,
+        precision: str = "bf16", k: int = 10, family: str = "transformer", budget: Budget = ACCEL,
+        standin: str = "") -> Point:
+    return Point(name, family, f"tokens:{vocab}x{context}", batch, precision,
                  (f"model.d_model={d}", f"model.n_layers={layers}", f"model.n_heads={heads}",
-                  f"model.context={context}"), steps_per_call=k, budget=ACCEL)
+                  f"model.context={context}"), steps_per_call=k, budget=budget, model="transformer",
+                 accelerator=bool(standin) or vocab > 1024, cpu_standin=standin)
+
+
+def _digits_mlp(name: str, family: str, budget: Budget, population: int = 0, extra: tuple[str, ...] = ()) -> Point:
+    return Point(name, family, "digits", 32, overrides=("model.hidden=32", *extra), budget=budget, model="mlp",
+                 population=population)
 
 
 POINTS: dict[str, Point] = {p.name: p for p in [
@@ -58,19 +80,37 @@ POINTS: dict[str, Point] = {p.name: p for p in [
     # Sizes where arithmetic starts to matter.
     Point("mlp-h1024x2-b256", "mlp", "images:28x28x1", 256, overrides=("model.hidden=1024,1024",), budget=QUICK),
     Point("mlp-h4096x3-b1024-bf16", "mlp", "images:28x28x1", 1024, "bf16",
-          overrides=("model.hidden=4096,4096,4096",), steps_per_call=20, budget=ACCEL),
+          overrides=("model.hidden=4096,4096,4096",), steps_per_call=20, budget=ACCEL, accelerator=True,
+          cpu_standin="mlp-h512x2-b128-bf16"),
+    Point("mlp-h512x2-b128-bf16", "mlp", "images:28x28x1", 128, "bf16", overrides=("model.hidden=512,512",),
+          steps_per_call=20, budget=QUICK),
     Point("cnn-c32-64-b128", "cnn", "images:32x32x3", 128, overrides=("model.channels=32,64", "model.hidden=128"),
           steps_per_call=20, budget=QUICK),
     Point("cnn-c64-128-256-b256-bf16", "cnn", "images:32x32x3", 256, "bf16",
-          overrides=("model.channels=64,128,256", "model.hidden=256"), steps_per_call=10, budget=ACCEL),
+          overrides=("model.channels=64,128,256", "model.hidden=256"), steps_per_call=10, budget=ACCEL,
+          accelerator=True, cpu_standin="cnn-c8-16-b32"),
     # Decoder language models, named by their approximate parameter count.
+    _lm("lm-mini-bf16", 128, 2, 4, 128, 512, 8, k=5, budget=QUICK),
     _lm("lm-5m", 256, 6, 4, 256, 256, 8, precision="fp32", k=5),
     _lm("lm-25m", 512, 8, 8, 512, 256, 16),
-    _lm("lm-125m", 768, 12, 12, 1024, 50304, 16),
+    _lm("lm-125m", 768, 12, 12, 1024, 50304, 16, standin="lm-mini-bf16"),
     _lm("lm-350m", 1024, 24, 16, 1024, 50304, 16),
     _lm("lm-1b", 2048, 18, 16, 1024, 50304, 8, k=5),
+    # A jax.profiler trace of the pipeline's steps (the accel suite).
+    _lm("trace-lm-125m", 768, 12, 12, 1024, 50304, 16, family="trace", budget=TRACE, standin="trace-lm-mini"),
+    _lm("trace-lm-mini", 128, 2, 4, 128, 512, 8, k=5, family="trace", budget=TRACE),
     # Reader throughput (the data suite).
     Point("read-256k-x64", "data", "table:262144x64", 4096, budget=QUICK),
+    # The training loop (the loop suite): K steps per dispatch against one; a warm compilation cache.
+    _digits_mlp("loop-mlp-h32-b32", "loop", QUICK),
+    _digits_mlp("first-step-mlp-h32-b32", "first-step", PROCESSES),
+    # Sweeps: 8 learning rates x 4 seeds, steady state in one process and whole sweeps as processes.
+    _digits_mlp("sweep-mlp-h32-b32-x32", "sweep", QUICK, population=32),
+    _digits_mlp("sweep-run-mlp-h32-b32-x32", "sweep-run", Budget(warmup=0, rounds=1), population=32,
+                extra=("steps=2000",)),
+    # Training fed by the streaming reader against the device-resident split (the stream-train suite).
+    Point("stream-mlp-h1024x2-b256", "stream", "images:28x28x1", 256, overrides=("model.hidden=1024,1024",),
+          steps_per_call=50, budget=Budget(warmup=1, rounds=5, round_s=0.5), model="mlp"),
 ]}
 
 SUITES: dict[str, tuple[str, ...]] = {
@@ -80,8 +120,14 @@ SUITES: dict[str, tuple[str, ...]] = {
     "cnn": ("cnn-c8-16-b32", "cnn-c32-64-b128", "cnn-c64-128-256-b256-bf16"),
     "transformer": ("lm-5m", "lm-25m", "lm-125m", "lm-350m", "lm-1b"),
     "data": ("read-256k-x64",),
-    # scripts/bench_accel: about 8 minutes on one modern GPU, the MFU target's points first.
-    "accel": ("lm-125m", "lm-1b", "lm-350m", "mlp-h32-b32", "mlp-h4096x3-b1024-bf16", "cnn-c64-128-256-b256-bf16"),
+    "loop": ("loop-mlp-h32-b32", "first-step-mlp-h32-b32"),
+    "sweep": ("sweep-mlp-h32-b32-x32", "sweep-run-mlp-h32-b32-x32"),
+    "stream-train": ("stream-mlp-h1024x2-b256",),
+    # `pipeline bench accel` (scripts/bench_accel): the MFU target's point first, then one of each kind,
+    # the larger language models last. On a CPU the points sized for accelerators are recorded as
+    # skipped and their stand-ins run instead.
+    "accel": ("lm-125m", "mlp-h32-b32", "mlp-h4096x3-b1024-bf16", "cnn-c64-128-256-b256-bf16",
+              "sweep-mlp-h32-b32-x32", "trace-lm-125m", "lm-350m", "lm-1b"),
 }
 
 

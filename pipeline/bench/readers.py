@@ -4,8 +4,13 @@ One unit is one pass over the training split, counted in batches of the point's 
 size. ``pyarrow_read`` is the plain baseline any user has (``pyarrow.parquet.read_table``
 then the columns to numpy); ``store_read`` is the store's whole-split read (the
 device-resident path); ``stream_reader`` is the shuffled streaming reader with its
-prefetch thread, batches placed on the device (when this build has one). Files are read
-through the operating system's page cache, warm after the first pass.
+prefetch thread, batches placed on the device (when this build has one), with the shuffle
+buffer and prefetch depth of the point's config (``data.shuffle_buffer=``,
+``data.prefetch=`` on the command line). Files are read through the operating system's
+page cache, warm after the first pass. The plain read does less work (no shuffle, no
+checks, no device transfer), so its ratio bounds the reader's cost from below; CPU
+seconds (every thread of the process) are kept beside wall time, since on a shared
+machine they vary less.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import jax
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.bench.measure import FAILED, UNAVAILABLE, Measurement, Runner, missing
-from pipeline.bench.points import Point
+from pipeline.bench.measure import UNAVAILABLE, Measurement, Runner, missing
+from pipeline.bench.points import BenchError, Point
 from pipeline.bench.results import READERS
-from pipeline.bench.timing import RoundRobin
+from pipeline.bench.schedule import SKIPPED, time_together
+from pipeline.bench.timing import Deadline
+from pipeline.config import Config, apply_overrides
 from pipeline.data import DatasetInfo, Store
 
 
@@ -33,6 +40,9 @@ class _ReadRunner(Runner):
         self.m.bytes_per_step = float(batch * row_bytes(info))
 
     def setup(self) -> None:
+        if self.steps_per_unit < 1:
+            raise BenchError(f"batch {self.batch} is more than the {self.info.rows['train']} rows of "
+                             f"'{self.info.name}'")
         self.run(1)  # fills the page cache before any timing
 
     def close(self) -> None:
@@ -71,11 +81,17 @@ class StoreRead(_ReadRunner):
 
 
 class StreamRead(_ReadRunner):
-    def __init__(self, reader_cls, store: Store, info: DatasetInfo, batch: int):
+    def __init__(self, reader_cls, store: Store, info: DatasetInfo, batch: int, shuffle_buffer: int, prefetch: int):
         super().__init__("stream_reader", store, info, batch)
-        self.reader = reader_cls(store, info.name, "train", batch, seed=0)
+        self.make = lambda: reader_cls(store, info.name, "train", batch, seed=0, shuffle_buffer=shuffle_buffer,
+                                       prefetch=prefetch)
+        self.reader = self.batches = None
+
+    def setup(self) -> None:
+        self.reader = self.make()
         self.steps_per_unit = self.reader.steps_per_epoch
         self.batches = self.reader.iterate(0)
+        super().setup()
 
     def run(self, units: int) -> None:
         for _ in range(units * self.steps_per_unit):
@@ -83,8 +99,11 @@ class StreamRead(_ReadRunner):
         jax.block_until_ready(batch)
 
     def close(self) -> None:
-        self.batches.close()
-        self.reader.close()
+        if self.batches is not None:
+            self.batches.close()
+        if self.reader is not None:
+            self.reader.close()
+        self.reader = self.batches = None
 
 
 def streaming_reader_class():
@@ -95,28 +114,25 @@ def streaming_reader_class():
         return None
 
 
-def measure_readers(point: Point, store: Store, name: str, echo: Callable[[str], None]) -> list[Measurement]:
+def reader_config(point: Point, name: str) -> Config:
+    """The point's batch size and reader settings (``data.*`` overrides) for dataset ``name``."""
+    return apply_overrides(Config(data=name, batch_size=point.batch), list(point.overrides))
+
+
+def measure_readers(point: Point, store: Store, name: str, echo: Callable[[str], None],
+                    peers: tuple[str, ...] = READERS, deadline: Deadline | None = None) -> list[Measurement]:
     info = store.info(name)
+    cfg = reader_config(point, name)
+    batch = cfg.batch_size
     done: dict[str, Measurement] = {}
-    runners: list[Runner] = [PyarrowRead("pyarrow_read", store, info, point.batch),
-                             StoreRead("store_read", store, info, point.batch)]
+    runners: list[Runner] = [PyarrowRead("pyarrow_read", store, info, batch),
+                             StoreRead("store_read", store, info, batch)]
     reader_cls = streaming_reader_class()
     if reader_cls is None:
         done["stream_reader"] = missing("stream_reader", UNAVAILABLE, "no streaming reader in this build")
     else:
-        try:
-            runners.append(StreamRead(reader_cls, store, info, point.batch))
-        except Exception as exc:
-            done["stream_reader"] = missing("stream_reader", FAILED, f"{type(exc).__name__}: {exc}")
-    rr = RoundRobin(point.budget)
-    for r in runners:
-        r.setup()
-        rr.warm(r.impl, r)
-    echo(f"  timing {', '.join(r.impl for r in runners)} round-robin")
-    for _ in range(point.budget.rounds):
-        for r in runners:
-            rr.one_round(r.impl, r)
-    for r in runners:
-        done[r.impl] = r.result(rr.timing(r.impl, r.steps_per_unit))
-        r.close()
+        runners.append(StreamRead(reader_cls, store, info, batch, cfg.data.shuffle_buffer, cfg.data.prefetch))
+    for r in [r for r in runners if r.impl not in peers]:
+        done[r.impl] = missing(r.impl, SKIPPED, "not in --peers")
+    time_together([r for r in runners if r.impl in peers], point.budget, done, echo, deadline)
     return [done[impl] for impl in READERS]

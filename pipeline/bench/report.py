@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pipeline.bench.results import IMPLS, READERS
+from pipeline.bench.results import GROUPS, IMPLS, READERS, is_model_family
 
 MARKDOWN = "bench.md"
 CHART = "bench.png"
@@ -45,7 +46,7 @@ def _by_point(rows: list[dict]) -> dict[str, dict[str, dict]]:
 
 def side_by_side(rows: list[dict]) -> str:
     """One line per model point: steps/s of every implementation and the pipeline's ratios."""
-    model = [r for r in rows if r["family"] != "data"]
+    model = [r for r in rows if is_model_family(r["family"])]
     if not model:
         return ""
     head = ["point", "params", "batch", "prec", *(f"{SHORT[i]} steps/s" for i in IMPLS),
@@ -63,7 +64,8 @@ def side_by_side(rows: list[dict]) -> str:
 
 
 def details(rows: list[dict]) -> str:
-    model = [r for r in rows if r["family"] != "data"]
+    """Every model-point measurement that ran or broke (skipped ones are listed under "Not measured")."""
+    model = [r for r in rows if is_model_family(r["family"]) and r["status"] != "skipped"]
     if not model:
         return ""
     head = ["point", "impl", "status", "step ms (p25-p75)", "examples/s", "tokens/s", "compile s", "FLOPs/step XLA",
@@ -95,25 +97,67 @@ def readers(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+WAY_TITLES = {"loop": "steps/s", "stream": "steps/s", "sweep": "member-steps/s", "sweep-run": "member-steps/s",
+              "first-step": "-", "trace": "steps/s"}
+
+
+def ways(rows: list[dict]) -> str:
+    """The loop, sweep, stream-train, process and trace points: each way with its figure and ratios."""
+    other = [r for r in rows if r["family"] in GROUPS and r["family"] != "data"]
+    if not other:
+        return ""
+    head = ["point", "way", "status", "steps/s", "seconds", "compile s", "ratios", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in other:
+        ratios = ", ".join(f"{r[f'vs_{i}']:.3g}x vs {i}" for i in GROUPS[r["family"]]
+                           if i != r["impl"] and r.get(f"vs_{i}"))
+        rate = _num(r.get("steps_per_s"))
+        if rate != "-" and WAY_TITLES.get(r["family"], "steps/s") != "steps/s":
+            rate += f" ({WAY_TITLES[r['family']]})"
+        note = r.get("detail") or ""
+        if r.get("artifact"):
+            note = f"{note}; {r['artifact']}" if note else r["artifact"]
+        lines.append("| " + " | ".join([r["point"], r["impl"], r["status"], rate, _num(r.get("wall_s")),
+                                         _num(r.get("compile_s")), ratios or "-", note[:160]]) + " |")
+    return "\n".join(lines)
+
+
+def skipped(rows: list[dict]) -> str:
+    """Every point or implementation that did not run, and why (one line each point where all share it)."""
+    lines = []
+    for name, impls in _by_point(rows).items():
+        bad = [r for r in impls.values() if r["status"] not in ("ok",) and r.get("detail") != "not in --peers"]
+        if not bad:
+            continue
+        if len(bad) == len(impls) and len({(r["status"], r.get("detail")) for r in bad}) == 1:
+            lines.append(f"- {name}: {bad[0]['status']}: {bad[0].get('detail') or ''}".rstrip(": "))
+        else:
+            lines += [f"- {name} / {r['impl']}: {r['status']}: {r.get('detail') or ''}".rstrip(": ") for r in bad]
+    return "\n".join(lines)
+
+
 def header(rows: list[dict]) -> str:
     r = rows[0]
     libs = ", ".join(f"{k} {r[k]}" for k in ("jax", "flax", "optax", "torch", "pyarrow") if r.get(k))
+    peaks = ", ".join(dict.fromkeys(x["peak_source"] for x in rows if x.get("peak_source"))) or "n/a"
     return (f"Device: {r['device_kind']} x{r['device_count']} ({r['backend']}, {r['cpu_count']} CPU cores); "
             f"{libs}; commit {r.get('git_commit') or 'unknown'}; {r['time_utc']}; run {r['run_id']}.\n"
-            f"Peak for MFU: {r.get('peak_source') or 'n/a'}.")
+            f"Peak for MFU: {peaks}.")
 
 
 def markdown(rows: list[dict]) -> str:
     parts = [f"# Benchmark run {rows[0]['run_id']}", header(rows)]
     for title, table in (("Side by side (steps/s; ratios are the pipeline's steps/s over the peer's)",
                           side_by_side(rows)), ("Every measurement", details(rows)),
-                         ("Readers (data suite)", readers(rows))):
+                         ("Readers (data suite)", readers(rows)),
+                         ("Loops, sweeps, streaming, processes and traces", ways(rows)),
+                         ("Not measured, and why", skipped(rows))):
         if table:
             parts += [f"## {title}", table]
     return "\n\n".join(parts) + "\n"
 
 
-def chart(rows: list[dict], path: Path) -> Path | None:
+def draw_chart(rows: list[dict], path: Path) -> Path | None:
     try:
         import matplotlib
     except ImportError:  # accelerator images may not have it; the tables are written regardless
@@ -122,7 +166,7 @@ def chart(rows: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    model = _by_point([r for r in rows if r["family"] != "data"])
+    model = _by_point([r for r in rows if is_model_family(r["family"])])
     data = _by_point([r for r in rows if r["family"] == "data"])
     panels = [p for p in (("steps/s", model, IMPLS, "steps_per_s", True), ("MFU", model, IMPLS, "mfu", False),
                           ("reader examples/s", data, READERS, "examples_per_s", True)) if p[1]]
@@ -158,8 +202,10 @@ def chart(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def write_reports(folder: Path, rows: list[dict]) -> tuple[Path, Path | None]:
-    """The new rows as ``bench.md`` and ``bench.png`` in ``folder`` (the latest run)."""
+def write_reports(folder: Path, rows: list[dict], chart: bool = True) -> tuple[Path, Path | None]:
+    """The new rows as ``bench.md`` and (with ``chart``) ``bench.png`` in ``folder`` (the latest run)."""
     md = folder / MARKDOWN
-    md.write_text(markdown(rows))
-    return md, chart(rows, folder / CHART)
+    tmp = md.with_name(f".{md.name}.{os.getpid()}.tmp")
+    tmp.write_text(markdown(rows))
+    tmp.replace(md)  # a reader (or a copy into docs/) never sees half a report
+    return md, draw_chart(rows, folder / CHART) if chart else None

@@ -9,8 +9,9 @@ folder's first part at the next append.
 
 Every row carries the environment (device, backend, versions, commit), the point's
 config and every figure, and the ratio of its throughput to each peer's measured in the
-same run (``vs_<impl>``: this row's steps/s over that implementation's), so any row
-read alone says how it compares. Figures a row does not have are null, never zero;
+same run (``vs_<impl>``: this row's steps/s over that implementation's; for rows timed as
+whole processes without steps, such as the time to a first step, that implementation's
+seconds over this row's), so any row read alone says how it compares. Figures a row does not have are null, never zero;
 its ``status`` says why (``not installed``, ``out of memory``, ...).
 """
 
@@ -37,8 +38,30 @@ from pipeline.track.run_dir import (
 )
 
 TABLE = "bench.parquet"
+# What a model point is measured with: the pipeline and its peers.
 IMPLS = ("pipeline", "jax_bare", "jax_bare_scan", "torch_eager", "torch_compile")
 READERS = ("pyarrow_read", "store_read", "stream_reader")
+# The ways the other point families compare, by family (points.py): a family not named here is a
+# model family, measured with IMPLS.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": READERS,
+    "loop": ("scanned", "host_loop"),  # K steps per dispatch vs one
+    "first-step": ("warm_cache", "cold_cache"),  # `pipeline train` processes to the first step
+    "sweep": ("population", "sequential"),  # steady-state member-steps: one vmapped program vs solo ones
+    "sweep-run": ("sweep_vmap", "sweep_no_vmap", "train_processes"),  # whole sweeps as a user runs them
+    "stream": ("resident", "streaming"),  # training from the device-resident split vs the streaming reader
+    "trace": ("traced",),  # the pipeline's steps under jax.profiler
+}
+ALL_IMPLS = tuple(dict.fromkeys((*IMPLS, *(i for group in GROUPS.values() for i in group))))
+
+
+def impls_of(family: str) -> tuple[str, ...]:
+    """The implementations (ways) a point of this family is measured with."""
+    return GROUPS.get(family, IMPLS)
+
+
+def is_model_family(family: str) -> bool:
+    return family not in GROUPS
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("time_utc", pa.string()), ("suite", pa.string()), ("point", pa.string()),
@@ -59,6 +82,9 @@ SCHEMA = pa.schema([
     ("peak_flops", pa.float64()), ("peak_source", pa.string()), ("mfu", pa.float64()), ("mfu_xla", pa.float64()),
     ("mem_peak_bytes", pa.int64()), ("mem_program_bytes", pa.int64()), ("input_share", pa.float64()),
     *[(f"vs_{impl}", pa.float64()) for impl in (*IMPLS, *READERS)],
+    # Added with the loop, sweep, stream-train and accel suites (older parts read them as null).
+    ("wall_s", pa.float64()), ("step_cpu_s", pa.float64()), ("artifact", pa.string()),
+    *[(f"vs_{impl}", pa.float64()) for impl in ALL_IMPLS if impl not in (*IMPLS, *READERS)],
 ])
 
 

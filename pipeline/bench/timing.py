@@ -6,6 +6,9 @@ the time the steps really took. After warm-up, the round size is chosen so a rou
 about ``round_s``. The median over rounds is the figure; the spread says how noisy the
 machine was. Several implementations are timed round-robin (one round each in turn), so
 a burst of load from other processes hits them alike and their ratios stay fair.
+Each round's CPU time (every thread of this process) is kept beside its wall time. With a
+deadline, rounds after the first stop once it has passed: a short budget gives a rougher
+figure instead of none.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Timing:
     slowest: float
     steps: int  # timed steps in all rounds
     rounds: int
+    cpu: float | None = None  # median CPU seconds per step of this process (all its threads)
 
     @property
     def spread(self) -> float:
@@ -62,6 +66,30 @@ def summarize(per_step: list[float]) -> tuple[float, float, float, float, float]
     return statistics.median(ordered), p25, p75, ordered[0], ordered[-1]
 
 
+class Deadline:
+    """A ``time.time()`` after which nothing new starts, and how long each implementation's
+    set-up has taken so far: one that could not finish before the deadline is not started,
+    so a run ends within its budget give or take one set-up."""
+
+    def __init__(self, at: float):
+        self.at = at
+        self.setup_s: dict[str, float] = {}
+
+    def left(self) -> float:
+        return self.at - time.time()
+
+    def room_to_set_up(self, impl: str) -> bool:
+        return self.left() > self.setup_s.get(impl, 0.0)
+
+    def set_up_took(self, impl: str, seconds: float) -> None:
+        self.setup_s[impl] = max(seconds, self.setup_s.get(impl, 0.0))
+
+
+def past(deadline: Deadline | None) -> bool:
+    """Whether the deadline has passed (None: there is none)."""
+    return deadline is not None and deadline.left() < 0
+
+
 def _clock(fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
@@ -79,6 +107,7 @@ class RoundRobin:
         self.budget = budget
         self.units: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
 
     def warm(self, name: str, timed: Timed) -> None:
         units = _resize(1, _clock(lambda: timed.run(1)), self.budget)
@@ -86,23 +115,29 @@ class RoundRobin:
             units = _resize(units, _clock(lambda u=units: timed.run(u)), self.budget)
         self.units[name] = units
         self.samples[name] = []
+        self.cpu[name] = []
 
     def one_round(self, name: str, timed: Timed) -> None:
         units = self.units[name]
+        cpu = time.process_time()
         took = _clock(lambda: timed.run(units))
-        self.samples[name].append(took / (units * timed.steps_per_unit))
+        steps = units * timed.steps_per_unit
+        self.samples[name].append(took / steps)
+        self.cpu[name].append((time.process_time() - cpu) / steps)
 
     def timing(self, name: str, steps_per_unit: int) -> Timing:
         per_step = self.samples[name]
         median, p25, p75, fastest, slowest = summarize(per_step)
         steps = self.units[name] * steps_per_unit * len(per_step)
-        return Timing(median, p25, p75, fastest, slowest, steps, len(per_step))
+        return Timing(median, p25, p75, fastest, slowest, steps, len(per_step), statistics.median(self.cpu[name]))
 
 
-def time_alone(timed: Timed, budget: Budget) -> Timing:
-    """Warm-up and timed rounds of one implementation."""
+def time_alone(timed: Timed, budget: Budget, deadline: Deadline | None = None) -> Timing:
+    """Warm-up and timed rounds of one implementation (at least one round, whatever the deadline)."""
     rr = RoundRobin(budget)
     rr.warm("it", timed)
-    for _ in range(budget.rounds):
+    for i in range(budget.rounds):
+        if i and past(deadline):
+            break
         rr.one_round("it", timed)
     return rr.timing("it", timed.steps_per_unit)
