@@ -28,7 +28,8 @@ def traced(default: Any, *, switch: bool = False) -> Any:
 
     Changing it never recompiles, and a sweep may hold different values of it in one vmapped
     population. ``switch=True`` marks a field whose being zero or not turns a piece of the
-    program off or on (dropout, weight decay, clipping, EMA): a sweep groups trials by that.
+    program off or on (dropout, weight decay, clipping, EMA, label smoothing): a sweep groups trials by
+    that.
     """
     return field(default=default, metadata={"traced": True, "switch": switch})
 
@@ -110,7 +111,7 @@ class Config:
     eval_every: int = 500
     eval_batch_size: int = 512
     steps_per_call: int = 0  # 0 picks a value automatically
-    label_smoothing: float = traced(0.0)
+    label_smoothing: float = traced(0.0, switch=True)  # 0 leaves the smoothing term out of the loss
     precision: str = "fp32"  # fp32 | bf16: compute in bfloat16, parameters and optimizer state in float32
     grad_accum: int = 1  # > 1 averages gradients of that many batches per update (optax.MultiSteps)
     ema_decay: float = traced(0.0, switch=True)  # > 0 keeps a moving average of the parameters for evaluation

@@ -26,15 +26,19 @@ Metrics = dict[str, jax.Array]
 
 
 def _classification_loss(logits_BxC: jax.Array, y_B: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
-    return _smoothed_cross_entropy(logits_BxC, y_B, hparams["label_smoothing"])
+    return _smoothed_cross_entropy(logits_BxC, y_B, hparams.get("label_smoothing"))
 
 
 def _smoothed_cross_entropy(logits_BxC: jax.Array, y_B: jax.Array, label_smoothing) -> tuple[jax.Array, Metrics]:
     # Cross-entropy against (1 - s) * onehot + s / C, without building the targets:
-    # logsumexp(z) - (1 - s) * z_y - s * mean(z).
+    # logsumexp(z) - (1 - s) * z_y - s * mean(z). ``label_smoothing`` None (the switch off): s = 0,
+    # and the smoothing term is not in the program at all.
     lse_B = jax.nn.logsumexp(logits_BxC, axis=-1)
     z_y_B = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)[:, 0]
-    loss = (lse_B - (1.0 - label_smoothing) * z_y_B - label_smoothing * logits_BxC.mean(-1)).mean()
+    if label_smoothing is None:
+        loss = (lse_B - z_y_B).mean()
+    else:
+        loss = (lse_B - (1.0 - label_smoothing) * z_y_B - label_smoothing * logits_BxC.mean(-1)).mean()
     accuracy = (jnp.argmax(logits_BxC, -1) == y_B).mean()
     return loss, {"loss": loss, "accuracy": accuracy}
 
@@ -90,7 +94,7 @@ def _sum_batches(b: Metrics) -> Metrics:
 
 def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
     loss, _ = _smoothed_cross_entropy(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), y_BxL.reshape(-1),
-                                      hparams["label_smoothing"])
+                                      hparams.get("label_smoothing"))
     return loss, {"loss": loss, "bits_per_byte": loss / math.log(2)}
 
 

@@ -1,19 +1,48 @@
 """Optax optimizers by name, with every numeric hyperparameter a traced value.
 
-``optax.inject_hyperparams`` stores learning rate, weight decay, momentum, Adam betas
-and the clipping norm as arrays in the optimizer state: changing them never recompiles
-and a sweep can vmap a population of them through one compiled step. The schedule is a
+Learning rate, weight decay, momentum, Adam betas and the clipping norm are arrays in the
+optimizer state (``TracedHyperparams``, ``optax.inject_hyperparams`` without its step
+counter): changing them never recompiles and a sweep can vmap a population of them through
+one compiled step. The schedule is a
 multiplier in [0, 1] on the updates, so its shape is fixed by the config while the peak
 learning rate stays traced; this equals Optax's own scheduled learning rate exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from pipeline.config import OptimizerConfig, traced_fields
+
+
+class TracedHyperparams(NamedTuple):
+    hyperparams: dict[str, jax.Array]
+    inner_state: Any
+
+
+def traced_hyperparams(build: Callable[..., optax.GradientTransformation],
+                       **values: float) -> optax.GradientTransformation:
+    """``build(**values)`` with ``values`` kept as float32 arrays of the state, read at every update.
+
+    ``optax.inject_hyperparams`` does the same and also counts steps for hyperparameters that
+    are schedules; ours are constants (the schedule is a multiplier of its own), and that
+    counter is one more operation on the state at every step, which a small model feels.
+    """
+
+    def init(params) -> TracedHyperparams:
+        hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+        return TracedHyperparams(hyperparams, build(**hyperparams).init(params))
+
+    def update(updates, state: TracedHyperparams, params=None):
+        updates, inner = build(**state.hyperparams).update(updates, state.inner_state, params)
+        return updates, TracedHyperparams(state.hyperparams, inner)
+
+    return optax.GradientTransformation(init, update)
 
 
 def schedule_multiplier(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -73,7 +102,7 @@ def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransform
     # Every field marked traced in OptimizerConfig becomes an array of the optimizer state.
     values = {key: getattr(cfg, key) for key in traced_fields(cfg)}
     values["clip_norm"] = cfg.clip_norm if clip else 1.0  # off: never read, and no division by zero
-    return optax.inject_hyperparams(build)(**values)
+    return traced_hyperparams(build, **values)
 
 
 def hyperparams(opt_state) -> dict[str, jax.Array]:

@@ -23,8 +23,9 @@ import jax
 
 from pipeline.errors import PipelineError
 
-# Written into every checkpoint's meta; checkpoints of the first build have none.
-FORMAT = 2
+# Written into every checkpoint's meta; checkpoints of the first build have none. 3: the optimizer
+# state holds no step counter of its own, and hyperparameter switches that are off are not in it.
+FORMAT = 3
 
 
 class CannotResume(PipelineError):
@@ -133,6 +134,10 @@ class Checkpointer:
         if meta.get("format") is None:
             raise CannotResume(f"{where}: written by the first build of the pipeline, whose train state differs "
                                "from this version's; it cannot be resumed: train into a new --run-dir")
+        if meta["format"] < FORMAT:
+            raise CannotResume(f"{where}: written by an earlier version of the pipeline (checkpoint format "
+                               f"{meta['format']}, now {FORMAT}) whose train state differs from this version's; it "
+                               "cannot be resumed: train into a new --run-dir")
         differ = sorted(set(wanted) ^ set(saved)) or sorted(k for k in wanted if saved[k] != wanted[k])
         raise CannotResume(f"{where}: holds a different train state (first difference at "
                            f"'{'.'.join(differ[0])}'): was the model or optimizer changed? it cannot be resumed")

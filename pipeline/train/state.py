@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from pipeline.config import Config, ConfigError, traced_fields
+from pipeline.config import Config, ConfigError, is_switch, traced_fields
 from pipeline.data.dataset import DatasetInfo
 from pipeline.errors import PipelineError
 from pipeline.models import build_model
@@ -45,9 +45,13 @@ class StepSpec:
 
 
 def state_hparams(cfg: Config) -> dict[str, jax.Array]:
-    """Every traced float field at the top of the config: what the step reads from ``state.hparams``."""
+    """Every traced float field at the top of the config: what the step reads from ``state.hparams``.
+
+    A switch that is off (``label_smoothing=0``, ``ema_decay=0``) is left out: its piece of the
+    program is not built, so nothing reads it.
+    """
     return {key: jnp.asarray(getattr(cfg, key), jnp.float32) for key, f in traced_fields(cfg).items()
-            if "." not in key and f.type in (float, "float")}
+            if "." not in key and f.type in (float, "float") and (getattr(cfg, key) or not is_switch(f))}
 
 
 def _is_key(a: Any) -> bool:

@@ -73,13 +73,14 @@ def program_text(store, overrides: list[str]) -> str:
 
 def test_a_learning_rate_override_gives_the_same_program(store):
     """Traced hyperparameters: a changed learning rate (or weight decay, dropout rate) is the same HLO."""
-    base = program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0.01"])
+    base = program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0.01", "label_smoothing=0.05"])
     changed = program_text(store, ["optimizer.learning_rate=0.3", "optimizer.weight_decay=0.1", "model.dropout=0.2",
                                    "label_smoothing=0.1", "seed=7"])
     assert base == changed
-    # Dropout and weight decay on or off are switches of the program: off, their work is left out.
-    assert program_text(store, ["model.dropout=0", "optimizer.weight_decay=0.01"]) != base
-    assert program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0"]) != base
+    # Dropout, weight decay and label smoothing on or off are switches of the program: off, their work is left out.
+    assert program_text(store, ["model.dropout=0", "optimizer.weight_decay=0.01", "label_smoothing=0.05"]) != base
+    assert program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0", "label_smoothing=0.05"]) != base
+    assert program_text(store, ["model.dropout=0.1", "optimizer.weight_decay=0.01"]) != base
 
 
 def test_dropout_switched_on_at_rate_zero_equals_dropout_switched_off(prep, store):
