@@ -62,18 +62,43 @@ def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: A
     """Train into ``run_dir`` (resuming it) or a new folder under the runs root; returns the summary.
 
     The folder is locked for the whole run and released when it ends. A folder this call made
-    and that recorded nothing (the run failed its checks) is removed again.
+    and that recorded nothing (the run failed its checks) is removed again. Several processes:
+    process 0 makes, names and locks the folder, the others train into the same one (its path
+    comes from process 0) and write nothing there.
     """
+    from pipeline import distributed
+    from pipeline.train.loop import train
+
+    if distributed.process_count() > 1 and not distributed.is_primary():  # process 0 names the folder
+        folder = distributed.primary_does("run_dir", lambda: None)
+        return train(cfg, name, Path(folder), store, show_progress=False, experiment_file=experiment_file,
+                     hooks=hooks)
+    return _train_in_folder_primary(cfg, name, run_dir, store, runs_root, show_progress, experiment_file, hooks)
+
+
+def _train_in_folder_primary(cfg: Config, name: str, run_dir: str | Path | None, store: Any, runs_root: Path | None,
+                             show_progress: bool, experiment_file: str, hooks: list[Any] | None) -> dict[str, Any]:
+    import contextlib
+
+    from pipeline import distributed
     from pipeline.track.run_dir import default_runs_root, folder_lock, make_folders, new_run_dir, remove_if_unused
     from pipeline.train.loop import train
 
     made: list[Path] = []
-    if run_dir is not None:
-        folder = Path(run_dir)
-        made = make_folders(folder)
-    else:  # a new folder, made exclusively: two runs started in the same second get two folders
-        folder = new_run_dir(runs_root or default_runs_root(), name, made)
-    with folder_lock(folder, "run folder"):  # a second `train --run-dir SAME` is refused, naming this pid
+    with contextlib.ExitStack() as stack:
+
+        def open_folder() -> str:
+            nonlocal made
+            if run_dir is not None:
+                folder = Path(run_dir)
+                made = make_folders(folder)
+            else:  # a new folder, made exclusively: two runs started in the same second get two folders
+                folder = new_run_dir(runs_root or default_runs_root(), name, made)
+            # Locked for the whole run: a second `train --run-dir SAME` is refused, naming this pid.
+            stack.enter_context(folder_lock(folder, "run folder"))
+            return str(folder)
+
+        folder = Path(distributed.primary_does("run_dir", open_folder))  # its name goes to the other processes
         try:
             return train(cfg, name, folder, store, show_progress=show_progress, experiment_file=experiment_file,
                          hooks=hooks)

@@ -268,3 +268,122 @@ def sync(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+
+
+# -- agreement through the coordination service ----------------------------------------------------
+# Small host-side decisions (a run folder's name, whether to resume, a time-based checkpoint, a
+# Ctrl-C on one host) travel through ``jax.distributed``'s key-value store, not through a device
+# program: nothing waits for the compiled calls in flight, and no program is compiled for them.
+
+_WAIT_MS = 24 * 3600 * 1000  # a peer may be compiling, evaluating or saving: wait for it (a dead one ends the job)
+_uses: dict[str, int] = {}
+
+
+def _client() -> Any:
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise DistributedError("several processes but no jax.distributed client: call "
+                               "pipeline.distributed.initialize()")
+    return client
+
+
+def _key(name: str) -> str:
+    """A key of its own for each use of ``name``: every process makes the same calls in the same order."""
+    n = _uses[name] = _uses.get(name, -1) + 1
+    return f"pipeline/{name}/{n}"
+
+
+def share(name: str, value: Any) -> Any:
+    """Process 0's ``value`` (anything picklable) on every process; ``value`` itself in one process.
+
+    Every process calls it, in the same order as its other ``share`` calls of that ``name``. Goes
+    through the coordination service (no device work), so it is cheap and never waits for a compiled
+    call in flight. The others wait for process 0 to get there.
+    """
+    if process_count() == 1:
+        return value
+    import base64
+
+    key = _key(f"share/{name}")
+    client = _client()
+    if is_primary():
+        client.key_value_set(key, base64.b64encode(pickle.dumps(value)).decode())
+        return value
+    return pickle.loads(base64.b64decode(client.blocking_key_value_get(key, _WAIT_MS)))
+
+
+def all_true(name: str, ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (a barrier); ``ok`` itself in one process."""
+    if process_count() == 1:
+        return ok
+    import jax
+
+    key = _key(f"all/{name}")
+    client = _client()
+    client.key_value_set(f"{key}/{jax.process_index()}", "1" if ok else "0")
+    client.wait_at_barrier(f"{key}/barrier", _WAIT_MS)
+    return all(value == "1" for _, value in client.key_value_dir_get(f"{key}/"))
+
+
+class CallAgreement:
+    """What every process does at a call boundary of a training loop, agreed by all.
+
+    ``__call__(due, raised)``: ``due`` is a decision process 0 makes for everyone (a checkpoint
+    by the clock, whose time differs on each host); ``raised`` a flag any process may raise (its
+    Ctrl-C or SIGTERM), seen by all at the same boundary once process 0 has seen it. Returns the
+    agreed ``(due, raised)``. One process: the arguments as they are, at no cost. Several: process
+    0 reads the raised flags and publishes one small key a boundary; the others wait for it.
+    """
+
+    LAG = 16  # boundaries after which a published key is deleted (every process has read it long since)
+
+    def __init__(self, name: str):
+        self.several = process_count() > 1
+        self.base = _key(f"agree/{name}") if self.several else ""
+        self.boundary = 0
+        self.voted = False
+
+    def __call__(self, due: bool, raised: bool) -> tuple[bool, bool]:
+        if not self.several:
+            return due, raised
+        import jax
+
+        client = _client()
+        if raised and not self.voted:
+            client.key_value_set(f"{self.base}/raised/{jax.process_index()}", "1")
+            self.voted = True
+        self.boundary += 1
+        key = f"{self.base}/call/{self.boundary}"
+        if is_primary():
+            raised = raised or bool(client.key_value_dir_get(f"{self.base}/raised/"))
+            value = f"{int(due)}{int(raised)}"
+            client.key_value_set(key, value)
+            if self.boundary > self.LAG:
+                client.key_value_delete(f"{self.base}/call/{self.boundary - self.LAG}")
+        else:
+            value = client.blocking_key_value_get(key, _WAIT_MS)
+        return value[0] == "1", value[1] == "1"
+
+
+def primary_does(name: str, work: Any) -> Any:
+    """``work()`` run by process 0 alone, its result on every process; in one process, ``work()``.
+
+    When it raises on process 0, the others raise too (a ``PipelineError`` with process 0's
+    message) instead of waiting for a result that will never come.
+    """
+    if process_count() == 1:
+        return work()
+    if not is_primary():
+        outcome, value = share(name, None)
+        if outcome == "error":
+            raise PipelineError(f"process 0: {value}")
+        return value
+    try:
+        value = work()
+    except BaseException as exc:
+        share(name, ("error", _first_line(exc)))
+        raise
+    share(name, ("ok", value))
+    return value

@@ -136,3 +136,48 @@ def global_batch(local: Any, mesh: Mesh, axis: int = 0) -> Any:
     """
     sharding = NamedSharding(mesh, batch_spec(axis))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """``tree`` (host or single-device arrays, the same on every process) on ``shardings`` (a tree or one).
+
+    One process: ``jax.device_put``. Several: each process builds its own shards from its copy
+    (``jax.make_array_from_callback``), so nothing crosses between processes.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(a: Any, s: jax.sharding.Sharding) -> jax.Array:
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return a if a.sharding == s else jax.device_put(a, s)
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def describe(mesh: Mesh, tree: Any) -> dict[str, Any]:
+    """What a report shows of a placement: the mesh, and how many arrays (and elements) are sharded."""
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if hasattr(leaf, "sharding")]
+    sharded = [leaf for leaf in leaves if any(axis is not None for axis in leaf.sharding.spec)]
+    return {"mesh": dict(mesh.shape), "processes": len({d.process_index for d in mesh.devices.flat}),
+            "sharded_arrays": len(sharded), "arrays": len(leaves),
+            "sharded_elements": sum(math.prod(leaf.shape) for leaf in sharded),
+            "elements": sum(math.prod(leaf.shape) for leaf in leaves)}
+
+
+def device_memory() -> dict[str, dict[str, int]] | None:
+    """Bytes in use and peak on each of this process's devices, where the backend reports them
+    (GPU, TPU); None where it does not (CPU)."""
+    stats = {}
+    for device in jax.local_devices():
+        try:
+            memory = device.memory_stats()
+        except (NotImplementedError, RuntimeError):
+            memory = None
+        if not memory:
+            return None
+        stats[str(device)] = {k: int(memory[k]) for k in ("bytes_in_use", "peak_bytes_in_use") if k in memory}
+    return stats

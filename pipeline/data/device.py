@@ -1,7 +1,15 @@
-"""The device-resident path: a split placed on the device once, batched there by index.
+"""The device-resident path: a split placed on the devices once, batched there by index.
 
-Arrays are placed with a ``NamedSharding`` over a one-axis ``data`` mesh of every local
-device (one device: a mesh of one), so one code path serves one device and many.
+Arrays are placed with a ``NamedSharding`` over the run's mesh (``pipeline.sharding``: axes
+``data`` x ``fsdp``; one device is a mesh of one), so one code path serves one device and many.
+``prepare`` sets the run's mesh with ``use_mesh``; ``data_mesh()`` is that mesh (until one is
+set: every device on ``data``).
+
+Several processes: the training split is sharded by rows over every device, so each process
+reads and holds only its own contiguous block of rows (``process_rows``); the compiled step
+gathers each batch's rows by their global indices, wherever they live. The batch order (the
+indices) is the same for any number of processes. Evaluation splits are small: every process
+holds them whole, as one process does.
 """
 
 from __future__ import annotations
@@ -14,41 +22,75 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pipeline.data.dataset import Split
 
+_mesh: Mesh | None = None
+
+
+def use_mesh(mesh: Mesh) -> Mesh:
+    """Make ``mesh`` the one every later placement uses (``prepare`` calls it with the run's mesh)."""
+    global _mesh
+    _mesh = mesh
+    return mesh
+
 
 def data_mesh() -> Mesh:
-    return Mesh(np.array(jax.devices()), ("data",))
+    """The mesh in use; before ``use_mesh``, every device on the ``data`` axis (fsdp 1)."""
+    if _mesh is None:
+        from pipeline.sharding import make_mesh
+
+        use_mesh(make_mesh(0, 1))
+    return _mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_axes(mesh: Mesh) -> str | tuple[str, ...]:
+    """The mesh axes a batch is split over: all of them (``data`` alone while ``fsdp`` is 1)."""
+    names = tuple(name for name in mesh.axis_names if mesh.shape[name] > 1 or name == "data")
+    return names[0] if len(names) == 1 else names
+
+
 def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
-    """Split axis ``axis`` (the batch) over the ``data`` axis when it divides; else replicate.
+    """Split axis ``axis`` (the batch) over every device when it divides; else replicate.
 
     Split, every device computes its share of each batch and XLA adds the gradients up across
     devices (data parallelism); replicated, every device computes the whole batch.
     """
     if batch % mesh.devices.size:
         return replicated(mesh)
-    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, "data"))
+    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, batch_axes(mesh)))
+
+
+def put(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Host data (the same on every process) on ``sharding``."""
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    from pipeline.sharding import place
+
+    return place(a, sharding)
 
 
 def place_indices(idx: np.ndarray, mesh: Mesh) -> jax.Array:
     """Row indices whose last axis is the batch, on the devices with that axis split over them."""
-    return jax.device_put(idx, batch_sharding(mesh, idx.shape[-1], axis=idx.ndim - 1))
+    return put(idx, batch_sharding(mesh, idx.shape[-1], axis=idx.ndim - 1))
 
 
 @dataclass
 class DeviceSplit:
-    """A whole training split on the device; the step gathers its own batches."""
+    """A whole training split on the devices; the step gathers its own batches.
+
+    Several processes: ``x`` and ``y`` are row-sharded over every device and padded to a
+    multiple of the device count; ``num_rows`` is the split's own row count.
+    """
 
     x: jax.Array
     y: jax.Array
+    num_rows: int | None = None
 
     @property
     def rows(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.x.shape[0]) if self.num_rows is None else self.num_rows
 
 
 @dataclass
@@ -60,9 +102,48 @@ class EvalBatches:
     mask: jax.Array
 
 
-def to_device(split: Split, mesh: Mesh) -> DeviceSplit:
-    sharding = replicated(mesh)
-    return DeviceSplit(jax.device_put(split.x, sharding), jax.device_put(split.y, sharding))
+def process_rows(num_rows: int, mesh: Mesh) -> tuple[int, int, int]:
+    """``(start, stop, padded)``: the rows this process holds of a split row-sharded over ``mesh``.
+
+    The split is padded to ``padded`` rows (a multiple of the device count); the devices hold
+    equal blocks in mesh order and processes lie on the outer axis, so each process holds one
+    contiguous block. ``stop`` is clipped to ``num_rows`` (the padding is zeros).
+    """
+    devices = list(mesh.devices.flat)
+    per_device = -(-num_rows // len(devices))
+    mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError("this process's devices are not contiguous in the mesh")
+    start, stop = mine[0] * per_device, (mine[-1] + 1) * per_device
+    return min(start, num_rows), min(stop, num_rows), per_device * len(devices)
+
+
+def row_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+
+
+def to_device(split: Split, mesh: Mesh, num_rows: int | None = None) -> DeviceSplit:
+    """The training split on the devices: replicated in one process; row-sharded over several.
+
+    Several processes: ``split`` holds this process's rows only (``process_rows``), and
+    ``num_rows`` the split's whole row count.
+    """
+    if jax.process_count() == 1:
+        sharding = replicated(mesh)
+        return DeviceSplit(jax.device_put(split.x, sharding), jax.device_put(split.y, sharding))
+    total = len(split) if num_rows is None else num_rows
+    start, stop, padded = process_rows(total, mesh)
+    if len(split) != stop - start:
+        raise ValueError(f"this process holds {len(split)} rows, not its {stop - start}")
+    sharding = row_sharding(mesh)
+    block = padded // jax.process_count()
+
+    def local(a: np.ndarray) -> jax.Array:
+        rows = np.zeros((block, *a.shape[1:]), a.dtype)
+        rows[:len(a)] = a
+        return jax.make_array_from_process_local_data(sharding, rows, (padded, *a.shape[1:]))
+
+    return DeviceSplit(local(split.x), local(split.y), total)
 
 
 def eval_batches(split: Split, batch_size: int, mesh: Mesh) -> EvalBatches:
@@ -78,5 +159,26 @@ def eval_batches(split: Split, batch_size: int, mesh: Mesh) -> EvalBatches:
 
     mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(num_batches, batch)
     sharding = replicated(mesh)
-    return EvalBatches(*(jax.device_put(shaped(a), sharding) for a in (split.x, split.y)),
-                       jax.device_put(mask, sharding))
+    return EvalBatches(*(put(shaped(a), sharding) for a in (split.x, split.y)), put(mask, sharding))
+
+
+def read_rows(store, name: str, split: str, start: int, stop: int) -> Split:
+    """Rows ``start:stop`` of a stored split, reading only the row groups that hold them (checked as
+    ``Store.read`` checks them)."""
+    from pipeline.data.rowgroups import SplitIndex
+
+    index = SplitIndex.open(store, name, split)
+    xs, ys, first = [], [], 0
+    for group in index.groups:
+        low, high = first, first + group.rows
+        first = high
+        if high <= start or low >= stop:
+            continue
+        x, y = index.read(group)
+        xs.append(x[max(start, low) - low:min(stop, high) - low])
+        ys.append(y[max(start, low) - low:min(stop, high) - low])
+    if not xs:
+        info = index.info
+        return Split(np.zeros((0, *info.feature_shape), info.feature_dtype),
+                     np.zeros((0, *info.label_shape), info.label_dtype))
+    return Split(np.concatenate(xs), np.concatenate(ys))

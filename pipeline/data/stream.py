@@ -9,7 +9,11 @@ the batches and places them on the devices ahead of use; a bounded queue holds `
 
 Sharding: the split's row groups are dealt to ``shard_count`` shards round-robin (pass
 ``jax.process_index()``, ``jax.process_count()``); every shard takes the same number of steps.
-``batch_size`` is the global batch: each shard reads ``batch_size // shard_count`` rows a step.
+``batch_size`` is the global batch: each shard reads ``batch_size // shard_count`` rows a step,
+and shard p's rows are the p-th block of the global batch (processes lie on the mesh's outer
+axis). Each process reads only its own row groups, so the global batches depend on the number
+of shards; what does not is the coverage: with ``tail="pad"`` every row of the split is read
+exactly once an epoch by exactly one shard (``drop`` leaves out at most each shard's tail).
 Tail: ``"drop"`` ends the epoch at the last full batch of the smallest shard; ``"pad"`` pads
 the last batches with zero rows and yields ``(x, y, mask)`` with a float32 mask of real rows.
 """
@@ -29,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pipeline.data.device import batch_sharding, data_mesh
+from pipeline.data.device import batch_axes, batch_sharding, data_mesh
 from pipeline.data.rowgroups import Group, SplitIndex
 from pipeline.data.shuffle import Rows, shuffled_batches
 from pipeline.data.validate import DataError
@@ -147,12 +151,22 @@ class StreamingReader:
     # -- on the device ---------------------------------------------------------------------------
 
     def _sharding(self, rows: int) -> NamedSharding:
+        """This shard's ``rows`` are its block of the global batch, split over its devices.
+
+        Several processes: the global batch (every shard's rows, shard p's block p-th) must split
+        over every device; one process replicates a batch that does not (as the resident path does).
+        """
         devices = self.mesh.devices.size
         if jax.process_count() > 1:
             if (rows * jax.process_count()) % devices:
-                raise DataError(f"batch size {self.batch_size} does not split over {devices} devices")
-            return NamedSharding(self.mesh, PartitionSpec("data"))
+                raise DataError(f"bad value for 'batch_size': {self.batch_size} does not split over the {devices} "
+                                "devices of the processes; use a multiple of the device count")
+            return NamedSharding(self.mesh, PartitionSpec(batch_axes(self.mesh)))
         return batch_sharding(self.mesh, rows)
+
+    def stacked_sharding(self) -> NamedSharding:
+        """The sharding of K batches stacked on a new leading axis (what a streamed call takes)."""
+        return NamedSharding(self.mesh, PartitionSpec(None, *self._sharding(self.local_batch).spec))
 
     def place(self, rows: Rows) -> tuple[jax.Array, ...]:
         sharding = self._sharding(len(rows[0]))

@@ -40,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rungs", type=_rungs, default=(), metavar="STEP,STEP",
                    help="successive halving: at these evaluation steps the worst members stop")
     p.add_argument("--keep", type=float, default=0.5, help="fraction of a population kept at each rung")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: one Ray task a population, over a Ray cluster "
+                        "(the ray extra)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="a running Ray cluster (auto, HOST:PORT or ray://HOST:PORT; default: start one here)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, metavar="N",
+                   help="GPUs each population's Ray task asks for (default 0)")
     p.add_argument("--top", type=int, default=10, help="trials shown in the table at the end")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.add_argument("--no-progress", action="store_true")
@@ -66,6 +73,11 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise PipelineError(f"bad value for '--rungs': {bad[0]} must be a positive step")
     if args.top < 0:
         raise PipelineError(f"bad value for '--top': {args.top} must not be negative")
+    if args.executor != "ray" and (args.ray_address is not None or args.ray_gpus):
+        flag = "--ray-address" if args.ray_address is not None else "--ray-gpus"
+        raise PipelineError(f"{flag} needs --executor ray")
+    if not (math.isfinite(args.ray_gpus) and args.ray_gpus >= 0):
+        raise PipelineError(f"bad value for '--ray-gpus': {args.ray_gpus} must not be negative")
     population_bytes(args.population_memory)
 
 
@@ -94,6 +106,10 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
     if args.vmap and args.no_vmap:
         raise PipelineError("--vmap and --no-vmap contradict each other; give one (or neither: the faster is measured)")
     check_numbers(args)
+    if args.executor == "ray":
+        from pipeline.sweep.ray_executor import require
+
+        require()  # without the extra: one line, before anything is loaded
     opts = SweepOptions(
         strategy=args.strategy, trials=args.trials, search_seed=args.search_seed,
         sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
@@ -102,7 +118,8 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
         vmap=False if args.no_vmap else (True if args.vmap or args.max_population else None),
         max_population=args.max_population,
         population_memory=population_bytes(args.population_memory), rungs=args.rungs, keep=args.keep,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address,
+        ray_gpus=args.ray_gpus,
     )
     enable_cache(args)
     if opts.sweep_dir is not None and (is_sweep_dir(opts.sweep_dir) or is_empty_dir(opts.sweep_dir)):

@@ -4,6 +4,12 @@ Everything that can be wrong with the input is checked before the folder is crea
 touched. Groups run one after another; each group's populations share one compiled
 program (padded to one size); a resumed sweep skips finished trials and continues its
 populations from their checkpoints.
+
+``--executor ray`` (``ray_executor.py``) runs the same populations as Ray tasks, one
+population a task, on the machines of a Ray cluster: each task plans the sweep again from the
+same inputs (so it builds the same trials), runs its population with ``run_group``,
+checkpointing into the shared sweep folder, and hands its records and curves back; this
+process (the driver) merges them and writes the tables.
 """
 
 from __future__ import annotations
@@ -11,14 +17,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from pipeline import distributed
 from pipeline.config import ConfigError, apply_overrides, to_dict
 from pipeline.data import Store, ensure_dataset
+from pipeline.errors import PipelineError
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import best_metric, resolve
 from pipeline.signals import sigint_flag
@@ -27,7 +36,7 @@ from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
-from pipeline.track.run_dir import read_json, write_json
+from pipeline.track.run_dir import read_json, remove_path, write_json
 from pipeline.train.loop import prepare
 from pipeline.train.population import solo_programs, vmapped_programs
 from pipeline.train.state import create_state
@@ -46,6 +55,9 @@ class SweepOptions:
     rungs: tuple[int, ...] = ()
     keep: float = 0.5
     show_progress: bool = True
+    executor: str = "local"  # local: this process; ray: a Ray task a population (ray_executor.py)
+    ray_address: str | None = None  # a running Ray cluster (None: start one on this machine)
+    ray_gpus: float = 0.0  # GPUs each population's task asks Ray for
 
 
 def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, Any]]:
@@ -73,9 +85,28 @@ def check_halving(opts: SweepOptions, groups: list[plan.Group], trials: list[pla
                                   f"eval_every={cfg.eval_every}) between 0 and the run's {g.total_steps} steps")
 
 
-def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns the summary object (also in ``SWEEP_DIR/summary.json``)."""
-    started = time.time()
+@dataclass
+class SweepPlan:
+    """Everything a sweep's inputs decide, before its folder is touched: the same on every machine."""
+
+    name: str
+    base: Any
+    space: Space
+    strategy: str
+    count: int | None
+    trials: list[plan.Trial]
+    infos: dict[str, Any]
+    groups: list[plan.Group]
+    identity: dict[str, Any]
+    module: Any
+
+    @property
+    def swept(self) -> list[str]:
+        return [d.key for d in self.space.dimensions]
+
+
+def plan_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> SweepPlan:
+    """The trials, groups and identity of a sweep (every input checked; nothing written)."""
     module = load_module(experiment)
     name = experiment_name(experiment)
     base = apply_overrides(module.config(), [])
@@ -91,12 +122,34 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     groups = plan.make_groups(trials, infos)
     check_halving(opts, groups, trials)
     plan.check_programs(groups, trials, infos)
-
     identity = json.loads(json.dumps({
         "experiment": name, "base_config": to_dict(base), "space": space.spelling(), "strategy": strategy_name,
         "trials_requested": count, "search_seed": opts.search_seed, "rungs": list(opts.rungs),
         "keep": opts.keep if opts.rungs else None,
     }))
+    return SweepPlan(name, base, space, strategy_name, count, trials, infos, groups, identity, module)
+
+
+def check_one_process() -> None:
+    """A sweep runs in one process (its populations over this machine's devices), or over a Ray cluster."""
+    if distributed.joined() and distributed.process_count() > 1:
+        raise PipelineError(f"pipeline sweep runs in one process, not {distributed.process_count()} joined by "
+                            "jax.distributed; run it without pipeline launch (a machine's devices split each "
+                            "population), or over machines with --executor ray (one population a task)")
+
+
+def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns the summary object (also in ``SWEEP_DIR/summary.json``)."""
+    check_one_process()
+    started = time.time()
+    ray = None
+    if opts.executor == "ray":
+        from pipeline.sweep import ray_executor
+
+        ray = ray_executor.require()  # without the extra: one line, before anything is planned or written
+    sp = plan_sweep(experiment, args, store, opts)
+    trials, infos, groups, identity, module = sp.trials, sp.infos, sp.groups, sp.identity, sp.module
+    name, base, space = sp.name, sp.base, sp.space
     saved = folder.check_resumable(opts.sweep_dir, identity) if opts.sweep_dir else None
     if saved is not None:
         sweep_dir = opts.sweep_dir
@@ -134,7 +187,10 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             done_steps[0] += member_steps
             progress.update(done_steps[0], loss)
 
-        for g in groups:
+        if ray is not None:
+            ray_executor.run_populations(ray, experiment, args, store, opts, sweep_dir, groups, recs, plans,
+                                         interrupted, write_trials, on_progress)
+        for g in groups if ray is None else []:
             chunks = [c for c in g.chunks if any(recs[t].status not in records.FINISHED for t in c)]
             if not chunks:
                 continue
@@ -154,13 +210,31 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     return summary
 
 
+def record_population(sweep_dir: Path, key: str, curves: Any, write_trials) -> None:
+    """A finished population's curves merged into ``curves.parquet``, the trials table rewritten,
+    and the population's own metrics folder removed (what the driver does with a task's result)."""
+    records.merge_curves(sweep_dir / "curves.parquet", curves, key)
+    write_trials()
+    remove_path(sweep_dir / "checkpoints" / f"{key}.metrics")
+
+
+def record_plans(sweep_dir: Path, plans: dict[str, dict[str, Any]]) -> None:
+    write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
+
+
 def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[int]], recs: dict,
               sweep_dir: Path, opts: SweepOptions, plans: dict, saved_plans: dict, interrupted: dict,
-              write_trials, on_progress, name: str) -> None:
-    """Every unfinished population of group ``g``, one after another, with one compiled program."""
+              write_trials, on_progress, name: str,
+              on_population: Callable[[Any], None] | None = None) -> None:
+    """Every unfinished population of group ``g``, one after another, with one compiled program.
+
+    ``on_population(population)`` is called as each one ends (default: its curves merged and the
+    trials table written, ``record_population``); a Ray task hands its results back instead,
+    and leaves ``sweep.json`` (the group's plan) to the driver.
+    """
     vmap, programs = group_plan(g, prep, trials, chunks[0], opts, plans)
-    if str(g.id) not in saved_plans:
-        write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
+    if on_population is None and str(g.id) not in saved_plans:
+        record_plans(sweep_dir, plans)
     if programs is None:
         make = vmapped_programs if vmap else solo_programs
         programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
@@ -175,6 +249,9 @@ def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[i
             continue
         population = PopulationRun(run, index, members, size)
         population.execute()
+        if on_population is not None:
+            on_population(population)
+            continue
         records.merge_curves(sweep_dir / "curves.parquet", population.curves(), population.folder.name)
         write_trials()
         population.forget_metrics()

@@ -9,10 +9,18 @@ a background thread while training goes on, and a save waits only for the one be
 (Orbax commits each through a temporary folder and a rename, so a kill mid-write leaves the
 previous checkpoint as it was). Orbax is imported on first use: a run that never saves
 never pays for it.
+
+Several processes: the state's arrays span processes, so no process can copy it whole to its
+host; Orbax saves the sharded ``jax.Array``s as they are (each process writes its own shards,
+process 0 the metadata and the meta item) and every process calls every save, restore and
+delete. Each manager synchronises under a barrier prefix of its own. A resume restores straight
+onto the run's shardings (``onto``), whatever mesh the checkpoint was saved from: the saved
+arrays are whole arrays, not per-device pieces.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable
@@ -40,17 +48,53 @@ def _ocp():
     return ocp
 
 
-def _manager(directory: Path, keep: int):
+def barrier_prefix(directory: Path, role: str) -> str:
+    """The barrier prefix of one manager: its role and folder, the same on every process (the folder's
+    path is process 0's, shared), different for every manager that may be open at once."""
+    digest = hashlib.sha1(str(directory).encode()).hexdigest()[:12]
+    return f"pipeline-{role}-{digest}"
+
+
+def _manager(directory: Path, keep: int, role: str):
     ocp = _ocp()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=barrier_prefix(directory, role)))
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers)
 
 
+def several_processes() -> bool:
+    return jax.process_count() > 1
+
+
 def host_copy(state: Any) -> Any:
-    """The state on the host: the device buffers are donated to the next step while Orbax writes."""
-    return jax.device_get(state)
+    """What a save writes from: the state on the host, since the device buffers are donated to the
+    next step while Orbax writes. Several processes: the arrays themselves (no process holds them
+    whole; Orbax copies each process's shards to its host before the save returns)."""
+    return state if several_processes() else jax.device_get(state)
+
+
+def keep_copy(state: Any) -> Any:
+    """A copy of ``state`` that outlives the next step (which donates the state's buffers): on the
+    host in one process, on the devices (same shardings) in several."""
+    if not several_processes():
+        return jax.device_get(state)
+    return _device_copy(state)
+
+
+@jax.jit
+def _device_copy(tree: Any) -> Any:
+    """A copy on the devices, each leaf where it was (compiled once per state layout)."""
+    import jax.numpy as jnp
+
+    return jax.tree.map(jnp.copy, tree)
+
+
+def abstract(like: Any, onto: Any) -> Any:
+    """Restore targets: ``like``'s shapes and dtypes on the shardings ``onto``."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), like, onto)
 
 
 def _path_names(path: tuple) -> tuple[str, ...]:
@@ -73,13 +117,13 @@ class Checkpointer:
     @property
     def latest(self):
         if self._latest is None:
-            self._latest = _manager(self.directory, self.keep)
+            self._latest = _manager(self.directory, self.keep, "latest")
         return self._latest
 
     @property
     def best(self):
         if self._best is None:
-            self._best = _manager(self.directory / "best", 1)
+            self._best = _manager(self.directory / "best", 1, "best")
         return self._best
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
@@ -98,27 +142,36 @@ class Checkpointer:
         return ocp.args.Composite(state=ocp.args.StandardSave(host_state),
                                   meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
 
-    def restore_latest(self, like_state: Any | Callable[[dict], Any]) -> tuple[Any, dict] | None:
+    def restore_latest(self, like_state: Any | Callable[[dict], Any], onto: Any = None) -> tuple[Any, dict] | None:
         """The newest readable checkpoint, shaped like ``like_state`` (or ``like_state(meta)``, for a
         population whose size its meta says); a corrupt one is skipped with a note on stderr.
 
-        A checkpoint that holds a *different* state (the first build's format, or another
-        model) is not corrupt: it raises ``CannotResume`` and nothing on disk changes.
+        ``onto`` (shardings, a tree like the state): the state is restored as ``jax.Array``s
+        straight onto them, whatever mesh it was saved from; else as host arrays. A checkpoint
+        that holds a *different* state (the first build's format, or another model) is not
+        corrupt: it raises ``CannotResume`` and nothing on disk changes. Several processes: all
+        call it; a checkpoint is used only when every process could read it.
         """
+        from pipeline import distributed
+
         ocp = _ocp()
         self.latest.reload()
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
                 meta = dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-                like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
+                like = like_state(meta) if callable(like_state) else like_state
+                like = jax.device_get(like) if onto is None else abstract(like, onto)
                 self._check_layout(step, like, meta)
                 restored = self.latest.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
             except CannotResume:
                 raise
             except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: fall back
-                print(f"warning: checkpoint at step {step} is unreadable ({type(exc).__name__}); "
-                      "falling back to the previous one", file=sys.stderr)
+                restored = exc
+            if not distributed.all_true(f"restore-{step}", not isinstance(restored, Exception)):
+                print(f"warning: checkpoint at step {step} is unreadable"
+                      f"{f' ({type(restored).__name__})' if isinstance(restored, Exception) else ' by another process'}"
+                      "; falling back to the previous one", file=sys.stderr)
                 continue
             self._forget_after(step)
             return restored["state"], dict(restored["meta"])

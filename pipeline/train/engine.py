@@ -5,6 +5,13 @@ while call N+1 runs. At evaluations and checkpoints it catches up, records every
 member, decides per member (best so far, early stopping, divergence, a halving rung) and
 checkpoints. ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only
 in the ``Policy`` they hand it and in how they build the population.
+
+Several processes run the same loop in step. What could differ between them is agreed at each
+call boundary (``pipeline.distributed.CallAgreement``, only when there are several): a
+checkpoint by the clock is process 0's decision, and a Ctrl-C or SIGTERM on any process stops
+all of them at the same step. The decisions taken at an evaluation (best so far, early
+stopping, halving) come from metrics every process holds identically; process 0's are taken
+all the same (``share``), so no process can step a member another has stopped.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.config import ConfigError
 from pipeline.data.device import EvalBatches
 from pipeline.errors import PipelineError
 from pipeline.objectives import Objective
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.profile import Profiler
-from pipeline.train.checkpoint import Checkpointer, host_copy
+from pipeline.train.checkpoint import Checkpointer, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.hooks import Hook
 
@@ -87,6 +95,7 @@ class Engine:
         self.k = policy.steps_per_call
         self.started = self.last_save = self.last_flush = time.time()
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
+        self.agree = distributed.CallAgreement("engine")  # a no-op in one process
         for t in self.members:
             if self.books[t].status == "pending":
                 self.books[t].status = "running"
@@ -109,7 +118,8 @@ class Engine:
                 self._train_metrics(*pending)  # the previous call's, while this one runs
             pending = (self.step, handle)
             eval_due = self.step % p.eval_every == 0 or self.step == p.total
-            save_due = self._latest_due()
+            save_due, stop = self.agree(self._latest_due(), self.interrupted["set"])
+            self.interrupted["set"] = stop
             if eval_due or save_due or self.interrupted["set"]:
                 self._train_metrics(*pending)
                 pending = None
@@ -129,7 +139,7 @@ class Engine:
         if pending is not None:
             self._train_metrics(*pending)
         for slot in np.flatnonzero(self.live):
-            self.books[self.slots[slot]].finish("done")
+            self._finish(self.slots[slot], "done")
         if self.step != self.saved_step:
             self.save(improved)  # the final state: what `latest`, exports and a resume read
 
@@ -190,6 +200,7 @@ class Engine:
             for s, values in evals.items():
                 self._add(trial, np.array([self.step]), s, values, wall)
             self.hooks[trial].on_eval(self.step, evals)
+        improved = self._agree_on_evaluation(improved)
         if len(live):
             self.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
         if self.policy.patience:
@@ -199,13 +210,29 @@ class Engine:
             self._halve()
         return improved
 
+    def _agree_on_evaluation(self, improved: list[int]) -> list[int]:
+        """Process 0's view of this evaluation (which members improved, every member's bookkeeping)
+        on every process; in one process, ``improved`` as it is."""
+        if distributed.process_count() == 1:
+            return improved
+        books = {t: self.books[t].to_json() for t in self.members}
+        improved, books = distributed.share("evaluation", (improved, books))
+        for t, record in books.items():  # in place: the caller holds these objects
+            vars(self.books[t]).update(vars(Bookkeeping.from_json(record)))
+        return improved
+
     def _stop(self, slots: list[int], status: str, at: int | None = None) -> None:
         if not slots:
             return
         for slot in slots:
-            self.books[self.slots[slot]].finish(status, self.step if at is None else at)
+            self._finish(self.slots[slot], status, self.step if at is None else at)
         self.live[slots] = False
         self.pop.stop(slots)
+
+    def _finish(self, trial: int, status: str, at: int | None = None) -> None:
+        """How a member ended, and its wall time then (members of one population share the clock)."""
+        self.books[trial].finish(status, at)
+        self.books[trial].wall_s = self.wall()
 
     def _halve(self) -> None:
         """Successive halving: the worst live members stop here; their records stay."""
@@ -243,7 +270,7 @@ class Engine:
         """A run's new best between latest checkpoints: kept on the host, written with the next latest
         one, before it, so the best checkpoint on disk always agrees with the bookkeeping a resume
         starts from."""
-        self.held_best = (self.step, host_copy(self.state()), self.meta())
+        self.held_best = (self.step, keep_copy(self.state()), self.meta())
 
     def save(self, improved: list[int]) -> None:
         self.metrics.flush()

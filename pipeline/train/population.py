@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.data.device import DeviceSplit, EvalBatches, batch_sharding, data_mesh, place_indices, replicated
 from pipeline.data.order import EpochOrder
 from pipeline.data.stream import StreamingReader
-from pipeline.train.state import StepSpec, TrainState
+from pipeline.train.state import StepSpec, TrainState, place_state
 from pipeline.train.step import eval_sums, train_many, train_scan, train_step
 
 
@@ -35,6 +35,18 @@ class Programs:
     run: Callable
     evaluate: Callable
     steps_per_call: int
+    place: Callable | None = None  # a member state onto the programs' shardings (default: ``on_mesh``)
+
+
+@dataclass(frozen=True)
+class StepShardings:
+    """Explicit shardings of a run's programs: the state's (by the FSDP rule), the data arguments'
+    of a call (after the state), an evaluation's, and the replicated outputs (metrics)."""
+
+    state: Any
+    call_args: tuple
+    eval_args: tuple
+    replicated: Any
 
 
 def on_mesh(tree: Any) -> Any:
@@ -70,14 +82,24 @@ def _select(keep_P: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(keep_P.reshape(keep_P.shape + (1,) * (new.ndim - 1)), new, old)
 
 
-def solo_programs(spec: StepSpec, steps_per_call: int, stream: bool = False) -> Programs:
+def solo_programs(spec: StepSpec, steps_per_call: int, stream: bool = False,
+                  shardings: StepShardings | None = None) -> Programs:
     """K train steps of one member (state donated) and a whole-split evaluation.
 
     The device-resident program gathers its batches by the row indices it is given; the
-    streaming one scans K stacked batches. K is the leading axis of either.
+    streaming one scans K stacked batches. K is the leading axis of either. With ``shardings``
+    both are compiled with explicit in and out shardings (the state keeps its own, so each
+    compiles once) and members are placed on them.
     """
-    run = jax.jit(functools.partial(train_scan if stream else train_many, spec), donate_argnums=0)
-    return Programs(run, jax.jit(functools.partial(eval_sums, spec)), steps_per_call)
+    train = functools.partial(train_scan if stream else train_many, spec)
+    if shardings is None:
+        run = jax.jit(train, donate_argnums=0)
+        return Programs(run, jax.jit(functools.partial(eval_sums, spec)), steps_per_call)
+    s = shardings
+    run = jax.jit(train, donate_argnums=0, in_shardings=(s.state, *s.call_args), out_shardings=(s.state, s.replicated))
+    evaluate = jax.jit(functools.partial(eval_sums, spec), in_shardings=(s.state, *s.eval_args),
+                       out_shardings=s.replicated)
+    return Programs(run, evaluate, steps_per_call, functools.partial(place_state, shardings=s.state))
 
 
 def vmapped_programs(spec: StepSpec, steps_per_call: int, stream: bool = False) -> Programs:
@@ -274,7 +296,7 @@ class SoloPopulation:
     def __init__(self, programs: Programs, states: list[TrainState], live: np.ndarray, feed: Feed,
                  first_step: int):
         self.programs, self.run, self.evaluate = programs, programs.run, programs.evaluate
-        self.members = [on_mesh(s) for s in states]
+        self.members = [(programs.place or on_mesh)(s) for s in states]
         self.live = np.array(live, bool)
         self.feed = feed
         self.step_count = first_step

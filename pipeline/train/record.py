@@ -12,11 +12,11 @@ from pipeline.track.run_dir import CorruptFile, hold_folder, make_folders, read_
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
-# Keys that may change when a run is resumed: they extend or re-schedule it without
-# changing what the saved state means.
+# Keys that may change when a run is resumed: they extend or re-schedule it, or lay it out on
+# other devices (a checkpoint restores onto any mesh), without changing what the saved state means.
 RESUMABLE_CHANGES = (
     "steps", "epochs", "eval_every", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep", "patience",
-    "steps_per_call", "plot", "log", "profile",
+    "steps_per_call", "plot", "log", "profile", "mesh.data", "mesh.fsdp",
 )
 
 

@@ -144,3 +144,22 @@ def model_graph(cfg: Config, info: DatasetInfo) -> Any:
 def same_program(a: StepSpec, b: StepSpec) -> bool:
     """Whether two specs compile to the same step: what lets states share one vmapped population."""
     return a.graphdef == b.graphdef and a.eval_graphdef == b.eval_graphdef and a.key_leaves == b.key_leaves
+
+
+# -- placement ----------------------------------------------------------------------------------
+def state_shardings(state: TrainState, mesh: Any) -> TrainState:
+    """Where each leaf of a train state lives on ``mesh``, by the FSDP rule
+    (``pipeline.sharding.fsdp_spec``): an array of at least 2^12 elements (parameters, optimizer
+    moments, their EMA, a large model statistic) is split over ``fsdp`` along its largest evenly
+    divisible dimension; the rest (step, hyperparameters, RNG keys, small arrays) is replicated.
+    With ``mesh.fsdp`` 1 every leaf is replicated."""
+    from pipeline.sharding import state_shardings as by_rule
+
+    return by_rule(state, mesh)
+
+
+def place_state(state: TrainState, shardings: TrainState) -> TrainState:
+    """A state (host, one device, or already placed) on its ``shardings`` (every process calls it)."""
+    from pipeline.sharding import place
+
+    return place(state, shardings)

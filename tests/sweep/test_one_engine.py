@@ -114,6 +114,7 @@ def test_members_stop_early_on_their_own(home):
     steps, _ = swept.curve(0)
     assert steps.max() == 60
     assert learning["steps"] > 60
+    assert 0 < frozen["wall_s"] <= learning["wall_s"]  # each member's wall time when it finished
     alone = train(home, "run-early", "optimizer.learning_rate=1e-12", "steps=200", "eval_every=20", "patience=2",
                   "model.hidden=16", "batch_size=32")
     summary = json.loads((alone / "summary.json").read_text())
