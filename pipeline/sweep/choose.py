@@ -2,12 +2,13 @@
 
 A vmapped population runs all its members in one program; on an accelerator that is many
 times faster than stepping them one after another, while on a few CPU cores whose every
-step already keeps the cores busy it can be slower. Before a group runs, both plans take a
-few calls of its first population (member states built afresh and thrown away), and the one
-with more member-steps per second runs the sweep. The programs compiled for the probe are
-the ones the group then uses, so the probe costs only the losing plan's compile and calls;
-a group whose whole work would take less than ``REPAY`` times the population's compile is
-not worth that, and runs as a population after probing it alone.
+step already keeps the cores busy it can be slower. Before a group commits to a plan, its
+first population starts as a vmapped population, for real, and a few of its calls are timed;
+then, when the group's work is long enough to repay it, the same members are stepped a few
+calls one at a time with the solo program, from fresh states thrown away after. The plan with
+more member-steps per second runs the group. When the population wins (always, for a group too
+short to repay the second probe) its probe was no detour: the first population simply goes
+on from where the probe left it. Only a sequential win costs the population's probe.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 
 from pipeline.train.loop import Prepared, run_feed
-from pipeline.train.population import Programs, SoloPopulation, VmapPopulation, solo_programs, stack, vmapped_programs
+from pipeline.train.population import Programs, SoloPopulation, solo_programs
 from pipeline.train.state import create_state
 
 PROBE_CALLS = 3  # timed calls of each plan, after one that compiles and warms up
@@ -33,7 +34,7 @@ REPAY = 10.0
 class Plan:
     vmap: bool
     member_steps_per_s: dict[str, float]  # "population" and "sequential"
-    programs: Programs | None = None  # the chosen plan's compiled programs, for the group to reuse
+    programs: Programs | None = None  # the sequential plan's compiled programs, when it won
     why: str = ""  # set when only the population was probed
 
     def record(self) -> dict[str, Any]:
@@ -47,37 +48,42 @@ def choose(rates: dict[str, float]) -> bool:
     return rates["population"] >= rates["sequential"]
 
 
-def measure(prep: Prepared, configs: list[Any], steps_per_call: int, total_steps: int,
+def measure(prep: Prepared, first: Any, configs: list[Any], steps_per_call: int, total_steps: int,
             group_member_steps: int) -> Plan:
-    """Member-steps per second of both plans on these members (their configs), fresh states.
+    """Member-steps per second of the group's first population (``first``, a vmapped
+    ``PopulationRun`` about to start, whose engine the probe drives) and, when the group's work is
+    long enough to repay its compile, of its members stepped one at a time from fresh states."""
+    engine = first.engine
+    start = time.perf_counter()
+    engine.execute(max_calls=1)  # compiles; every call's results are read back before it returns
+    compile_s = time.perf_counter() - start
+    before, start = engine.step, time.perf_counter()
+    engine.execute(max_calls=PROBE_CALLS)
+    calls = (engine.step - before) // steps_per_call
+    if calls == 0:
+        return Plan(True, {}, why="finished while it was probed")
+    rates = {"population": len(configs) * steps_per_call * calls / (time.perf_counter() - start)}
+    if group_member_steps / rates["population"] < REPAY * compile_s:
+        return Plan(True, rates, why="too short to repay probing the sequential plan")
+    programs = solo_programs(prep.spec, steps_per_call, stream=prep.reader is not None)
+    rates["sequential"] = _sequential_rate(prep, programs, configs, steps_per_call, total_steps)
+    vmap = choose(rates)
+    return Plan(vmap, rates, None if vmap else programs)
 
-    The population goes first; the sequential plan is probed only when the group's work
-    (``group_member_steps`` at the population's rate) is long enough to repay its compile.
-    """
+
+def _sequential_rate(prep: Prepared, programs: Programs, configs: list[Any], steps_per_call: int,
+                     total_steps: int) -> float:
+    """The members stepped one at a time, from fresh states that are thrown away after."""
     states = [create_state(cfg, prep.info, total_steps)[1] for cfg in configs]
     seeds = [cfg.resolved_data_seed for cfg in configs]
-    live = np.ones(len(configs), bool)
-    rates, programs = {}, {}
-    stream = prep.reader is not None
-    for name, make in (("population", vmapped_programs), ("sequential", solo_programs)):
-        programs[name] = make(prep.spec, steps_per_call, stream=stream)
-        feed = run_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
-        try:
-            if name == "population":
-                pop = VmapPopulation(programs[name], stack(states), live, feed, 0)
-            else:
-                pop = SoloPopulation(programs[name], jax.device_get(states), live, feed, 0)
-            start = time.perf_counter()
-            jax.block_until_ready(pop.step())  # compiles
-            compile_s = time.perf_counter() - start
-            start = time.perf_counter()
-            for _ in range(PROBE_CALLS):
-                handle = pop.step()
-            jax.block_until_ready(handle)
-            rates[name] = len(configs) * steps_per_call * PROBE_CALLS / (time.perf_counter() - start)
-        finally:
-            feed.close()
-        if name == "population" and group_member_steps / rates[name] < REPAY * compile_s:
-            return Plan(True, rates, programs[name], why="too short to repay probing the sequential plan")
-    vmap = choose(rates)
-    return Plan(vmap, rates, programs["population" if vmap else "sequential"])
+    feed = run_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
+    try:
+        pop = SoloPopulation(programs, jax.device_get(states), np.ones(len(configs), bool), feed, 0)
+        jax.block_until_ready(pop.step())  # compiles
+        start = time.perf_counter()
+        for _ in range(PROBE_CALLS):
+            handle = pop.step()
+        jax.block_until_ready(handle)
+        return len(configs) * steps_per_call * PROBE_CALLS / (time.perf_counter() - start)
+    finally:
+        feed.close()

@@ -152,12 +152,25 @@ class PopulationRun:
         try:
             self.engine.execute()
         finally:
-            self.feed.close()
-            self.checkpointer.wait()
-            self.checkpointer.close()
-            self.metrics.flush()
-            for hooks in self.hooks.values():
-                hooks.close()
+            self.close()
+
+    def close(self) -> None:
+        self.feed.close()
+        self.checkpointer.wait()
+        self.checkpointer.close()
+        self.metrics.flush()
+        for hooks in self.hooks.values():
+            hooks.close()
+
+    def abandon(self) -> None:
+        """The plan probe's population, when its group runs one member at a time instead: everything
+        it trained and wrote goes, and its members are pending again."""
+        self.close()
+        for path in (self.folder, self.metrics.path,
+                     *(self.run.checkpoints.parent / "trials" / str(t) for t in self.members)):
+            remove_path(path)
+        for t in self.members:
+            self.run.records[t] = Bookkeeping()
 
     def curves(self) -> pa.Table:
         return self.metrics.table()

@@ -232,22 +232,44 @@ def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[i
     trials table written, ``record_population``); a Ray task hands its results back instead,
     and leaves ``sweep.json`` (the group's plan) to the driver.
     """
-    vmap, programs = group_plan(g, prep, trials, chunks[0], opts, plans)
+    seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
+
+    def group_run(vmap: bool, programs: Any = None) -> tuple[GroupRun, int]:
+        if programs is None:
+            make = vmapped_programs if vmap else solo_programs
+            programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
+        run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
+                       Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots,
+                       name)
+        size = max(len(c) for c in g.chunks)
+        if vmap:  # a multiple of the devices, so each device steps its own members
+            size = -(-size // jax.device_count()) * jax.device_count()
+        return run, size
+
+    vmap = decided_plan(g, chunks[0], opts, plans)
+    first: PopulationRun | None = None  # the first population, already started by the plan probe
+    if vmap is None:  # measured on the first population, which goes on when the population wins
+        run, size = group_run(True)
+        first = PopulationRun(run, g.chunks.index(chunks[0]), chunks[0], size)
+        try:
+            measured = choose.measure(prep, first, [trials[t].cfg for t in chunks[0]], g.steps_per_call,
+                                      g.total_steps, len(g.trials) * g.total_steps)
+        except BaseException:  # failed or interrupted while probed: its files closed, as execute() closes them
+            first.close()
+            raise
+        plans[str(g.id)] = {**measured.record(), "forced": False}
+        if not measured.vmap:
+            first.abandon()
+            first = None
+            run, size = group_run(False, measured.programs)
+    else:
+        run, size = group_run(vmap)
     if on_population is None and str(g.id) not in saved_plans:
         record_plans(sweep_dir, plans)
-    if programs is None:
-        make = vmapped_programs if vmap else solo_programs
-        programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
-    seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
-    run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
-                   Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots, name)
-    size = max(len(c) for c in g.chunks)
-    if vmap:  # a multiple of the devices, so each device steps its own members
-        size = -(-size // jax.device_count()) * jax.device_count()
     for index, members in enumerate(g.chunks):
         if members not in chunks:
             continue
-        population = PopulationRun(run, index, members, size)
+        population = first if first is not None and members == chunks[0] else PopulationRun(run, index, members, size)
         population.execute()
         if on_population is not None:
             on_population(population)
@@ -257,26 +279,21 @@ def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[i
         population.forget_metrics()
 
 
-def group_plan(g: plan.Group, prep, trials: list[plan.Trial], members: list[int], opts: SweepOptions,
-               plans: dict[str, dict[str, Any]]) -> tuple[bool, Any]:
-    """Whether group ``g`` runs as vmapped populations, and the programs already compiled for it (or None).
-
-    Forced by ``--no-vmap`` (sequential) or ``--max-population`` (populations); decided before by
-    a resumed sweep; else measured on the group's first population (``choose.measure``).
-    """
+def decided_plan(g: plan.Group, members: list[int], opts: SweepOptions,
+                 plans: dict[str, dict[str, Any]]) -> bool | None:
+    """Whether group ``g`` runs as vmapped populations, when that is decided without measuring: forced
+    by ``--no-vmap`` (sequential) or ``--vmap``/``--max-population`` (populations), decided before by a
+    resumed sweep, or a single member. None: measure it on the first population (``choose.measure``)."""
     key = str(g.id)
     if opts.vmap is not None:
         plans[key] = {"plan": "population" if opts.vmap else "sequential", "forced": True}
-        return opts.vmap, None
+        return opts.vmap
     if key in plans:
-        return plans[key]["plan"] == "population", None
+        return plans[key]["plan"] == "population"
     if len(members) == 1:
         plans[key] = {"plan": "sequential", "forced": False, "why": "one member"}
-        return False, None
-    measured = choose.measure(prep, [trials[t].cfg for t in members], g.steps_per_call, g.total_steps,
-                              len(g.trials) * g.total_steps)
-    plans[key] = {**measured.record(), "forced": False}
-    return measured.vmap, measured.programs
+        return False
+    return None
 
 
 def selection(trial: plan.Trial, infos: dict) -> tuple[str, str, bool]:

@@ -104,10 +104,18 @@ class Engine:
         return self.wall0 + time.time() - self.started
 
     # -- the loop ------------------------------------------------------------------------------
-    def execute(self) -> None:
+    def execute(self, max_calls: int | None = None) -> None:
+        """Train to the end; or, with ``max_calls``, make at most that many calls and return at a call
+        boundary with every result read back (the sweep's plan probe times calls this way), so a
+        later ``execute()`` goes on exactly as if it had not stopped."""
         p = self.policy
-        pending, improved = None, []
+        pending, improved, calls = None, [], 0
         while self.step < p.total and self.live.any():
+            if max_calls is not None and calls == max_calls:
+                if pending is not None:
+                    self._train_metrics(*pending)
+                return
+            calls += 1
             if self.profiler is not None:
                 with self.profiler.call(self.step, self.k):
                     handle = self.pop.step()
@@ -140,6 +148,7 @@ class Engine:
             self._train_metrics(*pending)
         for slot in np.flatnonzero(self.live):
             self._finish(self.slots[slot], "done")
+        self.live[:] = False  # finished: a later execute() has nothing left to do
         if self.step != self.saved_step:
             self.save(improved)  # the final state: what `latest`, exports and a resume read
 

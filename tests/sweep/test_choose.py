@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.sweep.choose import choose
@@ -48,3 +49,31 @@ def test_a_default_sweep_measures_its_plan_and_records_its_choice(home):
                                  "--no-vmap", "--json").out.strip().splitlines()[-1])
     assert forced["plans"]["0"] == {"plan": "sequential", "forced": True}
     assert pipeline("sweep", "digits_mlp", *TINY, "seed=range(2)", "--vmap", "--no-vmap").code == 2
+
+
+@pytest.mark.parametrize("winner", ["population", "sequential"])
+def test_the_probe_is_part_of_the_sweep_whichever_plan_wins(home, monkeypatch, winner):
+    """The first population starts for real while it is probed: when the population wins it goes on
+    from there, when the sequential plan wins everything it did is dropped. Either way the sweep's
+    records equal the forced plan's exactly (a different number of probe calls changes nothing)."""
+    from pipeline.sweep import choose as choose_module
+
+    monkeypatch.setattr(choose_module, "REPAY", 0.0)  # probe both plans
+    monkeypatch.setattr(choose_module, "choose", lambda rates: winner == "population")
+    space = ["steps=200", "eval_every=40", "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)"]
+    tiny = [a for a in TINY if not a.startswith(("steps=", "eval_every="))]
+    measured = pipeline("sweep", "digits_mlp", *tiny, *space, "--json")
+    assert measured.code == 0, measured.err
+    summary = json.loads(measured.out.strip().splitlines()[-1])
+    assert summary["plans"]["0"]["plan"] == winner
+    forced = pipeline("sweep", "digits_mlp", *tiny, *space, "--vmap" if winner == "population" else "--no-vmap",
+                      "--json")
+    assert forced.code == 0, forced.err
+    folders = [Path(json.loads(r.out.strip().splitlines()[-1])["sweep_dir"]) for r in (measured, forced)]
+    tables = [pq.read_table(f / "trials.parquet").drop(["wall_s"]).to_pylist() for f in folders]
+    assert tables[0] == tables[1]
+    curves = [pq.read_table(f / "curves.parquet").sort_by([("trial", "ascending"), ("split", "ascending"),
+                                                            ("name", "ascending"), ("step", "ascending")])
+              for f in folders]
+    assert curves[0].equals(curves[1])
+    assert sorted(p.name for p in (folders[0] / "checkpoints").iterdir()) == ["g0-c0"]  # nothing of the probe left
