@@ -126,19 +126,23 @@ class Engine:
                 self._train_metrics(*pending)  # the previous call's, while this one runs
             pending = (self.step, handle)
             eval_due = self.step % p.eval_every == 0 or self.step == p.total
+            # Act on the agreed value only: a signal that lands after the agreement (during this
+            # boundary's evaluation or save) stays in the flag for the next boundary's, so every
+            # process stops at the same step.
             save_due, stop = self.agree(self._latest_due(), self.interrupted["set"])
-            self.interrupted["set"] = stop
-            if eval_due or save_due or self.interrupted["set"]:
+            if stop:
+                self.interrupted["set"] = True
+            if eval_due or save_due or stop:
                 self._train_metrics(*pending)
                 pending = None
                 improved = self._evaluate() if eval_due else []
                 if self.step >= p.total or not self.live.any():
                     break  # the final save follows the loop
-                if save_due or self.interrupted["set"]:
+                if save_due or stop:
                     self.save(improved)
                 elif improved and p.single:
                     self.hold_best()
-                if self.interrupted["set"]:
+                if stop:
                     self.checkpointer.wait()
                     raise Interrupted(self.interrupt_message.format(step=self.step))
             elif time.time() - self.last_flush > FLUSH_SECONDS:

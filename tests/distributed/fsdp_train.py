@@ -4,7 +4,8 @@ Prepares a small MLP run (EMA on) as ``pipeline train`` does, with ``mesh.fsdp=F
 device of the process (the test forces 8 with ``XLA_FLAGS``), runs its K-step calls through the
 run's programs (explicit in and out shardings) and prints one JSON line: the mesh, where the
 parameters, Adam moments and EMA of the first layer live, how many times the step compiled,
-the per-step losses and the final evaluation.
+the collectives of the compiled step (from its HLO text), the per-step losses and the final
+evaluation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import sys
 
 import numpy as np
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 def main(store_root: str, fsdp: int) -> dict:
@@ -34,10 +37,15 @@ def main(store_root: str, fsdp: int) -> dict:
     programs = solo_programs(prep.spec, prep.steps_per_call, False, prep.shardings)
     state = programs.place(prep.state)
     batches = Batches(prep, 0)
-    losses = []
+    losses, args = [], None
     for _ in range(prep.total_steps // prep.steps_per_call):
-        state, metrics = programs.run(state, *batches.args())
+        args = batches.args()
+        state, metrics = programs.run(state, *args)
         losses.extend(np.asarray(metrics["loss"]).tolist())
+    compiles = programs.run._cache_size()  # before the lowering below, which compiles the step again
+    # The compiled K-step call as XLA runs it: with the kernel split over fsdp, SPMD partitioning
+    # gathers it where the forward and backward passes need it.
+    hlo = programs.run.lower(state, *args).compile().as_text()
     test = prep.evals["test"]
     sums = jax.device_get(programs.evaluate(state, test.x, test.y, test.mask))
 
@@ -52,7 +60,8 @@ def main(store_root: str, fsdp: int) -> dict:
         "adam": [spec(moment) for adam in adam_states for moment in (adam.mu, adam.nu)],
         "ema": spec(state.ema),
         "replicated_step": list(state.step.sharding.spec),
-        "compiles": programs.run._cache_size(),
+        "compiles": compiles,
+        "collectives": sorted(name for name in COLLECTIVES if name in hlo),
         "placement": describe(prep.mesh, state),
         "losses": losses,
         "test_loss_sum": float(sums["loss"]),
