@@ -178,7 +178,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     finally:
         checkpointer.close()
     if restored is None:
-        raise PipelineError(f"{folder}: no readable {which} checkpoint")
+        hint = "; an exported sweep trial keeps only its final weights: use which='latest'" if which == "best" else ""
+        raise PipelineError(f"{folder}: no readable {which} checkpoint{hint}")
     state = restored[0]
     params = state.params if state.ema is None else state.ema
     return nnx.merge(spec.eval_graphdef, params, typed_keys(state.rest, spec.key_leaves))

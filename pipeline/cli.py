@@ -138,6 +138,10 @@ def cmd_train(args) -> int:
     summary = train_in_folder(cfg, experiment_name(args.experiment), args.run_dir, _store(args),
                               runs_root=Path(args.runs) if args.runs else None, show_progress=not args.no_progress,
                               experiment_file=str(experiment_file), hooks=hooks)
+    from pipeline import distributed
+
+    if not distributed.is_primary():  # one of several processes: process 0 reports for all
+        return 0
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     print(f"{metrics}\nrun folder: {summary['run_dir']}")
     if args.json:

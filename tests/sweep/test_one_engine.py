@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import PipelineError
 from tests.sweep.conftest import TINY, pipeline, sweep
 
 ONE = ["optimizer.learning_rate=choice(0.01)"]  # a sweep of exactly one trial
@@ -70,6 +71,11 @@ def test_an_exported_trial_is_a_run(one, home):
     exported, trained = load_run(folder, which="latest"), load_run(run, which="latest")
     x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(exported(x)), np.asarray(trained(x)))  # the very same weights
+    if summary["best"]["step"] == summary["steps"]:  # the final state was the best: kept as the best too
+        np.testing.assert_array_equal(np.asarray(load_run(folder)(x)), np.asarray(exported(x)))
+    else:  # a population keeps its members' best metrics, not their best weights
+        with pytest.raises(PipelineError, match="which='latest'"):
+            load_run(folder)
 
     shown = pipeline("runs", "show", str(folder))
     assert shown.code == 0 and "test/accuracy" in shown.out, shown.err
