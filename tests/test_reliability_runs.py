@@ -244,6 +244,15 @@ def metrics_without_wall(run_dir: Path):
         [("step", "ascending"), ("split", "ascending"), ("name", "ascending")])
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, checkpoints: Path, pattern: str, seconds: float) -> None:
+    """Until a complete Orbax step (a folder named by its step number) matches ``checkpoints/pattern``."""
+    deadline = time.time() + seconds
+    while not [p for p in checkpoints.glob(pattern) if p.name.isdigit()]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_sigterm_saves_then_resume_equals_the_uninterrupted_run(workdir):
     env = {"PIPELINE_STORE": str(workdir / "data"), "PIPELINE_RUNS": str(workdir / "runs")}
@@ -252,12 +261,7 @@ def test_sigterm_saves_then_resume_equals_the_uninterrupted_run(workdir):
 
     folder = workdir / "terminated"
     proc = start_train([*SIGNAL_ARGS, "--run-dir", str(folder)], env)
-    deadline = time.time() + 120
-    checkpoints = folder / "checkpoints"
-    while not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_checkpoint(proc, folder / "checkpoints", "*", 120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     line = one_line(Result(proc.returncode, "", err), code=143)
@@ -400,11 +404,7 @@ def test_sigterm_checkpoints_a_sweep(workdir):
             "eval_every=20", "checkpoint_every=20", "batch_size=32", "--vmap", "--sweep-dir", str(folder), *QUIET]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while not [p for p in folder.glob("checkpoints/g*-c*/*") if p.name.isdigit()]:  # a complete Orbax step
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_checkpoint(proc, folder / "checkpoints", "g*-c*/*", 180)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     line = one_line(Result(proc.returncode, "", err), code=143)

@@ -22,7 +22,14 @@ from pipeline.errors import PipelineError
 from pipeline.experiments import load_experiment
 from pipeline.sweep import folder, records
 from pipeline.track.metrics import MetricsTable
-from pipeline.track.run_dir import default_runs_root, folder_lock, make_folders, new_run_dir, read_json_object
+from pipeline.track.run_dir import (
+    default_runs_root,
+    folder_lock,
+    make_folders,
+    new_run_dir,
+    read_json_object,
+    write_json,
+)
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.engine import Selection
 from pipeline.train.evaluation import Bookkeeping
@@ -66,8 +73,6 @@ def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None
         open_run_dir(run_dir, experiment, cfg, info, str(source))
         _write_metrics(run_dir, sweep_dir, trial, book)
         _write_checkpoint(run_dir, cfg.checkpoint_keep, state, book)
-        from pipeline.track.run_dir import write_json
-
         write_json(run_dir / "summary.json", run_summary(run_dir, experiment, cfg.data.name, book, book.wall_s,
                                                           select))
     return run_dir

@@ -171,16 +171,17 @@ class Engine:
         steps = np.arange(last_step - self.k + 1, last_step + 1)
         live = np.flatnonzero(self.live)
         bad_LxK = ~np.isfinite(host["loss"][live])
+        ok, diverged = live[~bad_LxK.any(axis=1)], live[bad_LxK.any(axis=1)]
         wall = self.wall()
-        for row, slot in enumerate(live):
+        if len(ok):  # the usual case: every live member's K steps in one block of rows
+            self._add([self.slots[s] for s in ok], steps, "train", {n: v[ok] for n, v in host.items()}, wall)
+            for slot in ok:
+                self.books[self.slots[slot]].steps = last_step
+                self.hooks[self.slots[slot]].after_call(steps, {n: v[slot] for n, v in host.items()})
+        for slot in diverged:
             trial = self.slots[slot]
-            good = int(np.argmax(bad_LxK[row])) if bad_LxK[row].any() else self.k
-            values = {n: v[slot, :good] for n, v in host.items()}
-            self._add(trial, steps[:good], "train", values, wall)
-            if good == self.k:
-                self.books[trial].steps = last_step
-                self.hooks[trial].after_call(steps, values)
-                continue
+            good = int(np.argmax(~np.isfinite(host["loss"][slot])))
+            self._add([trial], steps[:good], "train", {n: v[slot:slot + 1, :good] for n, v in host.items()}, wall)
             bad_step = int(steps[good])
             if self.policy.single:
                 self.metrics.flush()
@@ -189,13 +190,17 @@ class Engine:
             # Frozen inside the compiled program at the state before this call.
             self.books[trial].steps = last_step - self.k
             self._stop([int(slot)], "diverged", at=bad_step)
-        ok = live[~bad_LxK.any(axis=1)]
         if len(ok):
             self.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
 
-    def _add(self, trial: int, steps: np.ndarray, split: str, values: dict, wall: float) -> None:
-        trial_ids = None if self.policy.single else np.full(len(steps), trial, np.int32)
-        self.metrics.add(steps, split, values, wall, trial=trial_ids)
+    def _add(self, trials: list[int], steps: np.ndarray, split: str, values: dict, wall: float) -> None:
+        """Rows of ``trials`` x ``steps``: each value (members, steps). A run's table has no trial column."""
+        values = {n: np.asarray(v).reshape(-1) for n, v in values.items()}
+        if self.policy.single:
+            self.metrics.add(steps, split, values, wall)
+            return
+        self.metrics.add(np.tile(steps, len(trials)), split, values, wall,
+                         trial=np.repeat(np.asarray(trials, np.int32), len(steps)))
 
     def _evaluate(self) -> list[int]:
         """Evaluate every live member; returns the slots whose selection metric improved."""
@@ -211,7 +216,7 @@ class Engine:
             if self.books[trial].observe(self.step, evals, sel.split, sel.metric, sel.higher):
                 improved.append(int(slot))
             for s, values in evals.items():
-                self._add(trial, np.array([self.step]), s, values, wall)
+                self._add([trial], np.array([self.step]), s, values, wall)
             self.hooks[trial].on_eval(self.step, evals)
         improved = self._agree_on_evaluation(improved)
         if len(live):
