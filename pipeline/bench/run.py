@@ -33,7 +33,7 @@ from pipeline.bench.readers import measure_readers, reader_config
 from pipeline.bench.report import write_reports
 from pipeline.bench.results import ALL_IMPLS, IMPLS, append, impls_of
 from pipeline.bench.schedule import BUDGET_SPENT, SKIPPED, one_line
-from pipeline.bench.timing import Deadline, past
+from pipeline.bench.timing import Deadline, paired_ratio, past
 from pipeline.bench.trace import measure_trace
 from pipeline.bench.workload import Workload, make_workload
 from pipeline.data import Store
@@ -188,12 +188,19 @@ def _speed(row: dict) -> float | None:
     return 1.0 / row["wall_s"] if row.get("wall_s") else None
 
 
-def _with_ratios(rows: list[dict], impls: tuple[str, ...]) -> list[dict]:
+def _with_ratios(rows: list[dict], impls: tuple[str, ...], measured: list[Measurement] = ()) -> list[dict]:
+    """``vs_IMPL``: how many times faster each row is than IMPL. Implementations timed in one
+    round-robin are compared round by round (``paired_ratio``); others by their speeds."""
     speed = {r["impl"]: _speed(r) for r in rows}
+    timings = {m.impl: m.timing for m in measured if m.ok and m.timing is not None}
     for row in rows:
         for impl in impls:
-            mine, theirs = _speed(row), speed.get(impl)
-            row[f"vs_{impl}"] = mine / theirs if mine and theirs else None
+            mine, theirs = timings.get(row["impl"]), timings.get(impl)
+            ratio = paired_ratio(mine, theirs) if mine and theirs else None
+            if ratio is None:
+                fast, slow = _speed(row), speed.get(impl)
+                ratio = fast / slow if fast and slow else None
+            row[f"vs_{impl}"] = ratio
     return rows
 
 
@@ -236,7 +243,7 @@ def model_rows(base: dict, workload: Workload | None, measured: list[Measurement
         if m.extra and "threads" in m.extra and m.extra["threads"]:
             row["detail"] = f"torch threads: {m.extra['threads']}"
         rows.append(row)
-    return _with_ratios(rows, IMPLS)
+    return _with_ratios(rows, IMPLS, measured)
 
 
 def way_rows(base: dict, workload: Workload | None, measured: list[Measurement]) -> list[dict]:
@@ -259,7 +266,7 @@ def way_rows(base: dict, workload: Workload | None, measured: list[Measurement])
             if m.bytes_per_step:
                 row["bytes_per_s"] = m.bytes_per_step * row["steps_per_s"]
         rows.append(row)
-    return _with_ratios(rows, tuple(m.impl for m in measured))
+    return _with_ratios(rows, tuple(m.impl for m in measured), measured)
 
 
 def summary(rows: list[dict], out: Path) -> dict:

@@ -1,7 +1,8 @@
 """How the implementations of one point are set up, warmed and timed, and what a failure leaves.
 
 Two schedules: ``time_together`` sets every runner up, then times them round-robin (one
-round each in turn, so a burst of load from other processes hits them alike);
+round each in turn, so a burst of load from other processes hits them alike, and their
+ratios can be taken round by round: ``timing.paired_ratio``);
 ``time_each`` sets up, times and frees one runner after another (a model too large for
 all of them at once, or work that disturbs its neighbours, such as a reader's prefetch
 thread). Either way an implementation that raises is recorded (``failed`` with the first
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.bench.measure import FAILED, OUT_OF_MEMORY, Measurement, Runner, is_out_of_memory, missing
-from pipeline.bench.timing import Budget, Deadline, RoundRobin, past, time_alone
+from pipeline.bench.timing import Budget, Deadline, RoundRobin, cycle_order, past, time_alone
 
 SKIPPED = "skipped"
 BUDGET_SPENT = "time budget spent"
@@ -92,7 +93,8 @@ def time_together(runners: list[Runner], budget: Budget, done: dict[str, Measure
     for i in range(budget.rounds):
         if i and past(deadline):
             break
-        live = [r for r in live if guarded(r, done, needs, lambda r=r: rr.one_round(r.impl, r))]
+        failed = {r.impl for r in cycle_order(live, i) if not guarded(r, done, needs, lambda r=r: rr.one_round(r.impl, r))}
+        live = [r for r in live if r.impl not in failed]
     for r in live:
         _finish(r, done, needs, lambda r=r: rr.timing(r.impl, r.steps_per_unit))
 

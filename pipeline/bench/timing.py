@@ -4,8 +4,13 @@ A round runs ``n`` units (a unit is one dispatch: one step, or K scanned steps) 
 with ``block_until_ready`` (or the peer's own synchronisation), so a round's wall time is
 the time the steps really took. After warm-up, the round size is chosen so a round lasts
 about ``round_s``. The median over rounds is the figure; the spread says how noisy the
-machine was. Several implementations are timed round-robin (one round each in turn), so
-a burst of load from other processes hits them alike and their ratios stay fair.
+machine was. Several implementations are timed round-robin: in each cycle one round of
+each, the cycle starting one implementation further on every time (so none always runs
+right after another's after-effects). Their ratio is the median over cycles of the ratio
+of their rounds in that cycle (``paired_ratio``): rounds next to each other in time share
+the machine's load, so a burst of load from other processes cancels out of the ratio
+instead of moving it (on a shared 2-core machine, the ratio of two independent medians
+moved by +-5% between runs; the paired one, by about half that).
 Each round's CPU time (every thread of this process) is kept beside its wall time. With a
 deadline, rounds after the first stop once it has passed: a short budget gives a rougher
 figure instead of none.
@@ -13,6 +18,7 @@ figure instead of none.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -42,6 +48,8 @@ class Timing:
     steps: int  # timed steps in all rounds
     rounds: int
     cpu: float | None = None  # median CPU seconds per step of this process (all its threads)
+    samples: tuple[float, ...] = ()  # seconds per step of each timed round, in order
+    together: int = 0  # the round-robin that timed it: round i of each of its implementations is one cycle
 
     @property
     def spread(self) -> float:
@@ -100,10 +108,30 @@ def _resize(units: int, took: float, budget: Budget) -> int:
     return int(min(budget.max_units, max(1, round(units * budget.round_s / took))))
 
 
+MIN_PAIRS = 3  # fewer paired rounds than this: the ratio of the medians instead
+_round_robins = itertools.count(1)
+
+
+def paired_ratio(mine: Timing, theirs: Timing) -> float | None:
+    """How much faster ``mine`` is than ``theirs``: the median over cycles of their round's time
+    per step over mine, for two implementations timed in one round-robin (None otherwise)."""
+    if not mine.together or mine.together != theirs.together:
+        return None
+    pairs = [t / m for m, t in zip(mine.samples, theirs.samples)]  # a runner that failed has fewer rounds
+    return statistics.median(pairs) if len(pairs) >= MIN_PAIRS else None
+
+
+def cycle_order(names: list, cycle: int) -> list:
+    """The order of one round-robin cycle: each cycle starts one implementation further on."""
+    start = cycle % len(names) if names else 0
+    return names[start:] + names[:start]
+
+
 class RoundRobin:
     """Warm up and size each implementation, then time one round of each in turn."""
 
     def __init__(self, budget: Budget):
+        self.id = next(_round_robins)
         self.budget = budget
         self.units: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {}
@@ -129,7 +157,8 @@ class RoundRobin:
         per_step = self.samples[name]
         median, p25, p75, fastest, slowest = summarize(per_step)
         steps = self.units[name] * steps_per_unit * len(per_step)
-        return Timing(median, p25, p75, fastest, slowest, steps, len(per_step), statistics.median(self.cpu[name]))
+        return Timing(median, p25, p75, fastest, slowest, steps, len(per_step), statistics.median(self.cpu[name]),
+                      tuple(per_step), self.id)
 
 
 def time_alone(timed: Timed, budget: Budget, deadline: Deadline | None = None) -> Timing:

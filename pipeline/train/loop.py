@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from pipeline.track.profile import Profiler
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
 from pipeline.track.trackers import trackers
-from pipeline.train.calls import target_steps_per_call
+from pipeline.train.calls import scan_unroll, target_steps_per_call
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.engine import Engine, Interrupted, NonFiniteLoss, Policy, Selection, books_from_meta
@@ -190,9 +190,10 @@ def prepare(cfg: Config, store: Store) -> Prepared:
     placement = state_shardings(state, mesh)
     state = place_state(state, placement)
     evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
+    params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+    spec = replace(spec, unroll=scan_unroll(params, cfg.batch_size, steps))
     target = AUTO_STEPS_PER_CALL
     if not cfg.steps_per_call and reader is None:  # streamed batches are stacked K at a time: keep K modest
-        params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
         target = target_steps_per_call(params, cfg.batch_size)
     first_eval = next(iter(evals.values()))
     if reader is None:

@@ -42,6 +42,7 @@ class StepSpec:
     batch_size: int
     compute_dtype: Any  # jnp.float32 or jnp.bfloat16
     key_leaves: tuple[bool, ...] = ()  # which leaves of ``rest`` are PRNG keys (kept as raw data in the state)
+    unroll: int = 1  # steps per iteration of a call's scan (``calls.scan_unroll``); the results are the same
 
 
 def state_hparams(cfg: Config) -> dict[str, jax.Array]:

@@ -71,7 +71,9 @@ def _scan_steps(spec: StepSpec, state: TrainState, xs, batch_of) -> tuple[TrainS
         new, metrics = train_step(spec, state.replace(**moving), *batch_of(x))
         return {f: getattr(new, f) for f in MOVING}, metrics
 
-    moving, metrics = jax.lax.scan(body, {f: getattr(state, f) for f in MOVING}, xs)
+    k = jax.tree.leaves(xs)[0].shape[0]
+    unroll = spec.unroll if k % spec.unroll == 0 else 1  # no remainder loop: it would only add compile time
+    moving, metrics = jax.lax.scan(body, {f: getattr(state, f) for f in MOVING}, xs, unroll=unroll)
     return state.replace(**moving), metrics
 
 

@@ -50,7 +50,8 @@ def test_tiny_suite_end_to_end(cli, tmp_path, monkeypatch):
     assert "parameters" in rows[("huge-mlp", "pipeline")]["detail"]
     pipe = rows[("tiny-mlp", "pipeline")]
     assert pipe["status"] == "ok" and pipe["suite"] == "tiny"
-    assert pipe["vs_jax_bare"] == pytest.approx(pipe["steps_per_s"] / rows[("tiny-mlp", "jax_bare")]["steps_per_s"])
+    bare = rows[("tiny-mlp", "jax_bare")]  # timed round-robin: the median of the ratios of paired rounds
+    assert bare["step_s_min"] / pipe["step_s_max"] <= pipe["vs_jax_bare"] <= bare["step_s_max"] / pipe["step_s_min"]
     assert 100 <= pipe["steps_per_call"] <= 1000  # K from the measured per-call overhead
     assert pipe["flops_xla"] > 0 and 0 <= pipe["input_share"] <= 1
     assert pipe["backend"] == "cpu" and pipe["jax"] and pipe["params"] == 8 * 8 * 8 + 8 + 8 * 10 + 10

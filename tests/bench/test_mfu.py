@@ -1,4 +1,4 @@
-"""MFU arithmetic, the table of peaks, and the figures of a result row."""
+"""MFU arithmetic, the table of peaks, the figures of a result row, and how rounds become ratios."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pipeline.bench.measure import NOT_INSTALLED, Measurement, missing
 from pipeline.bench.peaks import Peak, device_peak, mfu, table_peak
 from pipeline.bench.points import POINTS
 from pipeline.bench.run import model_rows
-from pipeline.bench.timing import Timing, summarize
+from pipeline.bench.schedule import time_together
+from pipeline.bench.timing import Budget, Timing, cycle_order, paired_ratio, summarize
 
 
 def test_mfu_against_a_fixed_peak():
@@ -68,3 +69,70 @@ def test_row_figures_and_ratios(workload_for):
     assert pipe["vs_torch_eager"] is None
     assert rows["torch_eager"]["status"] == NOT_INSTALLED and rows["torch_eager"].get("steps_per_s") is None
     assert rows["torch_eager"].get("mfu") is None
+
+
+def timed(samples: tuple[float, ...], together: int) -> Timing:
+    median, p25, p75, fastest, slowest = summarize(list(samples))
+    return Timing(median, p25, p75, fastest, slowest, 10 * len(samples), len(samples), None, samples, together)
+
+
+def test_ratios_of_a_round_robin_are_taken_round_by_round():
+    # A burst of load slows the third cycle for both; paired, it cancels: each cycle says 2x.
+    mine, theirs = timed((1.0, 1.0, 3.0, 1.0, 1.0), 7), timed((2.0, 2.0, 6.0, 2.0, 2.0), 7)
+    assert paired_ratio(mine, theirs) == pytest.approx(2.0)
+    # The median of the cycles' ratios, not the ratio of the medians (2 / 1 here).
+    mine, theirs = timed((1.0, 2.0, 4.0), 7), timed((3.0, 2.0, 4.0), 7)
+    assert paired_ratio(mine, theirs) == pytest.approx(1.0) and theirs.median / mine.median == pytest.approx(1.5)
+    # A runner that failed after two rounds: too few pairs. Two round-robins: nothing to pair.
+    assert paired_ratio(timed((1.0, 1.0), 7), timed((2.0, 2.0, 2.0), 7)) is None
+    assert paired_ratio(timed((1.0, 1.0, 1.0), 7), timed((2.0, 2.0, 2.0), 8)) is None
+    assert paired_ratio(timed((1.0, 1.0, 1.0), 0), timed((2.0, 2.0, 2.0), 0)) is None
+
+
+def test_row_ratios_are_paired_when_timed_together(workload_for):
+    w = workload_for(POINTS["mlp-h32-b32"])
+    measured = [Measurement("pipeline", timing=timed((1.0, 2.0, 4.0), 3)),
+                Measurement("jax_bare", timing=timed((3.0, 2.0, 4.0), 3)),
+                Measurement("jax_bare_scan", timing=timed((3.0, 2.0, 4.0), 4)),  # timed apart: speeds
+                missing("torch_eager", NOT_INSTALLED), missing("torch_compile", NOT_INSTALLED)]
+    rows = {r["impl"]: r for r in model_rows({"batch": 32}, w, measured, Peak(1e9, "test"))}
+    assert rows["pipeline"]["vs_jax_bare"] == pytest.approx(1.0)
+    assert rows["pipeline"]["vs_jax_bare_scan"] == pytest.approx(1.5)
+
+
+def test_each_cycle_starts_one_implementation_further_on():
+    assert [cycle_order(["a", "b", "c"], i) for i in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+class Counter:
+    """A trivial implementation that logs the order in which the scheduler runs its rounds."""
+
+    steps_per_unit = 1
+
+    def __init__(self, impl: str, log: list[str]):
+        self.impl, self.log = impl, log
+        self.m = Measurement(impl)
+
+    def setup(self) -> None:
+        pass
+
+    def run(self, units: int) -> None:
+        self.log.append(self.impl)
+
+    def result(self, timing: Timing) -> Measurement:
+        self.m.timing = timing
+        return self.m
+
+    def close(self) -> None:
+        pass
+
+
+def test_time_together_rotates_and_pairs_its_rounds():
+    log: list[str] = []
+    done: dict[str, Measurement] = {}
+    budget = Budget(warmup=1, rounds=4, round_s=1e-4, max_units=1)
+    time_together([Counter("a", log), Counter("b", log)], budget, done, echo=lambda s: None)
+    assert log == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-ups, then the rotating cycles
+    a, b = done["a"].timing, done["b"].timing
+    assert a.together == b.together != 0 and len(a.samples) == len(b.samples) == 4

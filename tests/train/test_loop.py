@@ -18,6 +18,7 @@ from pipeline.config import Config, OptimizerConfig, apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.data.order import EpochOrder
 from pipeline.models import MLPConfig
+from pipeline.train.calls import scan_unroll
 from pipeline.train.loop import prepare, train
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step
@@ -55,6 +56,30 @@ def test_k_steps_per_call_equal_k_single_steps(prep):
     np.testing.assert_allclose(np.asarray(metrics_k["loss"]), losses, rtol=1e-5)
     for a, b in zip(leaves(state_k.params), leaves(state_1.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [6, 5])
+def test_an_unrolled_call_equals_the_plain_one(prep, k):
+    """Two steps per scan iteration (tiny steps in long runs) change the program, not the results;
+    a K that two does not divide keeps one step per iteration (no remainder loop)."""
+    idx = EpochOrder(prep.train.rows, TINY.batch_size, TINY.resolved_data_seed).indices(0, k)
+    args = (prep.state, prep.train.x, prep.train.y, idx)
+    plain = jax.jit(functools.partial(train_many, prep.spec))
+    unrolled = jax.jit(functools.partial(train_many, dataclasses.replace(prep.spec, unroll=2)))
+    assert (plain.lower(*args).as_text() != unrolled.lower(*args).as_text()) == (k % 2 == 0)
+    (state_p, metrics_p), (state_u, metrics_u) = plain(*args), unrolled(*args)
+    np.testing.assert_allclose(np.asarray(metrics_u["loss"]), np.asarray(metrics_p["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics_u["accuracy"]), np.asarray(metrics_p["accuracy"]))
+    for a, b in zip(leaves(state_u.params), leaves(state_p.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_only_tiny_steps_of_long_runs_are_unrolled(prep, store):
+    assert scan_unroll(2_410, 32, 1_000_000) == 2  # the digits MLP of `pipeline bench cpu-small`
+    assert scan_unroll(2_410, 32, 20_000) == 1  # a short run would not earn back the extra compile time
+    assert scan_unroll(10**9, 32, 1_000_000) == 1  # a large step: the loop's own cost is noise
+    assert prep.spec.unroll == 1
+    assert prepare(dataclasses.replace(TINY, steps=200_000, eval_every=100_000), store).spec.unroll == 2
 
 
 def test_one_compilation_per_run_and_none_after_step_one(store, tmp_path, caplog):
