@@ -88,6 +88,7 @@ def time_together(runners: list[Runner], budget: Budget, done: dict[str, Measure
     live = [r for r in runners if _set_up(r, done, needs, deadline, before_setup, echo, "setting up")]
     rr = RoundRobin(budget)
     live = [r for r in live if guarded(r, done, needs, lambda r=r: rr.warm(r.impl, r))]
+    rr.balance([r.impl for r in live])
     if live:
         echo(f"  timing {', '.join(r.impl for r in live)} round-robin")
     for i in range(budget.rounds):

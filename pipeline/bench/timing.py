@@ -136,14 +136,27 @@ class RoundRobin:
         self.units: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
+        self.unit_s: dict[str, float] = {}  # seconds per unit in the last warm-up round
 
     def warm(self, name: str, timed: Timed) -> None:
-        units = _resize(1, _clock(lambda: timed.run(1)), self.budget)
+        took = _clock(lambda: timed.run(1))
+        units = _resize(1, took, self.budget)
+        self.unit_s[name] = took
         for _ in range(max(self.budget.warmup - 1, 0)):
-            units = _resize(units, _clock(lambda u=units: timed.run(u)), self.budget)
+            took = _clock(lambda u=units: timed.run(u))
+            self.unit_s[name] = took / units
+            units = _resize(units, took, self.budget)
         self.units[name] = units
         self.samples[name] = []
         self.cpu[name] = []
+
+    def balance(self, names: list[str]) -> None:
+        """Give every implementation's rounds one length: ``round_s``, or one unit of the slowest
+        when that is longer (a call of K steps can outlast ``round_s``), so that the rounds paired
+        in a cycle cover equal stretches of the machine's load."""
+        target = max([self.budget.round_s, *(self.unit_s[n] for n in names)])
+        for name in names:
+            self.units[name] = int(min(self.budget.max_units, max(1, round(target / self.unit_s[name]))))
 
     def one_round(self, name: str, timed: Timed) -> None:
         units = self.units[name]

@@ -9,7 +9,7 @@ from pipeline.bench.peaks import Peak, device_peak, mfu, table_peak
 from pipeline.bench.points import POINTS
 from pipeline.bench.run import model_rows
 from pipeline.bench.schedule import time_together
-from pipeline.bench.timing import Budget, Timing, cycle_order, paired_ratio, summarize
+from pipeline.bench.timing import Budget, RoundRobin, Timing, cycle_order, paired_ratio, summarize
 
 
 def test_mfu_against_a_fixed_peak():
@@ -103,6 +103,18 @@ def test_row_ratios_are_paired_when_timed_together(workload_for):
 def test_each_cycle_starts_one_implementation_further_on():
     assert [cycle_order(["a", "b", "c"], i) for i in range(4)] == [
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_rounds_are_balanced_to_the_longest_unit():
+    """A pipeline call of K CNN steps (0.45 s) outlasts round_s: every round then lasts about that
+    long, so the rounds paired in a cycle see the same stretch of load."""
+    rr = RoundRobin(Budget(round_s=0.1))
+    rr.unit_s = {"pipeline": 0.45, "jax_bare_scan": 0.045, "jax_bare": 0.0005, "failed": 9.0}
+    rr.balance(["pipeline", "jax_bare_scan", "jax_bare"])
+    assert rr.units == {"pipeline": 1, "jax_bare_scan": 10, "jax_bare": 900}
+    rr.unit_s = {"a": 0.01, "b": 0.02}
+    rr.balance(["a", "b"])  # both shorter than round_s: round_s it is
+    assert rr.units == {"pipeline": 1, "jax_bare_scan": 10, "jax_bare": 900, "a": 10, "b": 5}
 
 
 class Counter:
