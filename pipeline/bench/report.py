@@ -147,7 +147,8 @@ def header(rows: list[dict]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     parts = [f"# Benchmark run {rows[0]['run_id']}", header(rows)]
-    for title, table in (("Side by side (steps/s; ratios are the pipeline's steps/s over the peer's)",
+    for title, table in (("Side by side (steps/s; ratios: how many times faster the pipeline is, "
+                          "round by round where timed round-robin)",
                           side_by_side(rows)), ("Every measurement", details(rows)),
                          ("Readers (data suite)", readers(rows)),
                          ("Loops, sweeps, streaming, processes and traces", ways(rows)),

@@ -9,8 +9,9 @@ folder's first part at the next append.
 
 Every row carries the environment (device, backend, versions, commit), the point's
 config and every figure, and the ratio of its throughput to each peer's measured in the
-same run (``vs_<impl>``: this row's steps/s over that implementation's; for rows timed as
-whole processes without steps, such as the time to a first step, that implementation's
+same run (``vs_<impl>``: how many times faster this row is; the median of the two's paired
+rounds where they were timed round-robin, else this row's steps/s over that implementation's;
+for rows timed as whole processes without steps, such as the time to a first step, that implementation's
 seconds over this row's), so any row read alone says how it compares. Figures a row does not have are null, never zero;
 its ``status`` says why (``not installed``, ``out of memory``, ...).
 """
