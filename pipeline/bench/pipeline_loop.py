@@ -1,6 +1,7 @@
-"""The pipeline measured with its own code: ``prepare`` and ``compiled`` from the train loop.
+"""The pipeline measured with its own code: ``prepare`` and the run's own compiled program.
 
-Each call runs K steps (``steps_per_call``, chosen as ``pipeline train`` chooses it); after
+Each call runs K steps (``steps_per_call``, chosen as ``pipeline train`` chooses it), over the
+state's leaves with the run's shardings, as a run's ``SoloPopulation`` calls it; after
 dispatching call N the host reads back the metrics of call N-1 and checks the loss, as
 the loop does, and each call's batches come from the loop's own ``Batches`` (the host's
 epoch order, its row indices placed on the device). Evaluation, checkpoints and metric
@@ -25,7 +26,8 @@ from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.train.loop import Batches, compiled, prepare
+from pipeline.train.loop import Batches, prepare
+from pipeline.train.population import solo_programs
 from pipeline.train.step import train_step
 
 INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
@@ -44,15 +46,17 @@ class PipelineRunner(Runner):
     def setup(self) -> None:
         prep = self.prep = prepare(self.cfg, self.workload.store)
         self.steps_per_unit = prep.steps_per_call
-        self.call, _evaluate = compiled(prep.spec, stream=prep.reader is not None)
+        programs = solo_programs(prep.spec, prep.steps_per_call, prep.reader is not None, prep.shardings)
+        self.call = programs.run_leaves.jitted(jax.tree.structure(prep.state))
         self.batches = Batches(prep, 0)
+        leaves = jax.tree.leaves(prep.state)
         start = time.perf_counter()
-        program = self.call.lower(prep.state, *self.batches.args()).compile()  # later calls reuse it
+        program = self.call.lower(leaves, *self.batches.args()).compile()  # later calls reuse it
         self.m.compile_s = time.perf_counter() - start
         self.m.mem_program_bytes = program_bytes(program)
         check_fits(program, "the pipeline's program")
         self.m.flops_xla = step_flops(prep) if prep.train is not None else None
-        self.state, self.pending = prep.state, None
+        self.state, self.pending = leaves, None
 
     def run(self, units: int) -> None:
         state, pending = self.state, self.pending
