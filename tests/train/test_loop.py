@@ -20,6 +20,7 @@ from pipeline.data.order import EpochOrder
 from pipeline.models import MLPConfig
 from pipeline.train.calls import scan_unroll
 from pipeline.train.loop import prepare, train
+from pipeline.train.population import solo_programs
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step
 
@@ -72,6 +73,22 @@ def test_an_unrolled_call_equals_the_plain_one(prep, k):
     np.testing.assert_allclose(np.asarray(metrics_u["accuracy"]), np.asarray(metrics_p["accuracy"]))
     for a, b in zip(leaves(state_u.params), leaves(state_p.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_call_over_the_state_leaves_equals_the_call_over_the_state(prep):
+    """What a run's population calls (the state as a list of leaves, no Python flattening of nnx
+    Variables at each call) is the same program as the one over the TrainState."""
+    programs = solo_programs(prep.spec, 4, shardings=prep.shardings)
+    idx = EpochOrder(prep.train.rows, TINY.batch_size, TINY.resolved_data_seed).indices(0, 4)
+    copy = functools.partial(jax.tree.map, jnp.copy)  # both programs donate their state
+    state, metrics = programs.run(copy(prep.state), prep.train.x, prep.train.y, idx)
+    treedef = jax.tree.structure(prep.state)
+    leaves, metrics_l = programs.run_leaves(treedef, jax.tree.leaves(copy(prep.state)), prep.train.x, prep.train.y, idx)
+    assert jax.tree.structure(jax.tree.unflatten(treedef, leaves)) == jax.tree.structure(state)
+    for a, b in zip(leaves, jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(metrics_l["loss"]), np.asarray(metrics["loss"]))
+    assert programs.run_leaves.jitted(treedef) is programs.run_leaves.jitted(treedef)  # one program per structure
 
 
 def test_only_tiny_steps_of_long_runs_are_unrolled(prep, store):
