@@ -94,8 +94,8 @@ def time_together(runners: list[Runner], budget: Budget, done: dict[str, Measure
     for i in range(budget.rounds):
         if i and past(deadline):
             break
-        failed = {r.impl for r in cycle_order(live, i) if not guarded(r, done, needs, lambda r=r: rr.one_round(r.impl, r))}
-        live = [r for r in live if r.impl not in failed]
+        timed = {r.impl: guarded(r, done, needs, lambda r=r: rr.one_round(r.impl, r)) for r in cycle_order(live, i)}
+        live = [r for r in live if timed[r.impl]]
     for r in live:
         _finish(r, done, needs, lambda r=r: rr.timing(r.impl, r.steps_per_unit))
 

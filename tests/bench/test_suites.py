@@ -189,7 +189,8 @@ def test_loop_sweep_stream_trace_and_readers_on_tiny_shapes(cli, tmp_path, monke
     assert all(row["status"] == "ok" for row in rows.values()), {k: r["detail"] for k, r in rows.items()}
     scanned, host = rows[("tiny-loop", "scanned")], rows[("tiny-loop", "host_loop")]
     assert host["steps_per_call"] == 1 and scanned["steps_per_call"] > 1
-    assert host["step_s_min"] / scanned["step_s_max"] <= scanned["vs_host_loop"] <= host["step_s_max"] / scanned["step_s_min"]
+    paired = scanned["vs_host_loop"]  # the median of paired rounds' ratios: within the extremes'
+    assert host["step_s_min"] / scanned["step_s_max"] <= paired <= host["step_s_max"] / scanned["step_s_min"]
     pop = rows[("tiny-sweep", "population")]
     assert json.loads(pop["config"])["population"] == 4
     assert pop["examples_per_s"] == pytest.approx(16 * pop["steps_per_s"])  # member-steps of batch 16
