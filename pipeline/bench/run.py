@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -188,7 +188,7 @@ def _speed(row: dict) -> float | None:
     return 1.0 / row["wall_s"] if row.get("wall_s") else None
 
 
-def _with_ratios(rows: list[dict], impls: tuple[str, ...], measured: list[Measurement] = ()) -> list[dict]:
+def _with_ratios(rows: list[dict], impls: tuple[str, ...], measured: Sequence[Measurement] = ()) -> list[dict]:
     """``vs_IMPL``: how many times faster each row is than IMPL. Implementations timed in one
     round-robin are compared round by round (``paired_ratio``); others by their speeds."""
     speed = {r["impl"]: _speed(r) for r in rows}

@@ -53,10 +53,8 @@ class OverLeaves:
         self.fn, self.shardings = fn, shardings
         self.by_tree: dict[Any, Callable] = {}
 
-    def __call__(self, treedef: Any, leaves: list, *args: Any) -> tuple[list, Any]:
-        return self.jitted(treedef)(leaves, *args)
-
     def jitted(self, treedef: Any) -> Callable:
+        """The program for states of this structure: ``(leaves, *args) -> (leaves, out)``."""
         if treedef not in self.by_tree:
             def over_leaves(leaves: list, *args: Any) -> tuple[list, Any]:
                 state, out = self.fn(jax.tree.unflatten(treedef, leaves), *args)
@@ -331,11 +329,12 @@ class SoloPopulation:
 
     def __init__(self, programs: Programs, states: list[TrainState], live: np.ndarray, feed: Feed,
                  first_step: int):
-        self.programs, self.run, self.evaluate = programs, programs.run_leaves, programs.evaluate
         placed = [(programs.place or on_mesh)(s) for s in states]
         # Each member as its leaves between calls (``OverLeaves``); every member has one structure.
         self.treedef = jax.tree.structure(placed[0])
         self.leaves = [jax.tree.leaves(s) for s in placed]
+        self.programs, self.evaluate = programs, programs.evaluate
+        self.run = programs.run_leaves.jitted(self.treedef)
         self.live = np.array(live, bool)
         self.feed = feed
         self.step_count = first_step
@@ -351,7 +350,7 @@ class SoloPopulation:
         handles, k = {}, self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
             args = self.feed.member_args(int(i), self.step_count, k)
-            self.leaves[i], handles[int(i)] = self.run(self.treedef, self.leaves[i], *args)
+            self.leaves[i], handles[int(i)] = self.run(self.leaves[i], *args)
         self.step_count += k
         return handles
 
@@ -370,8 +369,10 @@ class SoloPopulation:
 
     def eval_sums(self, evals: dict[str, EvalBatches]) -> dict[str, dict[str, np.ndarray]]:
         live = np.flatnonzero(self.live)
-        per = {int(i): {n: self.evaluate(state, b.x, b.y, b.mask) for n, b in evals.items()}
-               for i, state in ((i, self.member(i)) for i in live)}
+        per = {}
+        for i in live:
+            state = self.member(int(i))
+            per[int(i)] = {n: self.evaluate(state, b.x, b.y, b.mask) for n, b in evals.items()}
         per = jax.device_get(per)
         out: dict[str, dict[str, np.ndarray]] = {}
         for split in evals:

@@ -83,12 +83,13 @@ def test_a_call_over_the_state_leaves_equals_the_call_over_the_state(prep):
     copy = functools.partial(jax.tree.map, jnp.copy)  # both programs donate their state
     state, metrics = programs.run(copy(prep.state), prep.train.x, prep.train.y, idx)
     treedef = jax.tree.structure(prep.state)
-    leaves, metrics_l = programs.run_leaves(treedef, jax.tree.leaves(copy(prep.state)), prep.train.x, prep.train.y, idx)
+    run_leaves = programs.run_leaves.jitted(treedef)
+    leaves, metrics_l = run_leaves(jax.tree.leaves(copy(prep.state)), prep.train.x, prep.train.y, idx)
     assert jax.tree.structure(jax.tree.unflatten(treedef, leaves)) == jax.tree.structure(state)
     for a, b in zip(leaves, jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(metrics_l["loss"]), np.asarray(metrics["loss"]))
-    assert programs.run_leaves.jitted(treedef) is programs.run_leaves.jitted(treedef)  # one program per structure
+    assert programs.run_leaves.jitted(treedef) is run_leaves  # one program per structure
 
 
 def test_only_tiny_steps_of_long_runs_are_unrolled(prep, store):
