@@ -18,7 +18,7 @@ _EXPORTS = {
     "Config": "pipeline.config", "ModelConfig": "pipeline.config", "OptimizerConfig": "pipeline.config",
     "DataConfig": "pipeline.config", "traced": "pipeline.config",
     "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",
-    "Hook": "pipeline.train.hooks", "RunInfo": "pipeline.train.hooks",
+    "Hook": "pipeline.hooks", "RunInfo": "pipeline.hooks",
 }
 __all__ = sorted(_EXPORTS)
 

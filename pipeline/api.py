@@ -67,7 +67,7 @@ def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: A
     comes from process 0) and write nothing there.
     """
     from pipeline import distributed
-    from pipeline.train.loop import train
+    from pipeline.train.prepare import train
 
     if distributed.process_count() > 1 and not distributed.is_primary():  # process 0 names the folder
         folder = distributed.primary_does("run_dir", lambda: None)
@@ -82,7 +82,7 @@ def _train_in_folder_primary(cfg: Config, name: str, run_dir: str | Path | None,
 
     from pipeline import distributed
     from pipeline.track.run_dir import default_runs_root, folder_lock, make_folders, new_run_dir, remove_if_unused
-    from pipeline.train.loop import train
+    from pipeline.train.prepare import train
 
     made: list[Path] = []
     with contextlib.ExitStack() as stack:
@@ -164,7 +164,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     from flax import nnx
 
     from pipeline.train.checkpoint import Checkpointer
-    from pipeline.train.record import read_run
+    from pipeline.train.run_folder import read_run
     from pipeline.train.state import create_state, typed_keys
 
     if which not in ("best", "latest"):

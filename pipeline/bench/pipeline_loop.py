@@ -26,7 +26,7 @@ from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.train.loop import Batches, prepare
+from pipeline.train.prepare import Batches, prepare
 from pipeline.train.population import solo_programs
 from pipeline.train.step import train_step
 

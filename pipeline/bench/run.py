@@ -22,12 +22,12 @@ import jax
 from pipeline.bench import synthetic
 from pipeline.bench.environment import environment
 from pipeline.bench.flops import analytic_train_flops
-from pipeline.bench.loop import measure_loop, measure_stream
+from pipeline.bench.loop_points import measure_loop, measure_stream
 from pipeline.bench.measure import FAILED, OK, UNAVAILABLE, Measurement
 from pipeline.bench.peaks import Peak, device_peak, mfu
 from pipeline.bench.peers import Factory, measure_point
 from pipeline.bench.points import POINTS, BenchError, Point, select
-from pipeline.bench.population import measure_population
+from pipeline.bench.sweep_points import measure_population
 from pipeline.bench.processes import measure_first_step, measure_sweep_run
 from pipeline.bench.readers import measure_readers, reader_config
 from pipeline.bench.report import write_reports

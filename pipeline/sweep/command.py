@@ -83,7 +83,7 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def population_bytes(text: str) -> int:
     """``--population-memory``: a finite, positive size (``nan``, ``inf`` and ``-1G`` are refused)."""
-    from pipeline.sweep.plan import parse_bytes
+    from pipeline.sweep.grouping import parse_bytes
 
     stripped = text.strip().lower()
     if any(word in stripped for word in ("nan", "inf")):

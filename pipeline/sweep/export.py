@@ -33,9 +33,9 @@ from pipeline.track.run_dir import (
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.engine import Selection
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.loop import run_summary
+from pipeline.train.prepare import run_summary
 from pipeline.train.population import stack
-from pipeline.train.record import open_run_dir
+from pipeline.train.run_folder import open_run_dir
 from pipeline.train.state import create_state
 
 

@@ -64,14 +64,14 @@ def run_population(task: Task) -> dict[str, Any]:
     from pipeline.data import Store
     from pipeline.sweep import records
     from pipeline.sweep.folder import SWEEP_FILE
-    from pipeline.sweep.runner import SweepOptions, plan_sweep, run_group
+    from pipeline.sweep.runner import SweepOptions, resolve_sweep, run_group
     from pipeline.track.run_dir import read_json
-    from pipeline.train.loop import prepare
+    from pipeline.train.prepare import prepare
 
     opts = SweepOptions(**{**task.options, "show_progress": False})
     store = Store(task.store)
     sweep_dir = Path(task.sweep_dir)
-    sp = plan_sweep(task.experiment, list(task.args), store, opts)
+    sp = resolve_sweep(task.experiment, list(task.args), store, opts)
     saved = read_json(sweep_dir / SWEEP_FILE)
     for g, chunks in zip(sp.groups, saved["chunks"]):
         g.chunks = chunks

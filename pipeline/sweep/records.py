@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.sweep.plan import Trial
+from pipeline.sweep.grouping import Trial
 from pipeline.sweep.space import format_value
 from pipeline.track.metrics import MEMBERS_SCHEMA
 from pipeline.track.run_dir import (

@@ -31,13 +31,13 @@ from pipeline.errors import PipelineError
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import best_metric, resolve
 from pipeline.signals import sigint_flag
-from pipeline.sweep import choose, folder, plan, records, strategy
-from pipeline.sweep.execute import GroupRun, Halving, PopulationRun
+from pipeline.sweep import folder, grouping, plan_probe, records, strategy
+from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import read_json, remove_path, write_json
-from pipeline.train.loop import prepare
+from pipeline.train.prepare import prepare
 from pipeline.train.population import solo_programs, vmapped_programs
 from pipeline.train.state import create_state
 
@@ -49,9 +49,9 @@ class SweepOptions:
     search_seed: int = 0
     sweep_dir: Path | None = None
     sweeps_root: Path | None = None
-    vmap: bool | None = None  # None: measure both plans per group (choose.py); False: --no-vmap
+    vmap: bool | None = None  # None: measure both plans per group (plan_probe.py); False: --no-vmap
     max_population: int | None = None
-    population_memory: int = plan.DEFAULT_POPULATION_BYTES
+    population_memory: int = grouping.DEFAULT_POPULATION_BYTES
     rungs: tuple[int, ...] = ()
     keep: float = 0.5
     show_progress: bool = True
@@ -74,7 +74,7 @@ def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, 
     return parse_space(base, [f"{k}={v}" for k, v in items.items()] + list(cli.fixed)), settings
 
 
-def check_halving(opts: SweepOptions, groups: list[plan.Group], trials: list[plan.Trial]) -> None:
+def check_halving(opts: SweepOptions, groups: list[grouping.Group], trials: list[grouping.Trial]) -> None:
     if opts.rungs and not 0.0 < opts.keep < 1.0:
         raise ConfigError(f"bad value for '--keep': {opts.keep} must be between 0 and 1")
     for g in groups:
@@ -86,7 +86,7 @@ def check_halving(opts: SweepOptions, groups: list[plan.Group], trials: list[pla
 
 
 @dataclass
-class SweepPlan:
+class ResolvedSweep:
     """Everything a sweep's inputs decide, before its folder is touched: the same on every machine."""
 
     name: str
@@ -94,9 +94,9 @@ class SweepPlan:
     space: Space
     strategy: str
     count: int | None
-    trials: list[plan.Trial]
+    trials: list[grouping.Trial]
     infos: dict[str, Any]
-    groups: list[plan.Group]
+    groups: list[grouping.Group]
     identity: dict[str, Any]
     module: Any
 
@@ -105,7 +105,7 @@ class SweepPlan:
         return [d.key for d in self.space.dimensions]
 
 
-def plan_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> SweepPlan:
+def resolve_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> ResolvedSweep:
     """The trials, groups and identity of a sweep (every input checked; nothing written)."""
     module = load_module(experiment)
     name = experiment_name(experiment)
@@ -114,20 +114,20 @@ def plan_sweep(experiment: str, args: list[str], store: Store, opts: SweepOption
     strategy_name = opts.strategy or declared.get("strategy", "grid")
     count = opts.trials if opts.trials is not None else declared.get("trials")
     points = strategy.trials(space, strategy_name, count, opts.search_seed)
-    trials = plan.make_trials(base, space, points)
+    trials = grouping.make_trials(base, space, points)
     infos = {}
     for t in trials:
         if t.cfg.data.name not in infos:
             infos[t.cfg.data.name] = ensure_dataset(store, t.cfg.data.name)
-    groups = plan.make_groups(trials, infos)
+    groups = grouping.make_groups(trials, infos)
     check_halving(opts, groups, trials)
-    plan.check_programs(groups, trials, infos)
+    grouping.check_programs(groups, trials, infos)
     identity = json.loads(json.dumps({
         "experiment": name, "base_config": to_dict(base), "space": space.spelling(), "strategy": strategy_name,
         "trials_requested": count, "search_seed": opts.search_seed, "rungs": list(opts.rungs),
         "keep": opts.keep if opts.rungs else None,
     }))
-    return SweepPlan(name, base, space, strategy_name, count, trials, infos, groups, identity, module)
+    return ResolvedSweep(name, base, space, strategy_name, count, trials, infos, groups, identity, module)
 
 
 def check_one_process() -> None:
@@ -147,7 +147,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         from pipeline.sweep import ray_executor
 
         ray = ray_executor.require()  # without the extra: one line, before anything is planned or written
-    sp = plan_sweep(experiment, args, store, opts)
+    sp = resolve_sweep(experiment, args, store, opts)
     trials, infos, groups, identity, module = sp.trials, sp.infos, sp.groups, sp.identity, sp.module
     name, base, space = sp.name, sp.base, sp.space
     saved = folder.check_resumable(opts.sweep_dir, identity) if opts.sweep_dir else None
@@ -159,8 +159,8 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         for g in groups:
             cfg = trials[g.trials[0]].cfg
             info = infos[cfg.data.name]
-            per_member = plan.member_bytes(create_state(cfg, info, g.total_steps)[1], cfg, info)
-            g.chunks = plan.chunk(g.trials, plan.population_size(per_member, opts.max_population,
+            per_member = grouping.member_bytes(create_state(cfg, info, g.total_steps)[1], cfg, info)
+            g.chunks = grouping.chunk(g.trials, grouping.population_size(per_member, opts.max_population,
                                                                   opts.population_memory))
         split, metric, higher = selection(trials[0], infos)
         description = {**identity, "trials": len(trials), "chunks": [g.chunks for g in groups],
@@ -222,7 +222,7 @@ def record_plans(sweep_dir: Path, plans: dict[str, dict[str, Any]]) -> None:
     write_json(sweep_dir / folder.SWEEP_FILE, {**read_json(sweep_dir / folder.SWEEP_FILE), "plans": plans})
 
 
-def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[int]], recs: dict,
+def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: list[list[int]], recs: dict,
               sweep_dir: Path, opts: SweepOptions, plans: dict, saved_plans: dict, interrupted: dict,
               write_trials, on_progress, name: str,
               on_population: Callable[[Any], None] | None = None) -> None:
@@ -252,7 +252,7 @@ def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[i
         run, size = group_run(True)
         first = PopulationRun(run, g.chunks.index(chunks[0]), chunks[0], size)
         try:
-            measured = choose.measure(prep, first, [trials[t].cfg for t in chunks[0]], g.steps_per_call,
+            measured = plan_probe.measure(prep, first, [trials[t].cfg for t in chunks[0]], g.steps_per_call,
                                       g.total_steps, len(g.trials) * g.total_steps)
         except BaseException:  # failed or interrupted while probed: its files closed, as execute() closes them
             first.close()
@@ -279,11 +279,11 @@ def run_group(g: plan.Group, prep, trials: list[plan.Trial], chunks: list[list[i
         population.forget_metrics()
 
 
-def decided_plan(g: plan.Group, members: list[int], opts: SweepOptions,
+def decided_plan(g: grouping.Group, members: list[int], opts: SweepOptions,
                  plans: dict[str, dict[str, Any]]) -> bool | None:
     """Whether group ``g`` runs as vmapped populations, when that is decided without measuring: forced
     by ``--no-vmap`` (sequential) or ``--vmap``/``--max-population`` (populations), decided before by a
-    resumed sweep, or a single member. None: measure it on the first population (``choose.measure``)."""
+    resumed sweep, or a single member. None: measure it on the first population (``plan_probe.measure``)."""
     key = str(g.id)
     if opts.vmap is not None:
         plans[key] = {"plan": "population" if opts.vmap else "sequential", "forced": True}
@@ -296,7 +296,7 @@ def decided_plan(g: plan.Group, members: list[int], opts: SweepOptions,
     return None
 
 
-def selection(trial: plan.Trial, infos: dict) -> tuple[str, str, bool]:
+def selection(trial: grouping.Trial, infos: dict) -> tuple[str, str, bool]:
     """The split and metric that rank trials (what ``pipeline train`` selects its best checkpoint by),
     and whether higher is better."""
     info = infos[trial.cfg.data.name]
@@ -306,8 +306,8 @@ def selection(trial: plan.Trial, infos: dict) -> tuple[str, str, bool]:
     return ("val" if has_val else "test"), metric, objective.higher_is_better[metric]
 
 
-def summarize(sweep_dir: Path, name: str, trials: list[plan.Trial], recs: dict[int, records.TrialRecord],
-              swept: list[str], groups: list[plan.Group], wall: float, vmap: bool, infos: dict) -> dict[str, Any]:
+def summarize(sweep_dir: Path, name: str, trials: list[grouping.Trial], recs: dict[int, records.TrialRecord],
+              swept: list[str], groups: list[grouping.Group], wall: float, vmap: bool, infos: dict) -> dict[str, Any]:
     split, metric, higher = selection(trials[0], infos)
     sign = 1.0 if higher else -1.0
     candidates = [t for t in trials if recs[t.id].status in ("done", "early_stopped")

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.config import tracker_names
 from pipeline.errors import PipelineError
-from pipeline.train.hooks import Hook, RunInfo
+from pipeline.hooks import Hook, RunInfo
 
 
 def _need(module: str, extra: str) -> Any:

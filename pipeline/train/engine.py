@@ -33,7 +33,7 @@ from pipeline.track.metrics import MetricsTable
 from pipeline.track.profile import Profiler
 from pipeline.train.checkpoint import Checkpointer, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
-from pipeline.train.hooks import Hook
+from pipeline.hooks import Hook
 
 FLUSH_SECONDS = 5.0
 

@@ -12,7 +12,7 @@ import time
 
 from pipeline import signals
 from pipeline.experiments import load_module
-from pipeline.train.hooks import Hook
+from pipeline.hooks import Hook
 
 config = load_module("digits_mlp").config
 

@@ -14,7 +14,7 @@ from jax import lax
 from pipeline.config import Config, apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.models.conv import canonical_conv, conv_general_dilated
-from pipeline.train.loop import prepare
+from pipeline.train.prepare import prepare
 from pipeline.train.step import train_many
 
 

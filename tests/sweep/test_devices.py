@@ -20,7 +20,7 @@ from pipeline.config import Config, apply_overrides
 from pipeline.data import Store
 from pipeline.train.population import (ResidentFeed, SoloPopulation, VmapPopulation, solo_programs, stack,
                                        vmapped_programs)
-from pipeline.train.loop import prepare
+from pipeline.train.prepare import prepare
 from pipeline.train.state import create_state
 from pipeline.models import MLPConfig
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import Config, apply_overrides
 from pipeline.experiments import load_module
-from pipeline.sweep import plan, strategy
+from pipeline.sweep import grouping, strategy
 from pipeline.sweep.runner import resolve_space
 from pipeline.sweep.space import format_value, parse_space
 
@@ -82,10 +82,10 @@ def test_groups_split_on_the_program_not_on_traced_values():
                                "seed=range(2)", "model.dropout=choice(0;0.1;0.2)",
                                "optimizer.clip_norm=choice(0;1;2)"])
     points = strategy.trials(space, "grid", None, 0)
-    trials = plan.make_trials(BASE, space, points)
+    trials = grouping.make_trials(BASE, space, points)
     rows = {"train": 1438, "test": 359}
     info = type("Info", (), {"rows": rows})()
-    groups = plan.make_groups(trials, {"digits": info})
+    groups = grouping.make_groups(trials, {"digits": info})
     # hidden (2) x clipping on/off (2) x dropout on/off (2): learning rate, seed, the dropout
     # rate and the clip norm themselves are traced.
     assert len(groups) == 8
@@ -100,20 +100,20 @@ def test_groups_split_on_the_program_not_on_traced_values():
 
 def test_carved_validation_rows_depend_on_the_data_seed():
     cfg = apply_overrides(BASE, ["data.validation_fraction=0.2"])
-    a = plan.group_key(apply_overrides(cfg, ["seed=1"]), carves_validation=True)
-    b = plan.group_key(apply_overrides(cfg, ["seed=2"]), carves_validation=True)
+    a = grouping.group_key(apply_overrides(cfg, ["seed=1"]), carves_validation=True)
+    b = grouping.group_key(apply_overrides(cfg, ["seed=2"]), carves_validation=True)
     assert a != b
-    assert plan.group_key(apply_overrides(BASE, ["seed=1"]), False) == plan.group_key(
+    assert grouping.group_key(apply_overrides(BASE, ["seed=1"]), False) == grouping.group_key(
         apply_overrides(BASE, ["seed=2"]), False)
 
 
 def test_chunks_are_even_and_bounded():
-    assert plan.chunk(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert plan.chunk(list(range(6)), 4) == [[0, 1, 2], [3, 4, 5]]
-    assert plan.chunk(list(range(3)), 100) == [[0, 1, 2]]
-    assert plan.population_size(1000, None, 10_000) == 10
-    assert plan.population_size(1000, 4, 10_000) == 4
-    assert plan.parse_bytes("2G") == 2 * 1024**3 and plan.parse_bytes("512MiB") == 512 * 1024**2
+    assert grouping.chunk(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert grouping.chunk(list(range(6)), 4) == [[0, 1, 2], [3, 4, 5]]
+    assert grouping.chunk(list(range(3)), 100) == [[0, 1, 2]]
+    assert grouping.population_size(1000, None, 10_000) == 10
+    assert grouping.population_size(1000, 4, 10_000) == 4
+    assert grouping.parse_bytes("2G") == 2 * 1024**3 and grouping.parse_bytes("512MiB") == 512 * 1024**2
 
 
 def test_default_digits_space_has_16_trials_over_learning_rate_and_seed():

@@ -20,7 +20,7 @@ import json, sys
 import jax, numpy as np
 from pipeline.config import Config
 from pipeline.data import Store
-from pipeline.train.loop import Batches, compiled, prepare
+from pipeline.train.prepare import Batches, compiled, prepare
 from pipeline.models import MLPConfig
 
 cfg = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=MLPConfig(hidden=(8,)))

@@ -18,8 +18,8 @@ from pipeline.config import Config, OptimizerConfig, apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.data.order import EpochOrder
 from pipeline.models import MLPConfig
-from pipeline.train.calls import scan_unroll
-from pipeline.train.loop import prepare, train
+from pipeline.train.steps_per_call import scan_unroll
+from pipeline.train.prepare import prepare, train
 from pipeline.train.population import solo_programs
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step

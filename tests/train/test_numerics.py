@@ -24,7 +24,7 @@ from pipeline.data import Store, import_dataset
 from pipeline.data.dataset import DatasetInfo
 from pipeline.experiments import load_config
 from pipeline.models import MLPConfig
-from pipeline.train import loop
+from pipeline.train import prepare as loop
 from pipeline.train.evaluation import finalize
 from pipeline.train.state import create_state
 from pipeline.train.step import loss_fn, train_step

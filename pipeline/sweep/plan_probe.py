@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipeline.train.loop import Prepared, run_feed
+from pipeline.train.prepare import Prepared, run_feed
 from pipeline.train.population import Programs, SoloPopulation, solo_programs
 from pipeline.train.state import create_state
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from pipeline.bench.loop import measure_ways
+from pipeline.bench.loop_points import measure_ways
 from pipeline.bench.measure import Measurement, Runner
 from pipeline.bench.points import Point
 from pipeline.bench.timing import Deadline
@@ -40,7 +40,7 @@ class PopulationRunner(Runner):
 
     def setup(self) -> None:
         # The sweep's own pieces, imported here: a sweep engine that changes shape fails this point alone.
-        from pipeline.train.loop import prepare, run_feed
+        from pipeline.train.prepare import prepare, run_feed
         from pipeline.train.population import SoloPopulation, VmapPopulation, solo_programs, stack, vmapped_programs
 
         cfg = self.workload.cfg

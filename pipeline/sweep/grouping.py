@@ -18,7 +18,7 @@ import jax
 from pipeline.config import Config, ConfigError, apply_overrides, flat_keys, is_switch, traced_fields
 from pipeline.data import DatasetInfo
 from pipeline.sweep.space import Space, format_value
-from pipeline.train.loop import choose_steps_per_call, total_steps
+from pipeline.train.prepare import choose_steps_per_call, total_steps
 
 DEFAULT_POPULATION_BYTES = 2 * 1024**3
 

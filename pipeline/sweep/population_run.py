@@ -19,15 +19,15 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import to_dict
-from pipeline.sweep.plan import Group, Trial
+from pipeline.sweep.grouping import Group, Trial
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.run_dir import remove_path
 from pipeline.track.trackers import trackers
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.engine import Engine, Selection, books_from_meta
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.hooks import Hook, Hooks, RunInfo
-from pipeline.train.loop import Prepared, policy_of, run_feed, selection_of
+from pipeline.hooks import Hook, Hooks, RunInfo
+from pipeline.train.prepare import Prepared, policy_of, run_feed, selection_of
 from pipeline.train.population import SoloPopulation, VmapPopulation, stack, unstack
 from pipeline.train.state import create_state, same_program
 

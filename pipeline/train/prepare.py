@@ -49,14 +49,14 @@ from pipeline.track.profile import Profiler
 from pipeline.track.progress import Progress
 from pipeline.track.run_dir import write_json
 from pipeline.track.trackers import trackers
-from pipeline.train.calls import scan_unroll, target_steps_per_call
+from pipeline.train.steps_per_call import scan_unroll, target_steps_per_call
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.engine import Engine, Interrupted, NonFiniteLoss, Policy, Selection, books_from_meta
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.hooks import Hook, Hooks, RunInfo
+from pipeline.hooks import Hook, Hooks, RunInfo
 from pipeline.train.population import Feed, ResidentFeed, SoloPopulation, StepShardings, StreamFeed, solo_programs
-from pipeline.train.record import open_run_dir
+from pipeline.train.run_folder import open_run_dir
 from pipeline.train.state import StepSpec, TrainState, create_state, place_state, state_shardings
 
 AUTO_STEPS_PER_CALL = 100

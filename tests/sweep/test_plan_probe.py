@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sweep.choose import choose
+from pipeline.sweep.plan_probe import choose
 from tests.sweep.conftest import TINY, pipeline
 
 
@@ -22,7 +22,7 @@ def test_the_faster_plan_is_chosen(rates, vmap):
 
 
 def test_a_long_enough_group_probes_both_plans(home, monkeypatch):
-    from pipeline.sweep import choose as choose_module
+    from pipeline.sweep import plan_probe as choose_module
 
     monkeypatch.setattr(choose_module, "REPAY", 0.0)  # any group repays the probe
     r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)", "--json")
@@ -56,7 +56,7 @@ def test_the_probe_is_part_of_the_sweep_whichever_plan_wins(home, monkeypatch, w
     """The first population starts for real while it is probed: when the population wins it goes on
     from there, when the sequential plan wins everything it did is dropped. Either way the sweep's
     records equal the forced plan's exactly (a different number of probe calls changes nothing)."""
-    from pipeline.sweep import choose as choose_module
+    from pipeline.sweep import plan_probe as choose_module
 
     monkeypatch.setattr(choose_module, "REPAY", 0.0)  # probe both plans
     monkeypatch.setattr(choose_module, "choose", lambda rates: winner == "population")
