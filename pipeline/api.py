@@ -67,7 +67,7 @@ def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: A
     comes from process 0) and write nothing there.
     """
     from pipeline import distributed
-    from pipeline.train.prepare import train
+    from pipeline.train.run import train
 
     if distributed.process_count() > 1 and not distributed.is_primary():  # process 0 names the folder
         folder = distributed.primary_does("run_dir", lambda: None)
@@ -81,8 +81,10 @@ def _train_in_folder_primary(cfg: Config, name: str, run_dir: str | Path | None,
     import contextlib
 
     from pipeline import distributed
-    from pipeline.track.run_dir import default_runs_root, folder_lock, make_folders, new_run_dir, remove_if_unused
-    from pipeline.train.prepare import train
+    from pipeline.durable.files import make_folders
+    from pipeline.durable.folder_locks import folder_lock
+    from pipeline.track.run_dir import default_runs_root, new_run_dir, remove_if_unused
+    from pipeline.train.run import train
 
     made: list[Path] = []
     with contextlib.ExitStack() as stack:

@@ -58,7 +58,7 @@ def _stdout_to_devnull() -> None:
 def cmd_data_import(args) -> int:
     from pipeline.data import import_dataset
     from pipeline.data.layout import Layout
-    from pipeline.data.signals import Terminated
+    from pipeline.signals import Terminated
 
     layout = Layout.from_mib(args.row_group_mb, args.file_mb, args.block_mb)
     features = None if args.features is None else [c.strip() for c in args.features.split(",") if c.strip()]
@@ -364,14 +364,14 @@ def _main(argv: list[str] | None) -> int:
     import signal
 
     from pipeline import signals
-    from pipeline.track.run_dir import lock_scope
+    from pipeline.durable.folder_locks import lock_scope
 
     parser = build_parser()
     args = _parse(parser, argv)
     signals.forget()
     try:
         # SIGTERM unwinds like Ctrl-C; the loops that save (train, sweep) catch both as a flag.
-        with signals.terminate_as_interrupt(), lock_scope():
+        with signals.sigterm_as_interrupt(), lock_scope():
             if args.command in DEVICE_COMMANDS:
                 from pipeline.distributed import initialize
 
@@ -395,7 +395,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        terminated = signals.last_signal() == signal.SIGTERM or type(exc).__name__ == "Terminated"
+        terminated = signals.last_signal() == signal.SIGTERM or isinstance(exc, signals.Terminated)
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
 

@@ -8,7 +8,7 @@
 * Parameters and optimizer state are sharded over ``fsdp`` by big_vision's size rule
   (``fsdp_spec``): an array of at least ``min_size`` elements is split along its largest
   dimension that ``fsdp`` divides evenly; anything else is replicated. With ``fsdp=1`` every
-  array is replicated: plain data parallelism, today's behaviour.
+  array is replicated: plain data parallelism.
 
 One device is a mesh of one (1 x 1), so one code path serves one device and many.
 """
@@ -112,20 +112,31 @@ def state_shardings(tree: Any, mesh: Mesh, min_size: int = MIN_SHARD_SIZE) -> An
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size, min_size)), tree)
 
 
-def batch_spec(axis: int = 0) -> PartitionSpec:
-    """Axis ``axis`` (the batch) split over every device: ``('data', 'fsdp')``."""
-    return PartitionSpec(*(None,) * axis, BATCH_AXES)
+def batch_axes(mesh: Mesh | None = None) -> str | tuple[str, ...]:
+    """The mesh axes a batch is split over: ``data``, and ``fsdp`` too once it has more than one
+    device (both, for no mesh in particular)."""
+    if mesh is None:
+        return BATCH_AXES
+    names = tuple(name for name in mesh.axis_names if mesh.shape[name] > 1 or name == "data")
+    return names[0] if len(names) == 1 else names
+
+
+def batch_spec(axis: int = 0, mesh: Mesh | None = None) -> PartitionSpec:
+    """Axis ``axis`` (the batch) split over every device of ``mesh`` (``batch_axes``)."""
+    return PartitionSpec(*(None,) * axis, batch_axes(mesh))
 
 
 def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
-    """Split axis ``axis`` over the whole mesh when it divides the device count; else replicate.
+    """Split axis ``axis`` (the batch) over every device when it divides the device count; else replicate.
 
-    As ``pipeline.data.device.batch_sharding`` on the one-axis mesh. With several processes the
-    global batch must divide: a replicated batch would have to be the same on every process.
+    Split, every device computes its share of each batch and XLA adds the gradients up across
+    devices (data parallelism); replicated, every device computes the whole batch. With several
+    processes the global batch must divide: a replicated batch would have to be the same on
+    every process.
     """
     if batch % mesh.devices.size:
         return replicated(mesh)
-    return NamedSharding(mesh, batch_spec(axis))
+    return NamedSharding(mesh, batch_spec(axis, mesh))
 
 
 def global_batch(local: Any, mesh: Mesh, axis: int = 0) -> Any:

@@ -1,27 +1,37 @@
-"""Ctrl-C (SIGINT) and SIGTERM as a flag that the training and sweep loops check between calls.
+"""Ctrl-C (SIGINT) and SIGTERM: a flag for the loops that save, an exception elsewhere, a wait for commits.
 
-Inside ``sigint_flag()`` either signal only sets the flag: the loop finishes the call in
-flight, saves a checkpoint and raises its ``Interrupted`` error ("interrupted at step N ...
-resume with ..."). The command line exits with 130 after SIGINT and 143 after SIGTERM
-(128 + the signal's number, as a shell reports a process the signal stopped).
+Inside ``sigint_flag()`` either signal only sets the flag: the training and sweep loops finish
+the call in flight, save a checkpoint and raise their ``Interrupted`` error ("interrupted at
+step N ... resume with ..."). The command line exits with 130 after SIGINT and 143 after
+SIGTERM (128 + the signal's number, as a shell reports a process the signal stopped).
 
-Outside such a loop, ``terminate_as_interrupt()`` (installed by ``pipeline.cli.main``)
-turns SIGTERM into ``Terminated``, a ``KeyboardInterrupt``: the code that handles Ctrl-C
-(temporary files removed, locks dropped) handles a polite kill the same way.
+Outside such a loop, ``sigterm_as_interrupt()`` (installed by ``pipeline.cli.main`` and by every
+dataset write) turns SIGTERM into ``Terminated``, a ``KeyboardInterrupt``: the code that handles
+Ctrl-C (the dataset writer deletes its staging folder, temporary files are removed, locks are
+dropped) handles a polite kill the same way. ``deferred_interrupts()`` holds both signals back
+while a commit renames, so a commit is never cut in two.
+
+Handlers can only be installed in the main thread; elsewhere each of these is a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-_last: list[int] = []  # the last signal a flag caught in this process
+_last: list[int] = []  # the last signal a flag caught, or that raised Terminated, in this process
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside a loop that saves: unwinds like Ctrl-C."""
+
+
+def _note(signum: int) -> None:
+    _last.append(signum)
+    del _last[:-1]
 
 
 def last_signal() -> int | None:
@@ -50,8 +60,7 @@ def sigint_flag(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> I
     def handler(signum, frame):
         flag["set"] = True
         flag["signal"] = signum
-        _last.append(signum)
-        del _last[:-1]
+        _note(signum)
 
     previous = {}
     try:
@@ -69,17 +78,16 @@ def sigint_flag(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> I
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def _raise_terminated(signum, frame) -> None:
+    _note(signum)
+    raise Terminated(f"terminated by signal {signum}")
+
+
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM raises ``Terminated`` (a KeyboardInterrupt) instead of killing outright."""
-
-    def handler(signum, frame):
-        _last.append(signum)
-        del _last[:-1]
-        raise Terminated()
-
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread
         yield
         return
@@ -87,3 +95,30 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is over (a commit is never cut in two by Ctrl-C).
+
+    The Python-level handlers are swapped for one that notes the signal (Python runs handlers in
+    the main thread, whichever thread the signal reached); the noted signal is then handed to the
+    handler that was there before, or re-sent if that was the default action.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if noted:
+            handler = previous[noted[0]]
+            if callable(handler):
+                handler(noted[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(noted[0])

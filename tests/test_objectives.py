@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.data.dataset import Split
-from pipeline.data.device import data_mesh, eval_batches
+from pipeline.data.device import eval_batches
+from pipeline.sharding import make_mesh
 from pipeline.objectives import objective_for
 
 RNG = np.random.default_rng(0)
@@ -33,7 +34,7 @@ def whole_split_metrics(task: str, out: np.ndarray, y: np.ndarray, batch_size: i
     Padded rows get garbage outputs, so a metric that forgot the mask would be far off.
     """
     objective = objective_for(task)
-    batches = eval_batches(Split(out, y), batch_size, data_mesh())
+    batches = eval_batches(Split(out, y), batch_size, make_mesh())
     mask = np.asarray(batches.mask)
     garbage = np.where(mask.reshape(mask.shape + (1,) * (out.ndim - 1)) > 0, np.asarray(batches.x), 1e3)
     sums = jax.jit(lambda *a: objective.combine(jax.vmap(objective.sums)(*a)))

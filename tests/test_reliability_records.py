@@ -16,9 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.track import run_dir
+from pipeline.durable import files, folder_locks, renames
+from pipeline.durable.files import write_json, write_parquet
+from pipeline.durable.folder_locks import FolderLocked, folder_lock
+from pipeline.durable.records import CorruptFile, read_json
 from pipeline.track.metrics import FANOUT, MetricsTable, read_metrics
-from pipeline.track.run_dir import CorruptFile, FolderLocked, folder_lock, read_json, write_json, write_parquet
 from tests.conftest import ROOT
 
 
@@ -31,7 +33,7 @@ def test_a_symlink_planted_at_the_temporary_name_is_never_followed(tmp_path, mon
     target = tmp_path / "precious.txt"
     target.write_text("precious")
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
-    monkeypatch.setattr(run_dir.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(names))
     planted = tmp_path / f".config.json.{os.getpid()}.aaaaaaaaaaaa.tmp"
     planted.symlink_to(target)
     write_json(tmp_path / "config.json", {"a": 1})
@@ -56,7 +58,7 @@ def test_disk_full_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(run_dir.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(OSError) as exc:
         write_json(tmp_path / "summary.json", {"new": True})
     assert exc.value.errno == errno.ENOSPC
@@ -142,7 +144,7 @@ def test_a_merge_killed_between_its_renames_is_rolled_back(tmp_path, monkeypatch
     for step in range(1, FANOUT):
         m.add(step, "train", {"loss": float(step)}, 0.0)
         m.flush()
-    monkeypatch.setattr(run_dir, "exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
+    monkeypatch.setattr(renames, "EXCHANGE", False)  # a file system without RENAME_EXCHANGE
     real_rename = os.rename
     calls = {"n": 0}
 
@@ -152,7 +154,7 @@ def test_a_merge_killed_between_its_renames_is_rolled_back(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_rename(a, b)
 
-    monkeypatch.setattr(run_dir.os, "rename", dies_on_second)
+    monkeypatch.setattr(renames.os, "rename", dies_on_second)
     m.add(FANOUT, "train", {"loss": 0.0}, 0.0)
     with pytest.raises(KeyboardInterrupt):
         m.flush()  # the 8th part triggers a merge, killed with the old folder renamed aside
@@ -244,12 +246,12 @@ def test_the_lock_is_reentrant_here_and_exclusive_elsewhere(tmp_path):
     with folder_lock(folder), folder_lock(folder):
         info = json.loads((folder / ".lock").read_text())
         assert info["pid"] == os.getpid() and info["host"]
-        code = ("import sys\nfrom pipeline.track.run_dir import folder_lock, FolderLocked\n"
+        code = ("import sys\nfrom pipeline.durable.folder_locks import folder_lock, FolderLocked\n"
                 "try:\n    with folder_lock(sys.argv[1]): print('got it')\n"
                 "except FolderLocked as exc: print(exc)\n")
         probe = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True)
         assert probe.stdout.startswith(f"run folder {folder} is in use by pid {os.getpid()} on host "), probe
-    assert run_dir.lock_holder(folder) is None
+    assert folder_locks.lock_holder(folder) is None
     probe = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True)
     assert probe.stdout.strip() == "got it"
     assert FolderLocked.exit_code == 2
@@ -265,8 +267,8 @@ def test_write_parquet_round_trips(tmp_path):
 def test_a_library_run_unlocks_its_folder_when_its_metrics_writer_goes(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
-    run_dir.hold_folder(folder)  # what open_run_dir does for pipeline.fit() and loop.train()
+    folder_locks.hold_folder(folder)  # what open_run_dir does for pipeline.fit() and train.run.train()
     writer = MetricsTable(folder / "metrics.parquet")
-    assert run_dir.holds(folder)
+    assert folder_locks.holds(folder)
     del writer
-    assert not run_dir.holds(folder) and run_dir.lock_holder(folder) is None
+    assert not folder_locks.holds(folder) and folder_locks.lock_holder(folder) is None

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Config, to_dict
+from pipeline.durable.folder_locks import lock_holder
 from pipeline.track.metrics import MetricsTable
-from pipeline.track.run_dir import lock_holder
 from tests.conftest import ROOT, Result, run_subprocess
 
 QUIET = ["--no-progress", "--no-compile-cache"]
@@ -54,7 +54,7 @@ def fake_run(folder: Path, experiment: str = "digits_mlp", data: str = "digits",
 
 HOLDER = """
 import sys, time
-from pipeline.track.run_dir import folder_lock
+from pipeline.durable.folder_locks import folder_lock
 with folder_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

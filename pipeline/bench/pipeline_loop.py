@@ -3,7 +3,7 @@
 Each call runs K steps (``steps_per_call``, chosen as ``pipeline train`` chooses it), over the
 state's leaves with the run's shardings, as a run's ``SoloPopulation`` calls it; after
 dispatching call N the host reads back the metrics of call N-1 and checks the loss, as
-the loop does, and each call's batches come from the loop's own ``Batches`` (the host's
+a run does, and each call's batches come from the run's own feed (``Batches``: the host's
 epoch order, its row indices placed on the device). Evaluation, checkpoints and metric
 files are left out: they are not steps. The input share is the time of the input part
 alone (the indices made and placed, the rows gathered on the device) over the step time.
@@ -26,11 +26,28 @@ from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.train.prepare import Batches, prepare
-from pipeline.train.population import solo_programs
+from pipeline.train.prepare import Prepared, prepare
+from pipeline.train.programs import solo_programs
+from pipeline.train.session import open_feed
 from pipeline.train.step import train_step
 
 INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
+
+
+class Batches:
+    """The arguments of a run's compiled calls, in step order, from the run's own feed."""
+
+    def __init__(self, prep: Prepared, start_step: int):
+        self.prep, self.step = prep, start_step
+        self.feed = open_feed(prep, start_step)
+
+    def args(self) -> tuple:
+        k = self.prep.steps_per_call
+        first, self.step = self.step, self.step + k
+        return self.feed.member_args(0, first, k)
+
+    def close(self) -> None:
+        self.feed.close()
 
 
 class PipelineRunner(Runner):

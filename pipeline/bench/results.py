@@ -27,16 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.bench.points import BenchError
-from pipeline.track.run_dir import (
-    CorruptFile,
-    make_folders,
-    new_folder_beside,
-    parquet_files,
-    read_parquet,
-    read_parquet_files,
-    replace_folder,
-    write_parquet,
-)
+from pipeline.durable.files import make_folders, write_parquet
+from pipeline.durable.records import CorruptFile, parquet_files, read_parquet, read_parquet_files
+from pipeline.durable.renames import new_folder_beside, replace_folder
 
 TABLE = "bench.parquet"
 # What a model point is measured with: the pipeline and its peers.

@@ -40,8 +40,10 @@ class PopulationRunner(Runner):
 
     def setup(self) -> None:
         # The sweep's own pieces, imported here: a sweep engine that changes shape fails this point alone.
-        from pipeline.train.prepare import prepare, run_feed
-        from pipeline.train.population import SoloPopulation, VmapPopulation, solo_programs, stack, vmapped_programs
+        from pipeline.train.population import SoloPopulation, VmapPopulation, stack
+        from pipeline.train.prepare import prepare
+        from pipeline.train.programs import solo_programs, vmapped_programs
+        from pipeline.train.session import open_feed
 
         cfg = self.workload.cfg
         prep = prepare(cfg, self.workload.store)
@@ -50,7 +52,7 @@ class PopulationRunner(Runner):
         seeds = [c.resolved_data_seed for c in configs]
         k = prep.steps_per_call
         stream = prep.reader is not None
-        self.feed = run_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
+        self.feed = open_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
         live = np.ones(len(configs), bool)
         if self.vmap:
             programs = vmapped_programs(prep.spec, k, stream=stream)

@@ -12,6 +12,8 @@ A new dataset: the staging folder is renamed to ``NAME`` with ``renameat2(RENAME
 An overwrite on Linux exchanges the staging folder and ``NAME`` in one ``renameat2(RENAME_EXCHANGE)``:
 ``NAME`` is never missing, and the replaced dataset, now at the staging name, is deleted. Where
 that is unsupported: ``NAME`` -> ``.NAME.old-ID``, staging -> ``NAME``, delete the old folder.
+The renames and fsyncs themselves are ``pipeline.durable``'s (``renames.EXCHANGE = False`` in a
+test forces the move-aside path).
 **Recovery rule:** an ``.NAME.old-*`` folder with no ``NAME`` beside it is renamed back to
 ``NAME`` (by the next write, by ``data gc``, and by a reader that finds the store unlocked);
 one with ``NAME`` beside it is deleted. Every staging folder belongs to the writer holding the
@@ -24,12 +26,9 @@ stages, in order: ``locked``, ``staging``, ``written``, ``moved-aside``, ``swapp
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
-import shutil
-import stat
 import sys
 import time
 import uuid
@@ -39,14 +38,13 @@ import pyarrow.fs as pafs
 
 from pipeline.data import fs as fsx
 from pipeline.data.names import is_dataset_name
-from pipeline.data.signals import deferred_interrupts
 from pipeline.data.validate import DataError
+from pipeline.durable.files import fsync_path, fsync_tree, is_real_dir, remove_path
+from pipeline.durable.renames import exchange, rename_noreplace
+from pipeline.signals import deferred_interrupts
 
 STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{12}$")
 OLD = re.compile(r"^\.(?P<name>.+)\.old-[0-9a-f]{12}$")
-
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
-EXCHANGE = True  # tests set it False to exercise the move-aside path
 
 # Staging folders of writers alive in this process: never collected, whoever holds the lock.
 LIVE: set[str] = set()
@@ -65,91 +63,9 @@ def token() -> str:
     return uuid.uuid4().hex[:12]
 
 
-# -- local filesystem primitives -----------------------------------------------------------------
-
-def _renameat2():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_RENAMEAT2 = _renameat2()
-_AT_FDCWD = -100
-
-
-def _rename2(source: str, target: str, flags: int) -> bool:
-    """renameat2; False where the call or the flag is unsupported here, OSError on a real failure."""
-    if _RENAMEAT2 is None:
-        return False
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), target)
-
-
-def rename_noreplace(source: str, target: str) -> None:
-    """Rename ``source`` to ``target``; FileExistsError if ``target`` exists, whatever it is."""
-    if _rename2(source, target, _RENAME_NOREPLACE):
-        return
-    if os.path.lexists(target):  # no renameat2: the lock makes check-then-rename safe among writers
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
-    os.rename(source, target)
-
-
-def exchange(a: str, b: str) -> bool:
-    """Swap two existing paths atomically; False where the filesystem cannot."""
-    return EXCHANGE and _rename2(a, b, _RENAME_EXCHANGE)
-
-
-def fsync_path(path: str, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0) | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: str) -> None:
-    """fsync every file below ``root``, then every folder, deepest first, ``root`` last."""
-    folders = []
-    for here, _dirs, files in os.walk(root):
-        for name in files:
-            fsync_path(os.path.join(here, name))
-        folders.append(here)
-    for folder in reversed(folders):
-        fsync_path(folder, directory=True)
-
-
-def make_dir_exclusive(path: str) -> None:
-    os.mkdir(path, 0o755)  # FileExistsError if anything, a symbolic link included, is there
-
-
 def remove_local(path: str) -> None:
-    """Delete a folder we made, or unlink anything else found at ``path``; never follows a link."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-def is_real_dir(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    """Delete a dataset, a staging folder or debris at ``path`` (never following a link); OSError if it cannot."""
+    remove_path(path, ignore_errors=False)
 
 
 # -- install ---------------------------------------------------------------------------------------

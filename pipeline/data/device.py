@@ -2,8 +2,7 @@
 
 Arrays are placed with a ``NamedSharding`` over the run's mesh (``pipeline.sharding``: axes
 ``data`` x ``fsdp``; one device is a mesh of one), so one code path serves one device and many.
-``prepare`` sets the run's mesh with ``use_mesh``; ``data_mesh()`` is that mesh (until one is
-set: every device on ``data``).
+Every function here takes that mesh as an argument.
 
 Several processes: the training split is sharded by rows over every device, so each process
 reads and holds only its own contiguous block of rows (``process_rows``); the compiled step
@@ -21,53 +20,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pipeline.data.dataset import Split
-
-_mesh: Mesh | None = None
-
-
-def use_mesh(mesh: Mesh) -> Mesh:
-    """Make ``mesh`` the one every later placement uses (``prepare`` calls it with the run's mesh)."""
-    global _mesh
-    _mesh = mesh
-    return mesh
-
-
-def data_mesh() -> Mesh:
-    """The mesh in use; before ``use_mesh``, every device on the ``data`` axis (fsdp 1)."""
-    if _mesh is None:
-        from pipeline.sharding import make_mesh
-
-        use_mesh(make_mesh(0, 1))
-    return _mesh
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_axes(mesh: Mesh) -> str | tuple[str, ...]:
-    """The mesh axes a batch is split over: all of them (``data`` alone while ``fsdp`` is 1)."""
-    names = tuple(name for name in mesh.axis_names if mesh.shape[name] > 1 or name == "data")
-    return names[0] if len(names) == 1 else names
-
-
-def batch_sharding(mesh: Mesh, batch: int, axis: int = 0) -> NamedSharding:
-    """Split axis ``axis`` (the batch) over every device when it divides; else replicate.
-
-    Split, every device computes its share of each batch and XLA adds the gradients up across
-    devices (data parallelism); replicated, every device computes the whole batch.
-    """
-    if batch % mesh.devices.size:
-        return replicated(mesh)
-    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, batch_axes(mesh)))
+from pipeline.sharding import batch_sharding, place, replicated
 
 
 def put(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Host data (the same on every process) on ``sharding``."""
     if jax.process_count() == 1:
         return jax.device_put(a, sharding)
-    from pipeline.sharding import place
-
     return place(a, sharding)
 
 

@@ -20,12 +20,12 @@ from pipeline.data.dataset import DatasetInfo, Loaded, Split, describe
 from pipeline.data.features import FeaturePlan, pick_features
 from pipeline.data.labels import LabelPlan, LabelScan
 from pipeline.data.layout import Layout
-from pipeline.data.signals import sigterm_as_interrupt
 from pipeline.data.sources import load_source, split_off_test, test_mask
 from pipeline.data.store import Store, check_dataset_name
 from pipeline.data.tables import TableFiles, Tables
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows, check_split
+from pipeline.signals import sigterm_as_interrupt
 
 
 def import_dataset(store: Store, source: str, name: str, target: str | None = None,
@@ -36,7 +36,7 @@ def import_dataset(store: Store, source: str, name: str, target: str | None = No
 
     ``features`` picks a table source's feature columns (default: every column but the target).
     ``wait``: wait for another writer's store lock instead of failing with its pid and host.
-    SIGTERM meanwhile is handled like Ctrl-C (signals.py): the staging folder is deleted.
+    SIGTERM meanwhile is handled like Ctrl-C (pipeline/signals.py): the staging folder is deleted.
     """
     check_name(store, name, overwrite)
     check_split_args(test_fraction, seed)

@@ -12,26 +12,24 @@ import that is already locked can call code that locks again. The kernel release
 holder dies, ``SIGKILL`` included. Stores that are not on a local filesystem have no lock
 (object stores have no ``flock``): there, one writer at a time is the user's business.
 
-The file is opened with ``O_NOFOLLOW``: a symbolic link planted at ``.lock`` is an error, and
-the file it points to is never opened.
+The lock and its holder line are ``pipeline.durable.locks``'s; the file is opened with
+``O_NOFOLLOW``: a symbolic link planted at ``.lock`` is an error, and the file it points to is
+never opened, nor is anything at ``.lock`` that is not a regular file.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import os
-import socket
 import stat
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.data.validate import DataError
-
-LOCK_FILE = ".lock"
+from pipeline.durable import locks
+from pipeline.durable.locks import LOCK_FILE
 
 
 class StoreLocked(DataError):
@@ -55,20 +53,9 @@ def _state(root: str) -> _Held:
         return _HELD.setdefault(root, _Held())
 
 
-def holder(root: str) -> str:
-    """Who holds the lock of ``root`` as a phrase: ``pid 4242 on node-3 (import 'digits' since ...)``."""
-    text = ""
-    for _ in range(20):  # the holder writes its line just after locking: give it a moment
-        try:
-            with open(os.path.join(root, LOCK_FILE), encoding="utf-8", errors="replace") as handle:
-                text = handle.read(4096).strip()
-        except OSError:
-            text = ""
-        if text:
-            break
-        time.sleep(0.01)
+def _describe(found: dict[str, Any] | None) -> str:
+    """Who holds the lock, from its record: ``pid 4242 on node-3 (import 'digits' since ...)``."""
     try:
-        found = json.loads(text)
         what = f" ({found['what']} since {found['since']})" if found.get("what") else ""
         return f"pid {int(found['pid'])} on {found['host']}{what}"
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -128,7 +115,7 @@ class StoreLock:
         fd, state.fd, state.owner = state.fd, -1, 0
         try:
             os.ftruncate(fd, 0)
-            if _same_file(fd, self.path):
+            if locks.same_file(fd, self.path):
                 os.unlink(self.path)  # while still locked: a waiter then finds its inode gone and retries
         except OSError:
             pass
@@ -143,17 +130,14 @@ class StoreLock:
             fd = self._open()
             try:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    raise StoreLocked(f"the store {self.root} is locked by {holder(self.root)}; retry when it is "
-                                    "done, or use --wait") from None
-                if not _same_file(fd, self.path):
+                    locks.lock(fd, self.wait)
+                except locks.LockHeld as held:
+                    raise StoreLocked(f"the store {self.root} is locked by {_describe(held.holder)}; retry when "
+                                      "it is done, or use --wait") from None
+                if not locks.same_file(fd, self.path):
                     os.close(fd)  # its holder unlinked it before releasing: lock the current file
                     continue
-                line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                                   "since": datetime.now(UTC).isoformat(timespec="seconds")})
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, (line + "\n").encode(), 0)
+                locks.write_holder(fd, what=self.what, since=datetime.now(UTC).isoformat(timespec="seconds"))
                 return fd
             except BaseException:
                 os.close(fd)
@@ -161,7 +145,7 @@ class StoreLock:
 
     def _open(self) -> int:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            fd = locks.open_lock_file(self.path, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise DataError(f"{self.path}: is a symbolic link, not the store's lock file; remove it") from None
@@ -170,12 +154,3 @@ class StoreLock:
             os.close(fd)
             raise DataError(f"{self.path}: not a regular file, so not the store's lock file; remove it")
         return fd
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-

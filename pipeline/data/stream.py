@@ -33,10 +33,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pipeline.data.device import batch_axes, batch_sharding, data_mesh
 from pipeline.data.rowgroups import Group, SplitIndex
 from pipeline.data.shuffle import Rows, shuffled_batches
 from pipeline.data.validate import DataError
+from pipeline.sharding import batch_axes, batch_sharding, make_mesh
 
 TAILS = ("drop", "pad")
 
@@ -76,7 +76,7 @@ class StreamingReader:
         if self.steps_per_epoch == 0:
             raise DataError(f"batch size {batch_size} is more than the {min(shard_rows) * shard_count} rows "
                             f"of split '{split}' of '{name}'")
-        self.mesh = mesh if mesh is not None else data_mesh()
+        self.mesh = mesh if mesh is not None else make_mesh()  # every device on the data axis
         # Row groups decoded in parallel (pyarrow releases the GIL): one per core, up to 8.
         self.read_ahead = max(1, int(read_ahead or min(8, os.cpu_count() or 1)))
         self._pool = ThreadPoolExecutor(self.read_ahead, thread_name_prefix="pipeline-read")
@@ -164,25 +164,33 @@ class StreamingReader:
             return NamedSharding(self.mesh, PartitionSpec(batch_axes(self.mesh)))
         return batch_sharding(self.mesh, rows)
 
-    def stacked_sharding(self) -> NamedSharding:
-        """The sharding of K batches stacked on a new leading axis (what a streamed call takes)."""
-        return NamedSharding(self.mesh, PartitionSpec(None, *self._sharding(self.local_batch).spec))
+    def stacked_sharding(self, lead: int = 1) -> NamedSharding:
+        """The sharding of batches stacked on ``lead`` new leading axes (K, or members x K)."""
+        return NamedSharding(self.mesh, PartitionSpec(*(None,) * lead, *self._sharding(self.local_batch).spec))
 
     def place(self, rows: Rows) -> tuple[jax.Array, ...]:
-        sharding = self._sharding(len(rows[0]))
+        return self._put(rows, self._sharding(len(rows[0])))
+
+    def place_stacked(self, arrays: tuple[np.ndarray, ...], lead: int = 1) -> tuple[jax.Array, ...]:
+        """Host batches stacked on ``lead`` leading axes, placed in one transfer per array."""
+        return self._put(arrays, self.stacked_sharding(lead))
+
+    @staticmethod
+    def _put(arrays: tuple[np.ndarray, ...], sharding: NamedSharding) -> tuple[jax.Array, ...]:
         if jax.process_count() > 1:
-            return tuple(jax.make_array_from_process_local_data(sharding, a) for a in rows)
-        return tuple(jax.device_put(a, sharding) for a in rows)
+            return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
+        return tuple(jax.device_put(a, sharding) for a in arrays)
 
     # -- iteration ---------------------------------------------------------------------------------
 
-    def iterate(self, start_step: int = 0) -> Iterator[tuple[jax.Array, ...]]:
-        """Device batches for steps ``start_step, start_step + 1, ...`` forever: ``(x, y)`` or,
-        with ``tail="pad"``, ``(x, y, mask)``. Resuming mid-epoch re-reads the epoch from its
-        start on the host but transfers only the batches from ``start_step`` on."""
+    def iterate(self, start_step: int = 0, on_device: bool = True) -> Iterator[tuple[jax.Array, ...]]:
+        """Batches for steps ``start_step, start_step + 1, ...`` forever: ``(x, y)`` or, with
+        ``tail="pad"``, ``(x, y, mask)``; on the devices, or (``on_device=False``) as host arrays
+        for a caller that stacks several before placing them. Resuming mid-epoch re-reads the
+        epoch from its start on the host but hands on only the batches from ``start_step`` on."""
         stop = threading.Event()
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        thread = threading.Thread(target=self._produce, args=(int(start_step), q, stop), daemon=True,
+        thread = threading.Thread(target=self._produce, args=(int(start_step), q, stop, on_device), daemon=True,
                                   name="pipeline-prefetch")
         entry = (stop, thread, q)
         self._active.append(entry)
@@ -196,7 +204,7 @@ class StreamingReader:
         finally:
             self._halt(entry)
 
-    def _produce(self, start_step: int, q: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, start_step: int, q: queue.Queue, stop: threading.Event, on_device: bool) -> None:
         def put(item) -> bool:
             while not stop.is_set():
                 try:
@@ -210,7 +218,7 @@ class StreamingReader:
             epoch, offset = divmod(start_step, self.steps_per_epoch)
             while not stop.is_set():
                 for rows in self.host_epoch(epoch, skip=offset):
-                    if not put(self.place(rows)):
+                    if not put(self.place(rows) if on_device else rows):
                         return
                 epoch, offset = epoch + 1, 0
         except BaseException as exc:  # handed to the consumer, raised there

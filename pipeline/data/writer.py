@@ -6,7 +6,7 @@ no byte of data is ever written twice. Memory is bounded by one row group per sp
 the chunk being appended. Pages carry CRC checksums, verified by every reader.
 
 A writer holds the store's lock from its creation to ``commit()`` or ``abort()``, and turns
-SIGTERM into ``Terminated`` (signals.py) meanwhile, so ``kill`` cleans up like Ctrl-C. Its staging
+SIGTERM into ``Terminated`` (pipeline/signals.py) meanwhile, so ``kill`` cleans up like Ctrl-C. Its staging
 folder ``.NAME.tmp-ID`` is made exclusively (``mkdir``, never an existing folder). ``commit()``
 fsyncs the files and folders and installs them by one atomic rename (commit.py); an OSError on
 the way (disk full, a read-only store) deletes the staging folder and is one ``DataError`` line.
@@ -28,10 +28,11 @@ from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
 from pipeline.data.fingerprint import Fingerprint
 from pipeline.data.layout import Layout, arrow_schema, footer_metadata
-from pipeline.data.signals import sigterm_as_interrupt
 from pipeline.data.stats import RunningStats
 from pipeline.data.tensors import to_arrow
 from pipeline.data.validate import DataError
+from pipeline.durable.files import make_dir_exclusive
+from pipeline.signals import sigterm_as_interrupt
 
 
 def part_name(index: int) -> str:
@@ -125,7 +126,7 @@ class DatasetWriter:
             commits.pause_at("locked")
             staging = fsx.join(store.base, f".{template.name}.tmp-{commits.token()}")
             if store.is_local:
-                commits.make_dir_exclusive(staging)
+                make_dir_exclusive(staging)
             else:
                 self.fs.create_dir(staging)
             self.staging = staging

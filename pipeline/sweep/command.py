@@ -98,10 +98,10 @@ def population_bytes(text: str) -> int:
 
 
 def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> int:
+    from pipeline.durable.folder_locks import folder_lock
     from pipeline.sweep.folder import is_empty_dir, is_sweep_dir
     from pipeline.sweep.report import show_sweep
     from pipeline.sweep.runner import SweepOptions, run_sweep
-    from pipeline.track.run_dir import folder_lock
 
     if args.vmap and args.no_vmap:
         raise PipelineError("--vmap and --no-vmap contradict each other; give one (or neither: the faster is measured)")

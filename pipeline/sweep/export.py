@@ -18,24 +18,20 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import Store, ensure_dataset
+from pipeline.durable.files import make_folders, write_json
+from pipeline.durable.folder_locks import folder_lock
+from pipeline.durable.records import read_json_object
 from pipeline.errors import PipelineError
 from pipeline.experiments import load_experiment
 from pipeline.sweep import folder, records
 from pipeline.track.metrics import MetricsTable
-from pipeline.track.run_dir import (
-    default_runs_root,
-    folder_lock,
-    make_folders,
-    new_run_dir,
-    read_json_object,
-    write_json,
-)
-from pipeline.train.checkpoint import Checkpointer
-from pipeline.train.engine import Selection
+from pipeline.track.run_dir import default_runs_root, new_run_dir
+from pipeline.train.checkpoint import Checkpointer, checkpoint_meta
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.prepare import run_summary
 from pipeline.train.population import stack
+from pipeline.train.run import run_summary
 from pipeline.train.run_folder import open_run_dir
+from pipeline.train.selection import Selection
 from pipeline.train.state import create_state
 
 
@@ -111,8 +107,7 @@ def _write_metrics(run_dir: Path, sweep_dir: Path, trial: int, book: Bookkeeping
 
 
 def _write_checkpoint(run_dir: Path, keep: int, state, book: Bookkeeping) -> None:
-    meta = {"step": book.steps, "wall_s": book.wall_s, "members": [0], "slots": [0], "live": [False],
-            "records": {"0": book.to_json()}}
+    meta = checkpoint_meta(book.steps, book.wall_s, [0], [0], [False], {0: book})
     checkpointer = Checkpointer(run_dir / "checkpoints", keep)
     try:
         checkpointer.save(book.steps, state, meta, best=book.best_step == book.steps)

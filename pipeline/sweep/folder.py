@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, ConfigError, from_dict, to_dict
-from pipeline.track.run_dir import hold_folder, make_folders, new_run_dir, read_json_object, write_json
+from pipeline.durable.files import make_folders, write_json
+from pipeline.durable.folder_locks import hold_folder
+from pipeline.durable.records import read_json_object
+from pipeline.track.run_dir import new_run_dir
 
 SWEEP_FILE = "sweep.json"
 IDENTITY = ("experiment", "base_config", "space", "strategy", "trials_requested", "search_seed", "rungs", "keep")

@@ -18,7 +18,8 @@ import jax
 from pipeline.config import Config, ConfigError, apply_overrides, flat_keys, is_switch, traced_fields
 from pipeline.data import DatasetInfo
 from pipeline.sweep.space import Space, format_value
-from pipeline.train.prepare import choose_steps_per_call, total_steps
+from pipeline.train.prepare import carves_validation, total_steps, train_rows
+from pipeline.train.steps_per_call import choose_steps_per_call
 
 DEFAULT_POPULATION_BYTES = 2 * 1024**3
 
@@ -72,18 +73,14 @@ def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Grou
     groups: dict[str, Group] = {}
     for t in trials:
         info = infos[t.cfg.data.name]
-        carves = "validation" not in info.rows and t.cfg.data.validation_fraction > 0
-        key = group_key(t.cfg, carves)
+        key = group_key(t.cfg, carves_validation(t.cfg, info))
         g = groups.setdefault(key, Group(len(groups), key))
         g.trials.append(t.id)
         t.group = g.id
     for g in groups.values():
         cfg = trials[g.trials[0]].cfg
         info = infos[cfg.data.name]
-        train_rows = info.rows["train"]
-        if cfg.data.validation_fraction > 0 and "validation" not in info.rows:
-            train_rows -= max(1, int(round(cfg.data.validation_fraction * train_rows)))
-        g.total_steps = total_steps(cfg, train_rows)
+        g.total_steps = total_steps(cfg, train_rows(cfg, info))
         g.steps_per_call = choose_steps_per_call(cfg, g.total_steps)
     return list(groups.values())
 

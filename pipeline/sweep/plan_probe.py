@@ -20,8 +20,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipeline.train.prepare import Prepared, run_feed
-from pipeline.train.population import Programs, SoloPopulation, solo_programs
+from pipeline.train.population import SoloPopulation
+from pipeline.train.prepare import Prepared
+from pipeline.train.programs import Programs, solo_programs
+from pipeline.train.session import open_feed
 from pipeline.train.state import create_state
 
 PROBE_CALLS = 3  # timed calls of each plan, after one that compiles and warms up
@@ -76,7 +78,7 @@ def _sequential_rate(prep: Prepared, programs: Programs, configs: list[Any], ste
     """The members stepped one at a time, from fresh states that are thrown away after."""
     states = [create_state(cfg, prep.info, total_steps)[1] for cfg in configs]
     seeds = [cfg.resolved_data_seed for cfg in configs]
-    feed = run_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
+    feed = open_feed(prep, 0, seeds, len(set(seeds)), own_reader=False)
     try:
         pop = SoloPopulation(programs, jax.device_get(states), np.ones(len(configs), bool), feed, 0)
         jax.block_until_ready(pop.step())  # compiles

@@ -1,8 +1,9 @@
 """One population of a sweep, from first step to last, run by the training engine.
 
-A population is a chunk of a group's trials: their states (fresh, or from the population's
-Orbax checkpoint ``checkpoints/gG-cC/``), their metrics (``checkpoints/gG-cC.metrics/``, the
-run's metrics writer with a ``trial`` column) and the engine that steps them. The final
+A population is a chunk of a group's trials trained as one session (``pipeline.train.session``):
+their states (fresh, or from the population's Orbax checkpoint ``checkpoints/gG-cC/``), their
+metrics (``checkpoints/gG-cC.metrics/``, the metrics writer with a ``trial`` column), their
+trackers, and the engine that steps them. The final
 checkpoint stays after the population ends: ``pipeline sweep export`` reads a trial's weights
 from it.
 """
@@ -19,16 +20,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import to_dict
-from pipeline.sweep.grouping import Group, Trial
-from pipeline.track.metrics import MetricsTable
-from pipeline.track.run_dir import remove_path
-from pipeline.track.trackers import trackers
-from pipeline.train.checkpoint import Checkpointer
-from pipeline.train.engine import Engine, Selection, books_from_meta
-from pipeline.train.evaluation import Bookkeeping
+from pipeline.durable.files import remove_path
 from pipeline.hooks import Hook, Hooks, RunInfo
-from pipeline.train.prepare import Prepared, policy_of, run_feed, selection_of
+from pipeline.sweep.grouping import Group, Trial
+from pipeline.track.trackers import trackers
+from pipeline.train.engine import Engine, Events, Policy
+from pipeline.train.evaluation import Bookkeeping
 from pipeline.train.population import SoloPopulation, VmapPopulation, stack, unstack
+from pipeline.train.prepare import Prepared
+from pipeline.train.selection import Selection
+from pipeline.train.session import Session, Start, stop_message
 from pipeline.train.state import create_state, same_program
 
 
@@ -58,7 +59,7 @@ class GroupRun:
     select: Selection = field(init=False)
 
     def __post_init__(self) -> None:
-        self.select = selection_of(self.prep)
+        self.select = self.prep.selection
 
 
 def population_folder(checkpoints: Path, group: int, index: int) -> Path:
@@ -74,49 +75,53 @@ class _AfterSave(Hook):
 
 
 class PopulationRun:
+    """One population of a group: a training session whose members are the chunk's trials."""
+
     def __init__(self, run: GroupRun, index: int, members: list[int], size: int):
         self.run, self.members = run, members
         self.folder = population_folder(run.checkpoints, run.group.id, index)
         self.cfg = run.prep.cfg
-        total = run.group.total_steps
         slots: list[int | None] = members + [None] * (size - len(members))
-        self._forget_first_build()
-        self.checkpointer = Checkpointer(self.folder, keep=1)
-        self.metrics = MetricsTable(self.folder.with_name(self.folder.name + ".metrics"), members=True)
-        step, wall, live, state = 0, 0.0, None, None
-        restored = self.checkpointer.restore_latest(lambda meta: stack(self._fresh_states(meta["slots"])))
+        self._forget_format_one()
+        sweep_dir = run.checkpoints.parent
+        self.session = session = Session(
+            run.prep, self.folder, self.folder.with_name(self.folder.name + ".metrics"), keep=1, members=True,
+            stop=run.interrupted, stopped=lambda step: stop_message(
+                f"at step {step} of group {run.group.id}",
+                f"continue the sweep with the same command and --sweep-dir {sweep_dir}"))
+        state, start = None, Start(slots=slots, books=run.records)
+        restored = session.restore(lambda meta: stack(self._fresh_states(meta["slots"])))
         if restored is not None and restored[1]["members"] == members:
             state, meta = restored
-            slots, live, step, wall = meta["slots"], np.array(meta["live"], bool), meta["step"], meta["wall_s"]
-            run.records.update(books_from_meta(meta))
+            start = Start.from_meta(meta, run.records)
         elif restored is not None:  # made by another chunking of the group: start over
-            self.checkpointer.close()
-            remove_path(self.folder)
-            self.checkpointer = Checkpointer(self.folder, keep=1)
-        self.metrics.truncate_after(step)
+            session.fresh_checkpoints()
         if state is None:
-            state = stack(self._fresh_states(slots))
-        seeds = [self._slot_cfg(slot).resolved_data_seed for slot in slots]
-        self.feed = run_feed(run.prep, step, seeds, run.seed_slots, own_reader=False)
-        live = np.array([s is not None for s in slots]) if live is None else live
+            state = stack(self._fresh_states(start.slots))
+        seeds = [self._slot_cfg(slot).resolved_data_seed for slot in start.slots]
+        feed = session.begin(start, seeds, run.seed_slots, own_reader=False)
+        if start.live is None:
+            start.live = np.array([s is not None for s in start.slots])
         if run.vmap:
-            pop = VmapPopulation(run.programs, state, live, self.feed, step)
+            pop = VmapPopulation(run.programs, state, start.live, feed, start.step)
         else:
-            pop = SoloPopulation(run.programs, unstack(state, len(slots)), live, self.feed, step)
-        self.hooks = {t: self._trackers(t) for t in members}
-        policy = policy_of(self.cfg, total, run.group.steps_per_call, single=False, rungs=run.halving.rungs,
-                           keep=run.halving.keep)
-        message = (f"interrupted at step {{step}} of group {run.group.id}; the sweep is checkpointed: continue it "
-                   f"with the same command and --sweep-dir {run.checkpoints.parent}")
-        self.engine = Engine(pop, slots, run.records, policy, run.select, run.prep.spec.objective, run.prep.evals,
-                             self.metrics, self.checkpointer, self.hooks, run.interrupted, message, step=step,
-                             wall_s=wall, live=live,
-                             on_progress=lambda last, n, loss: run.on_progress(n, loss))
+            pop = SoloPopulation(run.programs, unstack(state, len(start.slots)), start.live, feed, start.step)
+        session.hooks = {t: self._trackers(t) for t in members}
+        policy = Policy(run.group.total_steps, run.group.steps_per_call, self.cfg.eval_every, self.cfg.patience,
+                        self.cfg.checkpoint_every, self.cfg.checkpoint_minutes, single=False,
+                        rungs=run.halving.rungs, keep=run.halving.keep)
+        self.engine = Engine(pop, session, policy, run.select,
+                             Events(on_progress=lambda last, n, loss: run.on_progress(n, loss)))
 
-    def _forget_first_build(self) -> None:
-        """The first build kept a population as ``state.npz`` + ``meta.json``: its trials start over."""
+    @property
+    def metrics(self):
+        return self.session.metrics
+
+    def _forget_format_one(self) -> None:
+        """A population checkpoint of format 1 (``state.npz`` + ``meta.json``) cannot be resumed: its
+        trials start over (finished trials are kept)."""
         if (self.folder / "meta.json").is_file() or (self.folder / "state.npz").is_file():
-            print(f"note: {self.folder} is a checkpoint of the first build's format; this population's trials "
+            print(f"note: {self.folder} is a checkpoint of format 1; this population's trials "
                   "start over (finished trials are kept)", file=sys.stderr)
             remove_path(self.folder)
             remove_path(self.folder.with_name(self.folder.name + ".curves"))
@@ -139,7 +144,7 @@ class PopulationRun:
         states = []
         for slot in slots:
             spec, state = create_state(self._slot_cfg(slot), self.run.prep.info, self.run.group.total_steps)
-            # plan.check_programs refused this before the sweep began; a member must never run another program.
+            # grouping.check_programs refused this before the sweep began; a member must never run another program.
             assert same_program(spec, self.run.prep.spec), f"trial {slot} does not fit its population's program"
             states.append(state)
         return states
@@ -155,12 +160,10 @@ class PopulationRun:
             self.close()
 
     def close(self) -> None:
-        self.feed.close()
-        self.checkpointer.wait()
-        self.checkpointer.close()
-        self.metrics.flush()
-        for hooks in self.hooks.values():
-            hooks.close()
+        try:
+            self.session.close()
+        finally:
+            self.session.close_hooks()
 
     def abandon(self) -> None:
         """The plan probe's population, when its group runs one member at a time instead: everything

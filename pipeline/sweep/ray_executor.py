@@ -15,17 +15,22 @@ Ray Core task (``run_population``) on whichever machine of the cluster Ray picks
 
 The sweep folder, the data store and the experiment file must be at the same paths on every
 machine (a shared file system). Ray is an optional extra: ``pip install 'pipeline[ray]'``.
+
+``runner.py`` imports this module and hands it what it needs of the runner as a ``Runner``
+(options class, planning, running, recording): imports between the two point one way.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.train.engine import Interrupted
+from pipeline.train.session import stop_message
 
 EXTRA = "ray"
 MAX_RETRIES = 3  # a lost worker's population runs again (from its checkpoint) this many times
@@ -55,23 +60,38 @@ class Task:
     index: int  # the population's chunk within its group
 
 
-def run_population(task: Task) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Runner:
+    """What the sweep runner (``runner.py``) hands the executor: its options class and the functions
+    that plan a sweep, run a group's populations and record a population's results.
+
+    The runner imports this module, never the other way round; the functions travel to the
+    workers with each task (by reference: a worker imports their module).
+    """
+
+    options: type  # SweepOptions
+    resolve_sweep: Callable[..., Any]
+    run_group: Callable[..., None]
+    record_population: Callable[..., None]
+    record_plans: Callable[..., None]
+
+
+def run_population(task: Task, runner: Runner) -> dict[str, Any]:
     """On a worker: one population of the sweep, from its checkpoint if it has one.
 
     Returns ``{"key", "records", "curves", "plan"}``: its members' bookkeeping, its metrics
     table and its group's plan, for the driver to record.
     """
     from pipeline.data import Store
+    from pipeline.durable.records import read_json
     from pipeline.sweep import records
     from pipeline.sweep.folder import SWEEP_FILE
-    from pipeline.sweep.runner import SweepOptions, resolve_sweep, run_group
-    from pipeline.track.run_dir import read_json
     from pipeline.train.prepare import prepare
 
-    opts = SweepOptions(**{**task.options, "show_progress": False})
+    opts = runner.options(**{**task.options, "show_progress": False})
     store = Store(task.store)
     sweep_dir = Path(task.sweep_dir)
-    sp = resolve_sweep(task.experiment, list(task.args), store, opts)
+    sp = runner.resolve_sweep(task.experiment, list(task.args), store, opts)
     saved = read_json(sweep_dir / SWEEP_FILE)
     for g, chunks in zip(sp.groups, saved["chunks"]):
         g.chunks = chunks
@@ -81,12 +101,12 @@ def run_population(task: Task) -> dict[str, Any]:
     recs.update(records.read_records(sweep_dir / "trials.parquet"))
     plans = dict(saved.get("plans", {}))
     found: dict[str, Any] = {}
-    prep = prepare(sp.trials[g.trials[0]].cfg, store)
+    prep = prepare(sp.trials[g.trials[0]].cfg, store, steps_per_call=g.steps_per_call)
     try:
-        run_group(g, prep, sp.trials, [members], recs, sweep_dir, opts, plans, dict(plans), {"set": False},
-                  lambda: None, lambda steps, loss: None, sp.name,
-                  on_population=lambda population: found.update(curves=population.curves(),
-                                                                 key=population.folder.name))
+        runner.run_group(g, prep, sp.trials, [members], recs, sweep_dir, opts, plans, dict(plans), {"set": False},
+                         lambda: None, lambda steps, loss: None, sp.name,
+                         on_population=lambda population: found.update(curves=population.curves(),
+                                                                        key=population.folder.name))
     finally:
         if prep.reader is not None:
             prep.reader.close()
@@ -127,14 +147,13 @@ def _cause(exc: BaseException) -> BaseException:
 
 def run_populations(ray: Any, experiment: str, args: list[str], store: Any, opts: Any, sweep_dir: Path,
                     groups: list[Any], recs: dict, plans: dict, interrupted: dict, write_trials,
-                    on_progress) -> None:
+                    on_progress, runner: Runner) -> None:
     """Every unfinished population as a Ray task; each one's results recorded as it ends.
 
     Ctrl-C (or SIGTERM) cancels the tasks: their populations keep their last checkpoints, and the
     same command continues the sweep.
     """
     from pipeline.sweep import records
-    from pipeline.sweep.runner import record_plans, record_population
     from pipeline.train.evaluation import Bookkeeping
 
     _start(ray, opts.ray_address)
@@ -147,13 +166,13 @@ def run_populations(ray: Any, experiment: str, args: list[str], store: Any, opts
                 continue
             task = Task(_experiment_path(experiment), tuple(args), str(Path(store.root).resolve()),
                         str(Path(sweep_dir).resolve()), options, g.id, index)
-            pending[remote.remote(task)] = (g.id, index, g.total_steps * len(members))
+            pending[remote.remote(task, runner)] = (g.id, index, g.total_steps * len(members))
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
             if interrupted["set"]:
-                raise Interrupted(f"interrupted; the sweep's populations are checkpointed: continue it with the "
-                                  f"same command and --sweep-dir {sweep_dir}")
+                raise Interrupted(stop_message("", f"continue the sweep with the same command and "
+                                                   f"--sweep-dir {sweep_dir}"))
             for ref in done:
                 group, index, steps = pending.pop(ref)
                 try:
@@ -167,10 +186,10 @@ def run_populations(ray: Any, experiment: str, args: list[str], store: Any, opts
                                         f"{type(cause).__name__}: {text}") from None
                 for t, record in result["records"].items():
                     vars(recs[int(t)]).update(vars(Bookkeeping.from_json(record)))
-                record_population(sweep_dir, result["key"], result["curves"], write_trials)
+                runner.record_population(sweep_dir, result["key"], result["curves"], write_trials)
                 if result["plan"] is not None and str(group) not in plans:  # the first population's
                     plans[str(group)] = result["plan"]
-                    record_plans(sweep_dir, plans)
+                    runner.record_plans(sweep_dir, plans)
                 on_progress(steps, float("nan"))
     finally:
         for ref in pending:

@@ -5,7 +5,7 @@ column, status, final and best metrics with the step of the best, steps, wall ti
 the exact override list that re-runs it with ``pipeline train``).
 ``curves.parquet/``: every trial's metrics in long format (trial, step, split, name, value), a
 Parquet dataset folder with one part per population (``part-gGGGGGG-cCCCCCC.parquet``).
-Both are written through a new temporary file, fsync and a rename (``track.run_dir``).
+Both are written through a new temporary file, fsync and a rename (``pipeline.durable.files``).
 """
 
 from __future__ import annotations
@@ -19,17 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.durable.files import make_folders, write_parquet
+from pipeline.durable.records import CorruptFile, parquet_files, read_parquet, read_parquet_files
 from pipeline.sweep.grouping import Trial
 from pipeline.sweep.space import format_value
 from pipeline.track.metrics import MEMBERS_SCHEMA
-from pipeline.track.run_dir import (
-    CorruptFile,
-    make_folders,
-    parquet_files,
-    read_parquet,
-    read_parquet_files,
-    write_parquet,
-)
 from pipeline.train.evaluation import FINISHED, Bookkeeping
 
 METRIC_COLUMN = re.compile(r"^(?P<kind>final|best)_(?P<split>val|test)_(?P<name>.+)$")

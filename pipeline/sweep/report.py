@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.durable.records import read_json, read_parquet
 from pipeline.errors import PipelineError
 from pipeline.track.plot import save_figure
-from pipeline.track.run_dir import read_json, read_parquet
 
 TOP = 10
 

@@ -27,18 +27,20 @@ import jax
 from pipeline import distributed
 from pipeline.config import ConfigError, apply_overrides, to_dict
 from pipeline.data import Store, ensure_dataset
+from pipeline.durable.files import remove_path, write_json
+from pipeline.durable.records import read_json
 from pipeline.errors import PipelineError
 from pipeline.experiments import experiment_name, load_module
-from pipeline.objectives import best_metric, resolve
+from pipeline.objectives import resolve
 from pipeline.signals import sigint_flag
 from pipeline.sweep import folder, grouping, plan_probe, records, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
-from pipeline.track.run_dir import read_json, remove_path, write_json
 from pipeline.train.prepare import prepare
-from pipeline.train.population import solo_programs, vmapped_programs
+from pipeline.train.programs import solo_programs, vmapped_programs
+from pipeline.train.selection import selection as select
 from pipeline.train.state import create_state
 
 
@@ -188,13 +190,14 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             progress.update(done_steps[0], loss)
 
         if ray is not None:
+            runner = ray_executor.Runner(SweepOptions, resolve_sweep, run_group, record_population, record_plans)
             ray_executor.run_populations(ray, experiment, args, store, opts, sweep_dir, groups, recs, plans,
-                                         interrupted, write_trials, on_progress)
+                                         interrupted, write_trials, on_progress, runner)
         for g in groups if ray is None else []:
             chunks = [c for c in g.chunks if any(recs[t].status not in records.FINISHED for t in c)]
             if not chunks:
                 continue
-            prep = prepare(trials[g.trials[0]].cfg, store)
+            prep = prepare(trials[g.trials[0]].cfg, store, steps_per_call=g.steps_per_call)
             try:
                 run_group(g, prep, trials, chunks, recs, sweep_dir, opts, plans, saved_plans, interrupted,
                           write_trials, on_progress, name)
@@ -297,13 +300,11 @@ def decided_plan(g: grouping.Group, members: list[int], opts: SweepOptions,
 
 
 def selection(trial: grouping.Trial, infos: dict) -> tuple[str, str, bool]:
-    """The split and metric that rank trials (what ``pipeline train`` selects its best checkpoint by),
-    and whether higher is better."""
+    """The split and metric that rank trials (the rule a run selects its best checkpoint by), and
+    whether higher is better."""
     info = infos[trial.cfg.data.name]
-    has_val = "validation" in info.rows or trial.cfg.data.validation_fraction > 0
-    objective = resolve(trial.cfg, info)
-    metric = best_metric(trial.cfg, objective)
-    return ("val" if has_val else "test"), metric, objective.higher_is_better[metric]
+    chosen = select(trial.cfg, info, resolve(trial.cfg, info))
+    return chosen.split, chosen.metric, chosen.higher
 
 
 def summarize(sweep_dir: Path, name: str, trials: list[grouping.Trial], recs: dict[int, records.TrialRecord],

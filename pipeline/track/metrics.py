@@ -35,19 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.track.run_dir import (
-    CorruptFile,
-    fsync_dir,
-    new_folder_beside,
-    parquet_files,
-    read_parquet,
-    read_parquet_files,
-    recover_folder,
-    remove_path,
-    replace_folder,
-    tie_lock_to,
-    write_parquet,
-)
+from pipeline.durable.files import fsync_dir, remove_path, write_parquet
+from pipeline.durable.folder_locks import tie_lock_to
+from pipeline.durable.records import CorruptFile, parquet_files, read_parquet, read_parquet_files
+from pipeline.durable.renames import new_folder_beside, recover_folder, replace_folder
 
 SCHEMA = pa.schema([
     ("step", pa.int64()),

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.durable.records import CorruptFile, parquet_files, read_json_object, read_parquet
 from pipeline.errors import PipelineError
 from pipeline.track.metrics import read_metrics
-from pipeline.track.run_dir import CorruptFile, default_runs_root, parquet_files, read_json_object, read_parquet
+from pipeline.track.run_dir import default_runs_root
 
 METRICS = "metrics.parquet"
 

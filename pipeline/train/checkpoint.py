@@ -30,6 +30,7 @@ from typing import Any
 import jax
 
 from pipeline.errors import PipelineError
+from pipeline.train.evaluation import Bookkeeping
 
 # Written into every checkpoint's meta; checkpoints of the first build have none. 3: the optimizer
 # state holds no step counter of its own, and hyperparameter switches that are off are not in it.
@@ -225,3 +226,21 @@ class Checkpointer:
         for manager in (self._latest, self._best):
             if manager is not None:
                 manager.close()
+
+
+def checkpoint_meta(step: int, wall_s: float, members: list[int], slots: list[int | None], live: Any,
+                    books: dict[int, Bookkeeping], **extra: Any) -> dict:
+    """A checkpoint's ``meta`` item: where the engine stands and every member's bookkeeping.
+
+    ``members`` are the trials the population started with, ``slots`` the trial in each slot now
+    (None: padding; successive halving repacks them) and ``live`` which slots still train.
+    """
+    return {"step": int(step), "wall_s": float(wall_s), "members": list(members), "slots": list(slots),
+            "live": [bool(v) for v in live], "records": {str(t): books[t].to_json() for t in members}, **extra}
+
+
+def books_from_meta(meta: dict) -> dict[int, Bookkeeping]:
+    """Every member's bookkeeping in a checkpoint's meta (a format-1 run's meta held one, flat)."""
+    if "records" not in meta:
+        return {0: Bookkeeping.from_json(meta)}
+    return {int(t): Bookkeeping.from_json(rec) for t, rec in meta["records"].items()}

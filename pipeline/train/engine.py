@@ -3,8 +3,9 @@
 The host never waits on the call it just dispatched: it reads back the metrics of call N
 while call N+1 runs. At evaluations and checkpoints it catches up, records every live
 member, decides per member (best so far, early stopping, divergence, a halving rung) and
-checkpoints. ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only
-in the ``Policy`` they hand it and in how they build the population.
+checkpoints, all through its ``Session`` (records, hooks, the feed, the stop flag).
+``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only in the
+``Policy`` they hand it and in how they configure the session and the population.
 
 Several processes run the same loop in step. What could differ between them is agreed at each
 call boundary (``pipeline.distributed.CallAgreement``, only when there are several): a
@@ -26,14 +27,11 @@ import numpy as np
 
 from pipeline import distributed
 from pipeline.config import ConfigError
-from pipeline.data.device import EvalBatches
 from pipeline.errors import PipelineError
-from pipeline.objectives import Objective
-from pipeline.track.metrics import MetricsTable
-from pipeline.track.profile import Profiler
-from pipeline.train.checkpoint import Checkpointer, keep_copy
+from pipeline.train.checkpoint import checkpoint_meta, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
-from pipeline.hooks import Hook
+from pipeline.train.selection import Selection
+from pipeline.train.session import Session
 
 FLUSH_SECONDS = 5.0
 
@@ -46,15 +44,6 @@ class Interrupted(PipelineError):
     """Ctrl-C or SIGTERM: a checkpoint is saved and the work can be resumed."""
 
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The split and metric that pick the best checkpoint, rank trials and drive early stopping."""
-
-    split: str
-    metric: str
-    higher: bool
 
 
 @dataclass(frozen=True)
@@ -73,25 +62,28 @@ class Policy:
     keep: float = 0.5
 
 
+@dataclass(frozen=True)
+class Events:
+    """What the engine tells its caller as it goes (a progress bar): the member-steps of each call
+    with the last loss, and each evaluation's metrics."""
+
+    on_progress: Callable[[int, int, float], None] = lambda step, member_steps, loss: None
+    on_evaluated: Callable[[int, dict], None] = lambda step, evals: None
+
+
 class Engine:
-    def __init__(self, pop: Any, slots: list[int | None], books: dict[int, Bookkeeping], policy: Policy,
-                 select: Selection, objective: Objective, evals: dict[str, EvalBatches], metrics: MetricsTable,
-                 checkpointer: Checkpointer, hooks: dict[int, Hook], interrupted: dict, interrupt_message: str,
-                 step: int = 0, wall_s: float = 0.0, live: np.ndarray | None = None,
-                 meta_extra: Callable[[int], dict] | None = None, profiler: Profiler | None = None,
-                 on_progress: Callable[[int, int, float], None] | None = None,
-                 on_evaluated: Callable[[int, dict], None] | None = None):
-        self.pop, self.slots, self.books, self.policy = pop, list(slots), books, policy
-        self.select, self.objective, self.evals = select, objective, evals
-        self.metrics, self.checkpointer, self.hooks = metrics, checkpointer, hooks
-        self.interrupted, self.interrupt_message = interrupted, interrupt_message
-        self.step, self.saved_step, self.wall0 = step, step, wall_s
-        self.live = np.array([s is not None for s in slots]) if live is None else np.asarray(live, bool)
-        self.members = [s for s in slots if s is not None]
-        self.meta_extra = meta_extra or (lambda step: {})
-        self.profiler = profiler
-        self.on_progress = on_progress or (lambda step, member_steps, loss: None)
-        self.on_evaluated = on_evaluated or (lambda step, evals: None)
+    """Steps ``pop`` to the end of ``policy``, recording and deciding through ``session``."""
+
+    def __init__(self, pop: Any, session: Session, policy: Policy, select: Selection, events: Events = Events()):
+        start = session.start
+        self.pop, self.session, self.policy, self.select, self.events = pop, session, policy, select, events
+        self.slots, self.books = list(start.slots), start.books
+        self.objective, self.evals = session.prep.spec.objective, session.prep.evals
+        self.metrics, self.checkpointer, self.hooks = session.metrics, session.checkpointer, session.hooks
+        self.step, self.saved_step, self.wall0 = start.step, start.step, start.wall_s
+        self.live = (np.array([s is not None for s in self.slots]) if start.live is None
+                     else np.asarray(start.live, bool))
+        self.members = [s for s in self.slots if s is not None]
         self.k = policy.steps_per_call
         self.started = self.last_save = self.last_flush = time.time()
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
@@ -116,8 +108,8 @@ class Engine:
                     self._train_metrics(*pending)
                 return
             calls += 1
-            if self.profiler is not None:
-                with self.profiler.call(self.step, self.k):
+            if self.session.profiler is not None:
+                with self.session.profiler.call(self.step, self.k):
                     handle = self.pop.step()
             else:
                 handle = self.pop.step()
@@ -129,9 +121,9 @@ class Engine:
             # Act on the agreed value only: a signal that lands after the agreement (during this
             # boundary's evaluation or save) stays in the flag for the next boundary's, so every
             # process stops at the same step.
-            save_due, stop = self.agree(self._latest_due(), self.interrupted["set"])
+            save_due, stop = self.agree(self._latest_due(), self.session.stop["set"])
             if stop:
-                self.interrupted["set"] = True
+                self.session.stop["set"] = True
             if eval_due or save_due or stop:
                 self._train_metrics(*pending)
                 pending = None
@@ -144,7 +136,7 @@ class Engine:
                     self.hold_best()
                 if stop:
                     self.checkpointer.wait()
-                    raise Interrupted(self.interrupt_message.format(step=self.step))
+                    raise Interrupted(self.session.stopped(self.step))
             elif time.time() - self.last_flush > FLUSH_SECONDS:
                 self.metrics.flush()
                 self.last_flush = time.time()
@@ -191,7 +183,7 @@ class Engine:
             self.books[trial].steps = last_step - self.k
             self._stop([int(slot)], "diverged", at=bad_step)
         if len(ok):
-            self.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
+            self.events.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
 
     def _add(self, trials: list[int], steps: np.ndarray, split: str, values: dict, wall: float) -> None:
         """Rows of ``trials`` x ``steps``: each value (members, steps). A run's table has no trial column."""
@@ -220,7 +212,7 @@ class Engine:
             self.hooks[trial].on_eval(self.step, evals)
         improved = self._agree_on_evaluation(improved)
         if len(live):
-            self.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
+            self.events.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
         if self.policy.patience:
             self._stop([int(s) for s in live if self.books[self.slots[s]].evals_since_best >= self.policy.patience],
                        "early_stopped")
@@ -276,9 +268,8 @@ class Engine:
         for t in self.members:
             if self.books[t].status == "running":
                 self.books[t].wall_s = wall
-        return {"step": self.step, "wall_s": wall, "members": self.members, "slots": self.slots,
-                "live": self.live.tolist(), "records": {str(t): self.books[t].to_json() for t in self.members},
-                **self.meta_extra(self.step)}
+        return checkpoint_meta(self.step, wall, self.members, self.slots, self.live, self.books,
+                               **self.session.position(self.step))
 
     def state(self) -> Any:
         """What a checkpoint holds: a run's one state, or the population's states stacked."""
@@ -302,9 +293,3 @@ class Engine:
         for t in self.members:
             self.hooks[t].on_checkpoint(self.step, best)
 
-
-def books_from_meta(meta: dict) -> dict[int, Bookkeeping]:
-    """Every member's bookkeeping in a checkpoint's meta (a first-build run's meta held one, flat)."""
-    if "records" not in meta:
-        return {0: Bookkeeping.from_json(meta)}
-    return {int(t): Bookkeeping.from_json(rec) for t, rec in meta["records"].items()}

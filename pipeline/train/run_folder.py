@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, flat_keys, from_dict, to_dict
 from pipeline.data.dataset import DatasetInfo
-from pipeline.track.run_dir import CorruptFile, hold_folder, make_folders, read_json_object, write_json
+from pipeline.durable.files import make_folders, write_json
+from pipeline.durable.folder_locks import hold_folder
+from pipeline.durable.records import CorruptFile, read_json_object
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"

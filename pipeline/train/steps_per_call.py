@@ -5,8 +5,9 @@ dispatching, reading the previous call's metrics back), measured here on this ma
 step's time is estimated from the model's size: 6 x parameters x batch FLOPs and ~40 bytes
 of memory traffic per parameter (Adam's reads and writes), at a device's best rates, so the
 estimate is a lower bound and K errs on the large side. K is then the smallest count that
-keeps the overhead under ``OVERHEAD_SHARE`` of a call, between ``MIN_K`` (what every model
-got before) and ``MAX_K`` (a call stays short enough for progress and Ctrl-C).
+keeps the overhead under ``OVERHEAD_SHARE`` of a call, between ``MIN_K`` and ``MAX_K`` (a call
+stays short enough for progress and Ctrl-C). ``choose_steps_per_call`` then takes the largest K
+up to that target that divides the run, the evaluation and the checkpoint intervals.
 
 Inside a call the K steps are a ``lax.scan``, whose every iteration has a cost of its own (the
 loop's condition, copies of part of the carry): about a microsecond on a CPU, a few percent of a
@@ -22,6 +23,9 @@ import time
 import jax
 import numpy as np
 
+from pipeline.config import Config
+
+AUTO_STEPS_PER_CALL = 100  # the target when K is not measured
 OVERHEAD_SHARE = 0.02
 MIN_K, MAX_K = 100, 1000
 UNROLL_STEP_BELOW_S = 20e-6  # a step whose floor is under this is bound by the scan's per-iteration cost
@@ -59,3 +63,15 @@ def scan_unroll(params: int, batch: int, total_steps: int) -> int:
     """How many steps one iteration of a call's scan runs: 2 for a tiny step in a long run, else 1."""
     tiny = step_seconds_floor(params, batch) < UNROLL_STEP_BELOW_S
     return 2 if tiny and total_steps >= UNROLL_RUN_FROM else 1
+
+
+def choose_steps_per_call(cfg: Config, steps: int, target: int = AUTO_STEPS_PER_CALL) -> int:
+    """The largest K <= target (``steps_per_call`` when set) dividing the run, the evaluation and
+    the checkpoint intervals.
+
+    A fixed K means one compiled program for the whole run, and evaluations and step-counted
+    checkpoints land exactly on their steps (time-based checkpoints take any call boundary).
+    """
+    target = cfg.steps_per_call or target
+    common = math.gcd(steps, min(cfg.eval_every, steps), min(cfg.checkpoint_every or steps, steps))
+    return max(k for k in range(1, min(target, common) + 1) if common % k == 0)

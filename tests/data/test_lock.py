@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.data import DataError, Store, import_dataset
-from pipeline.data.lock import LOCK_FILE, StoreLock, StoreLocked
+from pipeline.data.lock import StoreLock, StoreLocked
 from pipeline.data.rowgroups import SplitIndex
 from pipeline.data.store import DatasetReplaced
+from pipeline.durable.locks import LOCK_FILE
 from tests.data.conftest import numbered, write_numbered
 
 
@@ -118,7 +119,7 @@ def test_a_whole_read_retries_when_the_dataset_is_replaced_under_it(store, tmp_p
 def test_signals_wait_for_the_end_of_a_commit():
     import signal
 
-    from pipeline.data.signals import Terminated, deferred_interrupts, sigterm_as_interrupt
+    from pipeline.signals import Terminated, deferred_interrupts, sigterm_as_interrupt
 
     steps = []
     with pytest.raises(Terminated):

@@ -32,7 +32,7 @@ from tests.conftest import ROOT, Result
 from tests.data.conftest import numbered, rewrite
 
 HOST = socket.gethostname()
-NO_EXCHANGE = ("import sys; from pipeline.data import commit; commit.EXCHANGE = False; "
+NO_EXCHANGE = ("import sys; from pipeline.durable import renames; renames.EXCHANGE = False; "
                "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
 AUTO_IMPORT = ("import sys; from pipeline.data import Store, ensure_dataset; "
                "print(ensure_dataset(Store(), 'digits').fingerprint)")

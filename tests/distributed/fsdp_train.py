@@ -28,8 +28,9 @@ def main(store_root: str, fsdp: int) -> dict:
     from pipeline.data import Store
     from pipeline.models import MLPConfig
     from pipeline.sharding import describe
-    from pipeline.train.prepare import Batches, prepare
-    from pipeline.train.population import solo_programs
+    from pipeline.bench.pipeline_loop import Batches
+    from pipeline.train.prepare import prepare
+    from pipeline.train.programs import solo_programs
 
     base = Config(data="digits", steps=40, batch_size=32, eval_every=20, steps_per_call=10, ema_decay=0.9,
                   model=MLPConfig(hidden=(64,)))

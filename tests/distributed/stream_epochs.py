@@ -27,9 +27,9 @@ def main(store_root: str, name: str, batch_size: int, epochs: int, tails: list[s
     import jax
 
     from pipeline.data import Store
-    from pipeline.data.device import data_mesh
+    from pipeline.sharding import make_mesh
 
-    mesh = data_mesh()
+    mesh = make_mesh()
     return {"process": jax.process_index(), "processes": jax.process_count(), "devices": mesh.devices.size,
             **{tail: read(Store(store_root), name, batch_size, epochs, tail, mesh) for tail in tails}}
 

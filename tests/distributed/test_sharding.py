@@ -93,7 +93,7 @@ def test_one_device_is_a_mesh_of_one_and_everything_is_replicated():
     tree = {"w": jax.ShapeDtypeStruct((64, 256), np.float32), "n": 3, "s": np.zeros(())}
     assert all(s.spec == P() for s in jax.tree.leaves(state_shardings(tree, mesh)))
     assert batch_spec() == P(("data", "fsdp")) and batch_spec(1) == P(None, ("data", "fsdp"))
-    assert batch_sharding(mesh, 16).spec == P(("data", "fsdp"))
+    assert batch_sharding(mesh, 16).spec == P("data")  # fsdp is 1: the batch splits over data alone
     with pytest.raises(ConfigError, match="mesh.data=2 x mesh.fsdp=2 is 4 devices"):
         make_mesh(2, 2, devices=jax.devices()[:1])
 

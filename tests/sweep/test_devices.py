@@ -18,8 +18,9 @@ import json, sys
 import jax, numpy as np
 from pipeline.config import Config, apply_overrides
 from pipeline.data import Store
-from pipeline.train.population import (ResidentFeed, SoloPopulation, VmapPopulation, solo_programs, stack,
-                                       vmapped_programs)
+from pipeline.train.feeds import ResidentFeed
+from pipeline.train.population import SoloPopulation, VmapPopulation, stack
+from pipeline.train.programs import solo_programs, vmapped_programs
 from pipeline.train.prepare import prepare
 from pipeline.train.state import create_state
 from pipeline.models import MLPConfig
@@ -32,10 +33,14 @@ states = [create_state(c, prep.info, prep.total_steps)[1] for c in cfgs]
 seeds = [c.resolved_data_seed for c in cfgs]
 k = prep.steps_per_call
 out = {"devices": jax.device_count()}
+def feed():
+    return ResidentFeed(seeds, prep.train, 16, prep.mesh, 2)
+
+
 for name, make in (("vmap", lambda: VmapPopulation(vmapped_programs(prep.spec, k), stack(states),
-                                                   np.ones(members, bool), ResidentFeed(seeds, prep.train, 16, 2), 0)),
+                                                   np.ones(members, bool), feed(), 0)),
                    ("solo", lambda: SoloPopulation(solo_programs(prep.spec, k), states, np.ones(members, bool),
-                                                   ResidentFeed(seeds, prep.train, 16, 2), 0))):
+                                                   feed(), 0))):
     pop = make()
     losses = [pop.fetch(pop.step())["loss"] for _ in range(2)]
     out[name] = np.concatenate(losses, axis=1).tolist()

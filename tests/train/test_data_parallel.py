@@ -20,12 +20,15 @@ import json, sys
 import jax, numpy as np
 from pipeline.config import Config
 from pipeline.data import Store
-from pipeline.train.prepare import Batches, compiled, prepare
+from pipeline.bench.pipeline_loop import Batches
+from pipeline.train.prepare import prepare
+from pipeline.train.programs import solo_programs
 from pipeline.models import MLPConfig
 
 cfg = Config(data="digits", steps=20, batch_size=16, eval_every=10, model=MLPConfig(hidden=(8,)))
 prep = prepare(cfg, Store(sys.argv[1]))
-run, evaluate = compiled(prep.spec)
+_programs = solo_programs(prep.spec, 0)
+run, evaluate = _programs.run, _programs.evaluate
 batches = Batches(prep, 0)
 first = batches.args()
 program = run.lower(prep.state, *first).compile().as_text()

@@ -18,11 +18,12 @@ from pipeline.config import Config, OptimizerConfig, apply_overrides
 from pipeline.data import Store, ensure_dataset
 from pipeline.data.order import EpochOrder
 from pipeline.models import MLPConfig
-from pipeline.train.steps_per_call import scan_unroll
-from pipeline.train.prepare import prepare, train
-from pipeline.train.population import solo_programs
+from pipeline.train.prepare import prepare
+from pipeline.train.programs import solo_programs
+from pipeline.train.run import train
 from pipeline.train.state import create_state
 from pipeline.train.step import train_many, train_step
+from pipeline.train.steps_per_call import scan_unroll
 
 TINY = Config(data="digits", steps=60, batch_size=16, eval_every=30, model=MLPConfig(hidden=(8,)),
               optimizer=OptimizerConfig(name="adam", learning_rate=1e-2))

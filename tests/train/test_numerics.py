@@ -19,13 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 from flax import nnx
 
+from pipeline.bench.pipeline_loop import Batches
 from pipeline.config import Config, OptimizerConfig
 from pipeline.data import Store, import_dataset
 from pipeline.data.dataset import DatasetInfo
 from pipeline.experiments import load_config
 from pipeline.models import MLPConfig
-from pipeline.train import prepare as loop
 from pipeline.train.evaluation import finalize
+from pipeline.train.prepare import prepare
+from pipeline.train.programs import solo_programs
+from pipeline.train.run import train
 from pipeline.train.state import create_state
 from pipeline.train.step import loss_fn, train_step
 
@@ -240,9 +243,10 @@ def test_linear_model_converges_to_least_squares(store):
         "optimizer.learning_rate=0.2", f"batch_size={N_TRAIN}", "steps=400", "eval_every=400",
     ])
     assert cfg.model.hidden == ()
-    prep = loop.prepare(cfg, store)
-    run, evaluate = loop.compiled(prep.spec)
-    state, batches = prep.state, loop.Batches(prep, 0)
+    prep = prepare(cfg, store)
+    programs = solo_programs(prep.spec, 0)
+    run, evaluate = programs.run, programs.evaluate
+    state, batches = prep.state, Batches(prep, 0)
     for _ in range(prep.total_steps // prep.steps_per_call):
         state, _ = run(state, *batches.args())
     p = to_numpy(state.params)
@@ -272,7 +276,7 @@ def metrics_without_wall_time(store: Store, run_dir, **changes):
         "data=lin", "model.hidden=8", "model.dropout=0.1", "batch_size=8", "steps=20", "eval_every=10",
         "checkpoint_every=20",
     ]), **changes)
-    loop.train(cfg, "regression_mlp", run_dir, store, show_progress=False)
+    train(cfg, "regression_mlp", run_dir, store, show_progress=False)
     return pq.read_table(run_dir / "metrics.parquet").drop_columns(["wall_s"])
 
 
