@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.registry import ModelConfig, family
 
 
 class ConfigError(PipelineError):
@@ -40,21 +41,6 @@ def is_traced(f: dataclasses.Field) -> bool:
 
 def is_switch(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("switch"))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Base of every model family's config: ``name`` selects the family, the rest are its own fields.
-
-    A family subclasses it with a frozen dataclass of the fields its build function reads and
-    registers it (``pipeline.register_model``). ``validate`` raises ``ConfigError`` for values
-    that parse but make no sense.
-    """
-
-    name: str = ""
-
-    def validate(self) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -143,8 +129,6 @@ DEFAULT_MODEL = "mlp"
 
 def model_config(name: str, carry: ModelConfig | None = None) -> ModelConfig:
     """The default config of family ``name``; fields it shares with ``carry`` keep ``carry``'s values."""
-    from pipeline.registry import family
-
     cls = family(name).config
     if carry is None:
         return cls()
@@ -359,8 +343,6 @@ def profile_window(text: str) -> tuple[int, int] | None:
 
 def validate(cfg: Config) -> None:
     """Reject values that parse but make no sense, naming the key."""
-    from pipeline.registry import family
-
     family(cfg.model.name)  # an unknown family fails here, listing the registered ones
     # By name, not identity: an experiment file loaded again (a notebook, a sweep) makes a new class object.
     if type(cfg.model).__qualname__ != family(cfg.model.name).config.__qualname__:
@@ -423,8 +405,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             raise ConfigError(f"unknown config key '{name}' in saved config")
         typ = hints[name]
         if typ is ModelConfig:  # the family's own config class, chosen by its saved name
-            from pipeline.registry import family
-
             kwargs[name] = from_dict(family(value.get("name", DEFAULT_MODEL)).config, value)
         elif dataclasses.is_dataclass(typ):
             kwargs[name] = from_dict(typ, value)

@@ -27,6 +27,22 @@ class RegistryError(PipelineError):
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Base of every model family's config: ``name`` selects the family, the rest are its own fields.
+
+    A family subclasses it with a frozen dataclass of the fields its build function reads and
+    registers it (``pipeline.register_model``). ``validate`` raises ``ConfigError`` for values
+    that parse but make no sense. It is defined here, beside the check that a registered config
+    class subclasses it; ``pipeline.config.ModelConfig`` and ``pipeline.ModelConfig`` are this class.
+    """
+
+    name: str = ""
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """One model family. ``build(cfg, feature_shape, out_features, rngs) -> nnx.Module``.
 
@@ -120,8 +136,6 @@ def parseable(typ: Any) -> bool:
 
 
 def _check_config_class(name: str, config: type, origin: str) -> None:
-    from pipeline.config import ModelConfig
-
     where = f"{origin}: model '{name}'"
     if not (isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, ModelConfig)):
         raise RegistryError(f"{where}: its config {getattr(config, '__name__', config)!r} must be a "

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.data.dataset import Split
 from pipeline.data.device import eval_batches
-from pipeline.sharding import make_mesh
 from pipeline.objectives import objective_for
+from pipeline.sharding import make_mesh
 
 RNG = np.random.default_rng(0)
 

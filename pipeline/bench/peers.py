@@ -14,7 +14,7 @@ from pipeline.bench.results import IMPLS
 from pipeline.bench.schedule import SKIPPED, time_each, time_together
 from pipeline.bench.timing import Deadline
 from pipeline.bench.workload import RUN_STEPS, Workload
-from pipeline.train.steps_per_call import choose_steps_per_call
+from pipeline.train.parts import choose_steps_per_call
 
 # An implementation made from the point's workload; ``factories`` of ``measure_point`` put one
 # in place of a built-in implementation of the same name (a peer of your own, or a test's).

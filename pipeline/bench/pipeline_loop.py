@@ -26,10 +26,7 @@ from pipeline.bench.timing import Budget, Timing, time_alone
 from pipeline.bench.workload import Workload
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.train.prepare import Prepared, prepare
-from pipeline.train.programs import solo_programs
-from pipeline.train.session import open_feed
-from pipeline.train.step import train_step
+from pipeline.train.parts import Prepared, open_feed, prepare, solo_programs, train_step
 
 INPUT_BUDGET = Budget(warmup=2, rounds=5, round_s=0.05)
 

@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 
 from pipeline.bench.measure import FAILED, UNAVAILABLE, Measurement, missing
 from pipeline.bench.points import Point
-from pipeline.bench.sweep_points import member_overrides
 from pipeline.bench.results import impls_of
 from pipeline.bench.schedule import BUDGET_SPENT, SKIPPED, one_line
+from pipeline.bench.sweep_points import member_overrides
 from pipeline.bench.timing import Deadline, past
 from pipeline.bench.workload import Workload
 

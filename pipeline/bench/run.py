@@ -27,12 +27,12 @@ from pipeline.bench.measure import FAILED, OK, UNAVAILABLE, Measurement
 from pipeline.bench.peaks import Peak, device_peak, mfu
 from pipeline.bench.peers import Factory, measure_point
 from pipeline.bench.points import POINTS, BenchError, Point, select
-from pipeline.bench.sweep_points import measure_population
 from pipeline.bench.processes import measure_first_step, measure_sweep_run
 from pipeline.bench.readers import measure_readers, reader_config
 from pipeline.bench.report import write_reports
 from pipeline.bench.results import ALL_IMPLS, IMPLS, append, impls_of
 from pipeline.bench.schedule import BUDGET_SPENT, SKIPPED, one_line
+from pipeline.bench.sweep_points import measure_population
 from pipeline.bench.timing import Deadline, paired_ratio, past
 from pipeline.bench.trace import measure_trace
 from pipeline.bench.workload import Workload, make_workload

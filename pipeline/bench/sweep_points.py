@@ -22,7 +22,7 @@ from pipeline.bench.points import Point
 from pipeline.bench.timing import Deadline
 from pipeline.bench.workload import Workload
 from pipeline.config import apply_overrides
-from pipeline.train.state import create_state
+from pipeline.train.parts import create_state
 
 
 def member_overrides(count: int) -> list[list[str]]:
@@ -40,10 +40,15 @@ class PopulationRunner(Runner):
 
     def setup(self) -> None:
         # The sweep's own pieces, imported here: a sweep engine that changes shape fails this point alone.
-        from pipeline.train.population import SoloPopulation, VmapPopulation, stack
-        from pipeline.train.prepare import prepare
-        from pipeline.train.programs import solo_programs, vmapped_programs
-        from pipeline.train.session import open_feed
+        from pipeline.train.parts import (
+            SoloPopulation,
+            VmapPopulation,
+            open_feed,
+            prepare,
+            solo_programs,
+            stack,
+            vmapped_programs,
+        )
 
         cfg = self.workload.cfg
         prep = prepare(cfg, self.workload.store)

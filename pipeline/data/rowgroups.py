@@ -26,6 +26,10 @@ from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows
 
 
+class DatasetReplaced(DataError):
+    """The dataset's folder was replaced (an ``--overwrite`` import) while it was being read."""
+
+
 @dataclass(frozen=True)
 class Group:
     """One row group: which file, its index in the file, its rows, and its first row in the file."""
@@ -61,8 +65,6 @@ class SplitIndex:
     @classmethod
     def open(cls, store, name: str, split: str) -> SplitIndex:
         """Read and check every footer of ``name/split``; raises DataError naming the bad file."""
-        from pipeline.data.store import DatasetReplaced
-
         for attempt in range(3):
             try:
                 return cls._open(store, name, split)
@@ -130,8 +132,6 @@ class SplitIndex:
 
 
 def _check_unchanged(store, name: str, identity: tuple[int, int] | None) -> None:
-    from pipeline.data.store import DatasetReplaced
-
     if identity is not None and store.identity(name) != identity:
         raise DatasetReplaced(f"dataset '{name}' in {store.root} was replaced while it was being read "
                               "(an --overwrite import); read it again")

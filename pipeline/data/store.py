@@ -29,14 +29,11 @@ from pipeline.data.dataset import FORMAT_VERSION, DatasetInfo, Split
 from pipeline.data.layout import Layout, info_from_metadata
 from pipeline.data.lock import StoreLock, StoreLocked, is_locked_by_me
 from pipeline.data.names import check_dataset_name, is_dataset_name
+from pipeline.data.rowgroups import DatasetReplaced, SplitIndex
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows
 
 FIRST_FILE = "part-00000.parquet"
-
-
-class DatasetReplaced(DataError):
-    """The dataset's folder was replaced (an ``--overwrite`` import) while it was being read."""
 
 
 def default_root() -> Path:
@@ -177,8 +174,6 @@ class Store:
         raise AssertionError("unreachable")
 
     def _read(self, name: str, split: str) -> Split:
-        from pipeline.data.rowgroups import SplitIndex
-
         index = SplitIndex.open(self, name, split)
         info = index.info
         try:

@@ -3,8 +3,8 @@
 XLA:CPU runs a convolution with Eigen only when its dimension numbers are canonical
 (NHWC input, HWIO kernel, NHWC output); its pass that rewrites other convolutions into
 that form visits the top-level computation only. The gradient convolutions JAX emits are
-not canonical, so inside the ``lax.scan`` of K steps per call they fell to a naive loop
-and the digits CNN trained 1.7x slower per step than one step per call. On CPU this
+not canonical, so inside the ``lax.scan`` of K steps per call they would fall to a naive
+loop, slower than one step per call (docs/models.md has the figures). On CPU this
 convolution states its two gradient convolutions in canonical form itself (explicit
 transposes around them); other backends get ``lax.conv_general_dilated`` unchanged.
 Only stride-1, undilated, ungrouped 'SAME' convolutions take this path; any other

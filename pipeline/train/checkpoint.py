@@ -32,8 +32,8 @@ import jax
 from pipeline.errors import PipelineError
 from pipeline.train.evaluation import Bookkeeping
 
-# Written into every checkpoint's meta; checkpoints of the first build have none. 3: the optimizer
-# state holds no step counter of its own, and hyperparameter switches that are off are not in it.
+# Written into every checkpoint's meta (format 1 has none). 3: the optimizer state holds no step
+# counter of its own, and hyperparameter switches that are off are not in it.
 FORMAT = 3
 
 
@@ -149,7 +149,7 @@ class Checkpointer:
 
         ``onto`` (shardings, a tree like the state): the state is restored as ``jax.Array``s
         straight onto them, whatever mesh it was saved from; else as host arrays. A checkpoint
-        that holds a *different* state (the first build's format, or another model) is not
+        that holds a *different* state (an older format, or another model) is not
         corrupt: it raises ``CannotResume`` and nothing on disk changes. Several processes: all
         call it; a checkpoint is used only when every process could read it.
         """

@@ -33,8 +33,8 @@ class OverLeaves:
     """``fn(state, *args) -> (state, out)`` jitted over the state's leaves, a list of arrays.
 
     A train state's nnx Variables flatten and unflatten through Python callbacks at every call
-    of a jitted function: 0.4 ms of host time a call for the digits MLP, whose call of K steps
-    takes 13 ms on a CPU. A list of arrays crosses in C++. So a member's state stays a list of
+    of a jitted function, a host cost that is a visible share of a small model's call; a list of
+    arrays crosses in C++ (docs/benchmarks.md has the figures). So a member's state stays a list of
     leaves between calls, and becomes a ``TrainState`` only where one is needed (evaluation,
     checkpoints). One compiled program per state structure, as for ``fn`` itself.
     """
@@ -131,8 +131,8 @@ def vmapped_programs(spec: StepSpec, steps_per_call: int, stream: bool = False) 
     def population_eval(state: TrainState, x, y, mask):
         return evaluate_all(state, x, y, mask)
 
-    # On CPU, LLVM's -O1 halves this program's compile time and leaves its speed as it was
-    # (measured on the digits MLP population of `pipeline bench sweep`): XLA's own optimizations run as usual.
+    # On CPU, LLVM's -O1 compiles this program in about half the time at the same speed (`pipeline
+    # bench sweep`); XLA's own optimizations run as usual.
     options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
     run = population_train_stream if stream else population_train
     return Programs(jax.jit(run, donate_argnums=0, compiler_options=options), jax.jit(population_eval),

@@ -24,11 +24,11 @@ def main(store_root: str, fsdp: int) -> dict:
     distributed.initialize()
     import jax
 
+    from pipeline.bench.pipeline_loop import Batches
     from pipeline.config import Config, apply_overrides
     from pipeline.data import Store
     from pipeline.models import MLPConfig
     from pipeline.sharding import describe
-    from pipeline.bench.pipeline_loop import Batches
     from pipeline.train.prepare import prepare
     from pipeline.train.programs import solo_programs
 
