@@ -69,6 +69,9 @@ def _caller_file(depth: int = 2) -> str:
 
 
 def _register(table: dict[str, Any], kind: str, name: str, entry: Any, origin: str) -> None:
+    # The built-ins register first, whatever a user's file registers before its first lookup: a clash
+    # with a built-in name is then always the user's registration, and names the user's file.
+    _load_builtins(kind)
     old = table.get(name)
     # Loading the same experiment file again (a sweep, a notebook re-run) re-registers: that is no clash.
     if old is not None and old.origin != origin:

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a running Ray cluster (auto, HOST:PORT or ray://HOST:PORT; default: start one here)")
     p.add_argument("--ray-gpus", type=float, default=0.0, metavar="N",
                    help="GPUs each population's Ray task asks for (default 0)")
+    p.add_argument("--ray-timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for the Ray cluster to answer, and for the first population's task to "
+                        "start (default 30)")
     p.add_argument("--top", type=int, default=10, help="trials shown in the table at the end")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.add_argument("--no-progress", action="store_true")
@@ -73,9 +76,13 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise PipelineError(f"bad value for '--rungs': {bad[0]} must be a positive step")
     if args.top < 0:
         raise PipelineError(f"bad value for '--top': {args.top} must not be negative")
-    if args.executor != "ray" and (args.ray_address is not None or args.ray_gpus):
-        flag = "--ray-address" if args.ray_address is not None else "--ray-gpus"
+    if args.executor != "ray" and (args.ray_address is not None or args.ray_gpus or args.ray_timeout is not None):
+        flag = ("--ray-address" if args.ray_address is not None else "--ray-gpus" if args.ray_gpus
+                else "--ray-timeout")
         raise PipelineError(f"{flag} needs --executor ray")
+    if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
+        raise PipelineError(f"bad value for '--ray-timeout': {args.ray_timeout} must be a finite number of seconds "
+                            "above 0")
     if not (math.isfinite(args.ray_gpus) and args.ray_gpus >= 0):
         raise PipelineError(f"bad value for '--ray-gpus': {args.ray_gpus} must not be negative")
     population_bytes(args.population_memory)
@@ -120,6 +127,7 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
         population_memory=population_bytes(args.population_memory), rungs=args.rungs, keep=args.keep,
         show_progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address,
         ray_gpus=args.ray_gpus,
+        ray_timeout=SweepOptions.ray_timeout if args.ray_timeout is None else args.ray_timeout,
     )
     enable_cache(args)
     if opts.sweep_dir is not None and (is_sweep_dir(opts.sweep_dir) or is_empty_dir(opts.sweep_dir)):

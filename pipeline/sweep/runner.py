@@ -60,6 +60,7 @@ class SweepOptions:
     executor: str = "local"  # local: this process; ray: a Ray task a population (ray_executor.py)
     ray_address: str | None = None  # a running Ray cluster (None: start one on this machine)
     ray_gpus: float = 0.0  # GPUs each population's task asks Ray for
+    ray_timeout: float = 30.0  # seconds to reach the cluster, and for its first task to start
 
 
 def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, Any]]:
@@ -149,6 +150,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         from pipeline.sweep import ray_executor
 
         ray = ray_executor.require()  # without the extra: one line, before anything is planned or written
+        ray_executor.connect(ray, opts)  # a cluster that does not answer, or cannot run a task: no folder
     sp = resolve_sweep(experiment, args, store, opts)
     trials, infos, groups, identity, module = sp.trials, sp.infos, sp.groups, sp.identity, sp.module
     name, base, space = sp.name, sp.base, sp.space

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline import distributed
 from pipeline.config import ConfigError
 from pipeline.errors import PipelineError
+from pipeline.hooks import HookFailed
 from pipeline.train.checkpoint import checkpoint_meta, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.selection import Selection
@@ -88,6 +89,7 @@ class Engine:
         self.started = self.last_save = self.last_flush = time.time()
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
         self.agree = distributed.CallAgreement("engine")  # a no-op in one process
+        self.hook_failed: HookFailed | None = None  # a hook that raised: the loop stops at the next boundary
         for t in self.members:
             if self.books[t].status == "pending":
                 self.books[t].status = "running"
@@ -121,8 +123,9 @@ class Engine:
             # Act on the agreed value only: a signal that lands after the agreement (during this
             # boundary's evaluation or save) stays in the flag for the next boundary's, so every
             # process stops at the same step.
-            save_due, stop = self.agree(self._latest_due(), self.session.stop["set"])
-            if stop:
+            # A hook that failed stops the loop like a signal: at this boundary, on every process, saved.
+            save_due, stop = self.agree(self._latest_due(), self.session.stop["set"] or self.hook_failed is not None)
+            if stop and self.hook_failed is None:
                 self.session.stop["set"] = True
             if eval_due or save_due or stop:
                 self._train_metrics(*pending)
@@ -136,6 +139,7 @@ class Engine:
                     self.hold_best()
                 if stop:
                     self.checkpointer.wait()
+                    self._raise_hook_failure()
                     raise Interrupted(self.session.stopped(self.step))
             elif time.time() - self.last_flush > FLUSH_SECONDS:
                 self.metrics.flush()
@@ -147,6 +151,24 @@ class Engine:
         self.live[:] = False  # finished: a later execute() has nothing left to do
         if self.step != self.saved_step:
             self.save(improved)  # the final state: what `latest`, exports and a resume read
+        if self.hook_failed is not None:
+            self.checkpointer.wait()
+            self._raise_hook_failure()
+
+    def _hook(self, trial: int, event: str, *args: Any) -> None:
+        """One member's hooks called for ``event``; a failure is kept for the next call boundary, where
+        the loop saves a checkpoint and stops (``_raise_hook_failure``), as a Ctrl-C does."""
+        try:
+            getattr(self.hooks[trial], event)(*args)
+        except HookFailed as exc:
+            self.hook_failed = self.hook_failed or exc
+
+    def _raise_hook_failure(self) -> None:
+        """The hook's one line, with where the run stopped and how to go on from its checkpoint."""
+        if self.hook_failed is not None:
+            failed = HookFailed(f"{self.hook_failed}; {self.session.stopped(self.step)}")
+            failed.exit_code = self.hook_failed.exit_code
+            raise failed from self.hook_failed
 
     def _latest_due(self) -> bool:
         """The checkpoint policy: every ``checkpoint_every`` steps when set, else every ``checkpoint_minutes``."""
@@ -169,7 +191,7 @@ class Engine:
             self._add([self.slots[s] for s in ok], steps, "train", {n: v[ok] for n, v in host.items()}, wall)
             for slot in ok:
                 self.books[self.slots[slot]].steps = last_step
-                self.hooks[self.slots[slot]].after_call(steps, {n: v[slot] for n, v in host.items()})
+                self._hook(self.slots[slot], "after_call", steps, {n: v[slot] for n, v in host.items()})
         for slot in diverged:
             trial = self.slots[slot]
             good = int(np.argmax(~np.isfinite(host["loss"][slot])))
@@ -209,7 +231,7 @@ class Engine:
                 improved.append(int(slot))
             for s, values in evals.items():
                 self._add([trial], np.array([self.step]), s, values, wall)
-            self.hooks[trial].on_eval(self.step, evals)
+            self._hook(trial, "on_eval", self.step, evals)
         improved = self._agree_on_evaluation(improved)
         if len(live):
             self.events.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
@@ -291,5 +313,5 @@ class Engine:
         self.checkpointer.save(self.step, self.state(), self.meta(), best=best)
         self.saved_step, self.last_save = self.step, time.time()
         for t in self.members:
-            self.hooks[t].on_checkpoint(self.step, best)
+            self._hook(t, "on_checkpoint", self.step, best)
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 
+from pipeline.errors import PipelineError
 from pipeline.objectives import Objective
 
 # How a member ended: still "pending"/"running", or one of these.
@@ -19,9 +20,18 @@ FINISHED = ("done", "diverged", "stopped", "early_stopped")
 
 
 def finalize(objective: Objective, sums: dict) -> dict[str, float]:
-    """Whole-split metrics from the device sums of ``eval_sums``."""
+    """Whole-split metrics from the device sums of ``eval_sums``. A user's ``finalize`` that fails on
+    real totals (it passed the stand-ins ``checks.check_evaluation`` gave it) is one line naming it."""
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
-    return {k: float(v) for k, v in objective.finalize(host).items()}
+    try:
+        return {k: float(v) for k, v in objective.finalize(host).items()}
+    except PipelineError:
+        raise
+    except Exception as exc:
+        where = f"{objective.origin}: " if objective.origin else ""
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise PipelineError(f"{where}objective '{objective.name}': its finalize failed on the totals "
+                            f"{host}: {type(exc).__name__}{': ' + text if text else ''}") from exc
 
 
 @dataclass

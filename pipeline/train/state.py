@@ -87,10 +87,20 @@ def normalization(cfg: Config, info: DatasetInfo) -> tuple[np.ndarray, np.ndarra
     return stats if tabular else None
 
 
+def _described(value: Any) -> str:
+    """A returned value in a few words, for an error line: its type, and its text when short."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"{kind} {text}" if len(text) <= 40 and "\n" not in text else f"a {kind}"
+
+
 def build(cfg: Config, info: DatasetInfo) -> nnx.Module:
     """The run's model (standardizing its input when ``data.normalize`` says so), in train mode.
 
-    A user's build function that fails is one line naming the family's file and the dataset.
+    A user's build function that fails, or that returns anything but an ``nnx.Module``, is one line
+    naming the family's file (and the dataset, or what it returned).
     """
     fam = family(cfg.model.name)
     try:
@@ -102,6 +112,9 @@ def build(cfg: Config, info: DatasetInfo) -> nnx.Module:
                           f"(features {tuple(info.feature_shape)}, {info.output_size} outputs): "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                           ) from exc
+    if not isinstance(model, nnx.Module):  # the loop splits, merges and switches modes of an nnx.Module only
+        raise ConfigError(f"{fam.origin}: model '{fam.name}': its build function returned {_described(model)}, "
+                          "not an nnx.Module")
     stats = normalization(cfg, info)
     if stats is not None:
         model = Standardized(model, *stats)
