@@ -8,5 +8,7 @@ It imports only the standard library, pyarrow and ``pipeline.errors``. One idea 
                replacing a folder as a whole with its roll-back;
 * ``locks``    an ``fcntl.flock`` on a lock file that holds one JSON line naming its holder;
 * ``folder_locks``  the per-process locks of run and sweep folders, built on ``locks``;
+* ``staging``  a folder tree written beside its name (``.NAME.tmp-ID``, locked) and renamed into
+               place whole; abandoned staging folders (their lock free) are recognised and removed;
 * ``records``  reading back JSON and Parquet records, a damaged one being one line (``CorruptFile``).
 """

@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ def write_with(path: Path, write: Callable[[Any], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.filename is None:  # a failed write or fsync (a full disk) names no file: name the target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -153,6 +160,26 @@ def is_real_dir(path: str | Path) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
+
+
+def remove_until_quiet(find: Callable[[], list[Path]], quiet: float = 0.5, limit: float = 10.0) -> None:
+    """Delete what ``find()`` lists, again and again, until it lists nothing for ``quiet`` seconds.
+
+    For the debris of writers that outlive their failure: after a save fails on a full disk,
+    Orbax's TensorStore writes still in flight go on and make their folders again, so a folder
+    deleted once can come back a moment later. Gives up after ``limit`` seconds.
+    """
+    start = last_seen = time.monotonic()
+    while True:
+        found = find()
+        for path in found:
+            remove_path(path)
+        now = time.monotonic()
+        if found:
+            last_seen = now
+        if now - last_seen >= quiet or now - start >= limit:
+            return
+        time.sleep(0.05)
 
 
 def remove_path(path: str | Path, ignore_errors: bool = True) -> None:

@@ -7,10 +7,24 @@ population's final checkpoint. ``pipeline runs show``, ``--resume`` and ``pipeli
 treat it like any other run. A sweep keeps its members' best metrics, not their best weights,
 so the export has a ``latest`` checkpoint and (only when the final state was the best) a
 ``best`` one.
+
+An export is atomic. Every refusal (a ``--run-dir`` that holds anything, a trial that is
+missing or unfinished) comes before anything is made, so a refused export changes nothing. The
+run folder is written into a staging folder beside its name (``.NAME.tmp-ID``, locked by this
+process: ``pipeline.durable.staging``), fsynced, and renamed to ``NAME`` with a rename that
+refuses an existing target (an empty ``--run-dir`` is removed just before). A kill leaves
+nothing or the whole export under ``NAME``; the next export of that name removes the staging
+folder a dead exporter left. A full disk is one line naming the target, and the staging folder
+is removed. ``PIPELINE_TEST_PAUSE_AT`` (tests only, ``pipeline.data.commit.pause_at``) stops an
+export at ``export-locked``, ``export-checkpoint``, ``export-written`` or ``export-installed``.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -18,26 +32,35 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import Store, ensure_dataset
-from pipeline.durable.files import make_folders, write_json
-from pipeline.durable.folder_locks import folder_lock
+from pipeline.data.commit import pause_at
+from pipeline.durable.files import fsync_dir, fsync_tree, is_real_dir, make_folders, remove_until_quiet, write_json
+from pipeline.durable.folder_locks import FolderLocked, folder_lock, lock_holder
+from pipeline.durable.locks import LOCK_FILE
 from pipeline.durable.records import read_json_object
+from pipeline.durable.renames import rename_noreplace
+from pipeline.durable.staging import collect_abandoned, new_staging
 from pipeline.errors import PipelineError
 from pipeline.experiments import load_experiment
+from pipeline.signals import deferred_interrupts
 from pipeline.sweep import folder, records
 from pipeline.track.metrics import MetricsTable
-from pipeline.track.run_dir import default_runs_root, new_run_dir
-from pipeline.train.checkpoint import Checkpointer, checkpoint_meta
+from pipeline.track.run_dir import default_runs_root, remove_if_unused
+from pipeline.train.checkpoint import Checkpointer, DiskFull, checkpoint_meta, is_disk_full
 from pipeline.train.evaluation import Bookkeeping
 from pipeline.train.population import stack
 from pipeline.train.run import run_summary
-from pipeline.train.run_folder import open_run_dir
+from pipeline.train.run_folder import open_run_dir, read_checkpoint
 from pipeline.train.selection import Selection
 from pipeline.train.state import create_state
 
 
 def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None = None,
                  runs_root: Path | None = None) -> Path:
-    """Write trial ``trial`` of ``sweep_dir`` as a run folder; returns the folder."""
+    """Write trial ``trial`` of ``sweep_dir`` as a run folder, atomically; returns the folder.
+
+    ``run_dir`` must be absent or an empty folder; without it the folder is a new
+    ``RUNS/EXPERIMENT-trialN-YYYYmmdd-HHMMSS[-N]``.
+    """
     if not folder.is_sweep_dir(sweep_dir):
         raise ConfigError(f"{sweep_dir} is not a sweep folder (no {folder.SWEEP_FILE})")
     description = read_json_object(sweep_dir / folder.SWEEP_FILE, ("experiment",))
@@ -58,20 +81,115 @@ def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None
                             + " ".join(rows[trial]["overrides"]))
     split, metric = description.get("selection", "test/accuracy").split("/")
     select = Selection(split, metric, bool(description.get("higher_is_better", True)))
-    made: list[Path] = []
-    if run_dir is None:
-        run_dir = new_run_dir(runs_root or default_runs_root(), f"{experiment}-trial{trial}", made)
-    else:
-        made = make_folders(run_dir)
-    with folder_lock(run_dir, "run folder"):
-        if (run_dir / "config.json").exists():
-            raise ConfigError(f"bad value for '--run-dir': {run_dir} already holds a run")
-        open_run_dir(run_dir, experiment, cfg, info, str(source))
-        _write_metrics(run_dir, sweep_dir, trial, book)
-        _write_checkpoint(run_dir, cfg.checkpoint_keep, state, book)
-        write_json(run_dir / "summary.json", run_summary(run_dir, experiment, cfg.data.name, book, book.wall_s,
-                                                          select))
-    return run_dir
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        _check_target(run_dir)
+        root, base, target = run_dir.parent, None, run_dir
+    else:  # a new folder EXPERIMENT-trialN-YYYYmmdd-HHMMSS[-N]
+        root = Path(runs_root or default_runs_root())
+        base = f"{experiment}-trial{trial}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = _free_name(root, base)
+
+    def mine(name: str) -> bool:
+        """Staging debris of this export: of the same ``--run-dir``, or of the same trial's default names."""
+        return name == target.name if base is None else name.startswith(f"{experiment}-trial{trial}-")
+
+    made = make_folders(root)
+    staging = None
+    try:
+        collect_abandoned(root, mine)
+        staging = new_staging(target)
+        with folder_lock(staging, "run folder"):
+            pause_at("export-locked")
+            open_run_dir(staging, experiment, cfg, info, str(source))
+            _write_metrics(staging, sweep_dir, trial, book)
+            pause_at("export-checkpoint")
+            _write_checkpoint(staging, cfg.checkpoint_keep, state, book)
+
+            def summarize(at: Path) -> None:
+                write_json(staging / "summary.json", run_summary(at, experiment, cfg.data.name, book, book.wall_s,
+                                                                 select))
+
+            summarize(target)
+            fsync_tree(staging)
+            pause_at("export-written")
+            target = _install(staging, target, base, summarize)
+            pause_at("export-installed")
+    except BaseException as exc:
+        if staging is not None:  # Orbax's writes in flight may make its folders again: until they end
+            remove_until_quiet(lambda: [staging] if os.path.lexists(staging) else [], quiet=0.3)
+        remove_if_unused(made)
+        if is_disk_full(exc):
+            raise DiskFull(f"{target}: No space left on device (nothing was exported)") from exc
+        raise
+    return target
+
+
+def _check_target(run_dir: Path) -> None:
+    """Refuse a ``--run-dir`` that exists and is anything but an empty folder, changing nothing.
+
+    A lone ``.lock`` nobody holds (left by a run that recorded nothing) counts as empty.
+    """
+    if not os.path.lexists(run_dir):
+        return
+    if not is_real_dir(run_dir):
+        raise ConfigError(f"bad value for '--run-dir': {run_dir} exists and is not a folder")
+    entries = sorted(os.listdir(run_dir))
+    if "config.json" in entries:
+        raise ConfigError(f"bad value for '--run-dir': {run_dir} already holds a run")
+    others = [e for e in entries if e != LOCK_FILE]
+    if others:
+        raise ConfigError(f"bad value for '--run-dir': {run_dir} exists and is not empty (it holds "
+                          f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); export into a new or "
+                          "empty folder")
+    holder = lock_holder(run_dir) if entries else None
+    if holder is not None:
+        raise FolderLocked(f"run folder {run_dir} is in use by pid {holder.get('pid', '?')} on host "
+                           f"{holder.get('host', '?')}; wait for it to finish or use another --run-dir")
+
+
+def _free_name(root: Path, base: str) -> Path:
+    """``ROOT/BASE``, or ``ROOT/BASE-N`` for the first N free (the default name of an export)."""
+    for n in itertools.count(1):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        if not os.path.lexists(path):
+            return path
+    raise AssertionError("unreachable")
+
+
+def _install(staging: Path, target: Path, base: str | None, summarize: Callable[[Path], None]) -> Path:
+    """Rename the complete ``staging`` folder to ``target``, never over anything; returns where it went.
+
+    A ``--run-dir`` (``base`` None) that is an empty folder is removed first; one that holds
+    anything by now is refused. A default name (``BASE``) that another process took meanwhile
+    becomes the next ``BASE-N``, and ``summarize(path)`` rewrites ``summary.json`` for it.
+    """
+    given = base is None
+    while True:
+        with deferred_interrupts():  # Ctrl-C and SIGTERM wait for the rename
+            try:
+                if given and os.path.lexists(target):
+                    _check_target(target)
+                    _remove_empty(target)
+                rename_noreplace(staging, target)
+            except FileExistsError:
+                if given:
+                    raise ConfigError(f"bad value for '--run-dir': {target} was made by another process "
+                                      "during the export; nothing was exported") from None
+            else:
+                fsync_dir(target.parent)
+                return target
+        target = _free_name(target.parent, base)
+        summarize(target)
+
+
+def _remove_empty(folder: Path) -> None:
+    """Delete an empty ``folder`` (a stale ``.lock`` in it too); OSError if anything else is in it."""
+    try:
+        os.unlink(folder / LOCK_FILE)
+    except FileNotFoundError:
+        pass
+    os.rmdir(folder)
 
 
 def trial_state(sweep_dir: Path, trial: int, cfg, info) -> object | None:
@@ -80,13 +198,10 @@ def trial_state(sweep_dir: Path, trial: int, cfg, info) -> object | None:
     for population in sorted((sweep_dir / "checkpoints").glob("g*-c*")):
         if "." in population.name or not population.is_dir():
             continue
-        checkpointer = Checkpointer(population, keep=1)
-        try:
-            restored = checkpointer.read(lambda meta: stack([like] * len(meta["slots"])))
+        try:  # a reader: no lock, and no clean-up of a running population's temporary folders
+            restored = read_checkpoint(population, lambda meta: stack([like] * len(meta["slots"])))
         except Exception:  # noqa: BLE001 - an unreadable population simply does not hold the trial
             restored = None
-        finally:
-            checkpointer.close()
         if restored is None or trial not in restored[1]["slots"]:
             continue
         slot = restored[1]["slots"].index(trial)

@@ -10,6 +10,13 @@ a background thread while training goes on, and a save waits only for the one be
 previous checkpoint as it was). Orbax is imported on first use: a run that never saves
 never pays for it.
 
+A full disk: Orbax's background threads fail, log a traceback each, and the error surfaces at
+the next save or wait. ``save``, ``wait`` and ``close`` turn it into ``DiskFull``, one line
+(``PATH: No space left on device``), after removing the temporary folders of the failed saves
+(``*.orbax-checkpoint-tmp*``); the checkpoints already written stay as they were, so a resume
+starts from the last one. Orbax's own log records and thread tracebacks of a full disk are
+dropped (``_quiet_disk_full``): the caller's one line says it.
+
 Several processes: the state's arrays span processes, so no process can copy it whole to its
 host; Orbax saves the sharded ``jax.Array``s as they are (each process writes its own shards,
 process 0 the metadata and the meta item) and every process calls every save, restore and
@@ -20,15 +27,20 @@ arrays are whole arrays, not per-device pieces.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from pipeline.durable.files import remove_until_quiet
 from pipeline.errors import PipelineError
 from pipeline.train.evaluation import Bookkeeping
 
@@ -41,11 +53,121 @@ class CannotResume(PipelineError):
     """A checkpoint that holds a different train state (an earlier version, another model)."""
 
 
+class DiskFull(PipelineError):
+    """A checkpoint or an export that did not fit on its disk: one line, ``PATH: No space left on device``."""
+
+
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How TensorStore (under Orbax) words a full disk: "RESOURCE_EXHAUSTED: ... Failed to write N bytes
+# to file F: No space left on device [os_error_code='28']".
+_NO_SPACE_TEXTS = ("no space left on device", "disk quota exceeded", "os_error_code='28'", "os_error_code='122'")
+
+
+def _says_disk_full(text: str) -> bool:
+    text = text.lower()
+    # RESOURCE_EXHAUSTED alone is also XLA's word for device memory: that is not a full disk.
+    return any(t in text for t in _NO_SPACE_TEXTS) or ("resource_exhausted" in text and "memory" not in text)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during, says the disk is full.
+
+    Walks ``__cause__`` and ``__context__``: Orbax re-raises its threads' errors, and an
+    ``OSError`` (``ENOSPC``, ``EDQUOT``) or TensorStore's text may be anywhere in the chain.
+    """
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS):
+            return True
+        if _says_disk_full(str(exc)):
+            return True
+        pending += [exc.__cause__, exc.__context__]
+    return False
+
+
+class _QuietDiskFull(logging.Filter):
+    """Drops Orbax's (absl's) records of a save that failed on a full disk, a traceback per thread:
+    the error reaches the caller at the next save or wait, which says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if record.exc_info and is_disk_full(record.exc_info[1]):
+            return False
+        try:
+            return not _says_disk_full(record.getMessage())
+        except Exception:  # noqa: BLE001 - a record whose arguments do not format: let it through
+            return True
+
+
+_QUIETED = False
+
+
+def _quiet_disk_full() -> None:
+    """Silence Orbax's own reports of a full disk: its absl log records, an uncaught error of one of
+    its threads (``threading.excepthook``), and the stale TensorStore callbacks that reach an
+    asyncio loop Orbax closed after the failure (reported through ``sys.unraisablehook``)."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    logging.getLogger("absl").addFilter(_QuietDiskFull())
+    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+    def quiet_thread_hook(args: threading.ExceptHookArgs) -> None:
+        if not (is_disk_full(args.exc_value) and _frames_in(args.exc_traceback, "orbax")):
+            thread_hook(args)  # else: the save's caller raises DiskFull
+
+    def quiet_unraisable_hook(args: Any) -> None:
+        if not _stale_loop_callback(args.exc_value, args.exc_traceback):
+            unraisable_hook(args)
+
+    threading.excepthook, sys.unraisablehook = quiet_thread_hook, quiet_unraisable_hook
+
+
+def _frames_in(tb: Any, part: str) -> bool:
+    """Whether a frame of the traceback ``tb`` runs code from a file whose path contains ``part``."""
+    while tb is not None:
+        if part in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _stale_loop_callback(value: BaseException, tb: Any) -> bool:
+    """``RuntimeError: Event loop is closed`` raised in asyncio itself, called straight from native
+    code: a TensorStore write that finished after the Orbax save it belonged to had failed."""
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        return False
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return bool(frames) and all("asyncio" in f for f in frames)
+
+
+def _join_orbax_threads(limit: float = 10.0) -> None:
+    """Wait (up to ``limit`` seconds in all) for Orbax's worker threads that are still running.
+
+    A failed save's error surfaces as soon as one of its writes fails; its other writes go on in
+    threads of their own, and would write into folders deleted after the failure.
+    """
+    deadline = time.monotonic() + limit
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax"):
+            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))  # Orbax's join() re-raises
+
+
 def _ocp():
     import orbax.checkpoint as ocp
 
     # Orbax logs every save at INFO; a run's own progress bar says enough.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    _quiet_disk_full()
     return ocp
 
 
@@ -128,14 +250,43 @@ class Checkpointer:
         return self._best
 
     def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
-        """The latest checkpoint (and the best, when this step is it), written in the background."""
+        """The latest checkpoint (and the best, when this step is it), written in the background.
+
+        ``DiskFull`` when this save, or an earlier one still being written, met a full disk.
+        """
         host_state = host_copy(state)
-        self.latest.save(step, args=self._args(host_state, meta), force=True)
+        with self._disk_full_in_one_line():
+            self.latest.save(step, args=self._args(host_state, meta), force=True)
         if best:
             self.save_best(step, host_state, meta)
 
     def save_best(self, step: int, host_state: Any, meta: dict) -> None:
-        self.best.save(step, args=self._args(host_state, meta), force=True)
+        with self._disk_full_in_one_line():
+            self.best.save(step, args=self._args(host_state, meta), force=True)
+
+    @contextlib.contextmanager
+    def _disk_full_in_one_line(self) -> Iterator[None]:
+        """A full disk met inside the block (now or by a background save) becomes ``DiskFull``."""
+        try:
+            yield
+        except DiskFull:
+            raise
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._drop_failed_saves()
+            raise DiskFull(f"{self.directory}: No space left on device") from exc
+
+    def _drop_failed_saves(self) -> None:
+        """Let every save in flight end (its error is the one being raised), then delete the
+        temporary folders the failed ones left; the complete checkpoints stay."""
+        for manager in (self._latest, self._best):
+            if manager is not None:
+                with contextlib.suppress(Exception):
+                    manager.wait_until_finished()
+        _join_orbax_threads()
+        folders = (self.directory, self.directory / "best")
+        remove_until_quiet(lambda: [t for f in folders for t in f.glob("*.orbax-checkpoint-tmp*")])
 
     @staticmethod
     def _args(host_state: Any, meta: dict):
@@ -218,14 +369,24 @@ class Checkpointer:
                 manager.delete(newer)
 
     def wait(self) -> None:
-        for manager in (self._latest, self._best):
-            if manager is not None:
-                manager.wait_until_finished()
+        """Wait for the saves in flight; ``DiskFull`` when one met a full disk."""
+        with self._disk_full_in_one_line():
+            for manager in (self._latest, self._best):
+                if manager is not None:
+                    manager.wait_until_finished()
 
     def close(self) -> None:
-        for manager in (self._latest, self._best):
-            if manager is not None:
-                manager.close()
+        """Wait for the saves in flight and close the managers; ``DiskFull`` as ``wait``."""
+        with self._disk_full_in_one_line():
+            failed = None
+            for manager in (self._latest, self._best):
+                if manager is not None:
+                    try:
+                        manager.close()
+                    except Exception as exc:  # noqa: BLE001 - close the other one too, then raise
+                        failed = failed or exc
+            if failed is not None:
+                raise failed
 
 
 def checkpoint_meta(step: int, wall_s: float, members: list[int], slots: list[int | None], live: Any,
