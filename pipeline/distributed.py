@@ -13,17 +13,29 @@
 
 ``PIPELINE_DISTRIBUTED_TIMEOUT`` (seconds, default 300) bounds the wait for the others.
 
-A bad value is a ``PipelineError`` naming the variable. In one process ``is_primary()`` is
-true and ``broadcast_from_primary`` and ``sync`` do nothing.
+A bad value is a ``PipelineError`` naming the variable. So is every way the processes fail to
+join, each one line with exit status 2, never JAX's fatal log: a coordinator that never answers,
+a peer that never joins (a watchdog ends the wait at the timeout: JAX itself would abort the
+process), a coordinator port already in use on process 0 (gRPC would fail, at times with a
+segfault). In one process ``is_primary()`` is true and ``broadcast_from_primary`` and ``sync``
+do nothing.
+
+Under ``pipeline launch`` (``PIPELINE_LAUNCH_DIR`` set) a process registers there before it
+joins: when a peer fails, launch kills it at once, since a joined process can neither go on nor
+save a checkpoint without every peer. Elsewhere (SLURM, Kubernetes) a process whose peer is gone
+stops on the first error that shows it (or on the manager's SIGTERM) with one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
+import time
 from typing import Any, NoReturn
 
 from pipeline.errors import PipelineError
@@ -35,6 +47,12 @@ PROCESS_ID = ("PIPELINE_PROCESS_ID", "JAX_PROCESS_ID")
 MODES = ("auto", "off")
 TIMEOUT = "PIPELINE_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300
+MAX_TIMEOUT_S = 7 * 24 * 3600
+LAUNCH_DIR = "PIPELINE_LAUNCH_DIR"  # set by pipeline launch: where a process registers before it joins
+JAX_TIMEOUT_MARGIN_S = 60  # JAX's own join timeout is this much longer than ours: our watchdog ends the wait first
+# Errors that show a peer process is gone (its connection closed), in the first line of an exception.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Socket closed", "Broken pipe",
+             "failed to connect to all addresses")
 
 
 class DistributedError(PipelineError):
@@ -113,7 +131,9 @@ def initialize(timeout_s: int | None = None) -> bool:
 
     Idempotent, and a no-op (without importing JAX) when nothing is configured. Must run
     before anything touches a device. ``timeout_s`` (default ``PIPELINE_DISTRIBUTED_TIMEOUT``,
-    else 300) bounds the wait for the other processes.
+    else 300) bounds the wait for the other processes: a coordinator that does not answer raises
+    ``DistributedError``; peers that have not all joined by then end the process with one line on
+    stderr and exit status 2 (JAX's wait cannot be interrupted: a watchdog thread ends it).
     """
     args = settings()
     if args is None:
@@ -125,24 +145,148 @@ def initialize(timeout_s: int | None = None) -> bool:
     if timeout_s is None:
         found = _env((TIMEOUT,))
         timeout_s = _int(*found, 1, "a positive number of seconds") if found else DEFAULT_TIMEOUT_S
+        if timeout_s > MAX_TIMEOUT_S:  # JAX takes whole seconds in a C int; a week is plenty
+            raise DistributedError(f"bad value for {TIMEOUT}: {found[1]!r} is more than {MAX_TIMEOUT_S} seconds")
     if jax.config.jax_cpu_collectives_implementation is None:  # cross-process collectives on CPU
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = (f"process {args['process_id']} of {args['num_processes']}, coordinator {args['coordinator_address']}"
              if len(args) == 3 else f"{MODE}=auto")
+    deadline = time.monotonic() + timeout_s
     if args.get("process_id", 0) != 0 and "coordinator_address" in args:
         _wait_for_coordinator(args["coordinator_address"], timeout_s, where)
+    if args.get("process_id") == 0 and "coordinator_address" in args:
+        _check_coordinator_port(args["coordinator_address"], where)
+    _register_with_launcher()
     sigterm = _sigterm_handler()
+    watchdog = _JoinWatchdog(max(deadline - time.monotonic(), 1.0), timeout_s, where, args.get("num_processes"))
     try:
-        jax.distributed.initialize(**args, initialization_timeout=timeout_s)
+        jax.distributed.initialize(**args, initialization_timeout=int(timeout_s) + JAX_TIMEOUT_MARGIN_S)
     except (ValueError, TypeError) as exc:  # auto-detection found no cluster, or found half of one
         raise DistributedError(f"jax.distributed could not start ({where}): {_first_line(exc)}; set "
                                f"{COORDINATOR[0]}, {NUM_PROCESSES[0]} and {PROCESS_ID[0]}") from None
     except RuntimeError as exc:  # a device already in use, or a coordinator not reached in time
         raise DistributedError(f"jax.distributed could not start ({where}): {_first_line(exc)}") from None
+    finally:
+        watchdog.cancel()
     if sigterm is not None:  # JAX's preemption notifier took SIGTERM over (it only logs it): give it back
         signal.signal(signal.SIGTERM, sigterm)
     _leave_on_uncaught_exception()
     return True
+
+
+class _JoinWatchdog:
+    """Ends the process with one line when the processes have not all joined in time.
+
+    ``jax.distributed.initialize`` waits inside C++ for every process to register and, at its own
+    timeout, aborts the whole process with a fatal log (exit 134). It runs with a longer timeout
+    than ours; this thread prints the error line at ours and leaves (exit status 2) instead.
+    """
+
+    def __init__(self, wait_s: float, timeout_s: float, where: str, processes: int | None):
+        self.line = (f"error: jax.distributed could not start ({where}): not every process joined within "
+                     f"{timeout_s:g} s; start all {processes or 'the'} processes, or wait longer with {TIMEOUT}")
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(wait_s,), name="pipeline-join-watchdog", daemon=True)
+        self.thread.start()
+
+    def _run(self, wait_s: float) -> None:
+        if self.done.wait(wait_s):
+            return
+        try:
+            print(self.line, file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+        leave(DistributedError.exit_code)
+
+    def cancel(self) -> None:
+        self.done.set()
+
+
+def _check_coordinator_port(address: str, where: str) -> None:
+    """Process 0 serves the coordinator: its port must be free (gRPC fails on a busy one, at times with a segfault)."""
+    bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS", "").strip() or address
+    try:
+        port = int(bind.rpartition(":")[2])
+    except ValueError:
+        return
+    busy = port_in_use(port)
+    if busy:
+        raise DistributedError(f"jax.distributed could not start ({where}): port {port} is in use on this machine "
+                               f"({busy}); choose another port in {COORDINATOR[0]}")
+
+
+def port_in_use(port: int) -> str | None:
+    """Why ``port`` cannot be served on this machine (``Address already in use``); None when it can.
+
+    Binds it as the coordinator would, on every address, with ``SO_REUSEADDR`` (a port whose old
+    connections linger is free; one a process listens on is not). Only a port in use counts: a port
+    this user may not bind is for the coordinator to report.
+    """
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                except OSError:
+                    pass
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return exc.strerror or "Address already in use"
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    continue
+                return None
+            return None
+    return None
+
+
+def _register_with_launcher() -> None:
+    """Under ``pipeline launch``: note that this process joins the others (launch kills it when a peer fails)."""
+    _tell_launcher("joined")
+
+
+def _tell_launcher(what: str) -> bool:
+    """Under ``pipeline launch``: leave the note ``what`` for this process in launch's folder; False elsewhere.
+
+    ``joined``: this process joins the others; ``peer-gone``: it stops because a peer is gone, so it
+    is not the process that failed first.
+    """
+    folder = os.environ.get(LAUNCH_DIR, "").strip()
+    found = _env(PROCESS_ID)
+    if not folder or found is None:
+        return False
+    try:
+        with open(os.path.join(folder, f"{what}-{int(found[1])}"), "x"):
+            pass
+    except FileExistsError:
+        pass
+    except (OSError, ValueError):  # launch's folder is gone: no launch to tell
+        return False
+    return True
+
+
+def launch_note(folder: str, rank: int, what: str) -> bool:
+    """Whether process ``rank`` of a ``pipeline launch`` left the note ``what`` (``joined``, ``peer-gone``)."""
+    return os.path.exists(os.path.join(folder, f"{what}-{rank}"))
+
+
+def processes_asked_for() -> int:
+    """How many processes run this command: the joined count, else what the environment says (else 1)."""
+    if joined():
+        return process_count()
+    if os.environ.get(MODE, "").strip().lower() == "off":
+        return 1
+    found = _env(NUM_PROCESSES)
+    try:
+        return max(int(found[1]), 1) if found else 1
+    except ValueError:
+        return 1
 
 
 def _sigterm_handler() -> Any:
@@ -170,17 +314,57 @@ def leave(code: int) -> NoReturn:
 
 
 def _leave_on_uncaught_exception() -> None:
-    """An exception nobody caught: print it as usual, then ``leave`` (130 for Ctrl-C, else 1)."""
+    """An exception nobody caught: print it as usual, then ``leave`` (130 for Ctrl-C, else 1).
+
+    When it shows a peer that is gone (its connection closed under a collective or a save's
+    barrier), or follows a Ctrl-C or SIGTERM (the processes were stopping together and could not
+    finish), it is one line instead of a traceback (``--debug`` shows it), and the status is
+    128 + the signal's number after a signal: this process stops because another one did. Under
+    ``pipeline launch`` a peer that is gone is launch's to name: this process then leaves quietly.
+    """
     previous = sys.excepthook
     if getattr(previous, "_leaves", False):
         return
 
     def hook(kind, value, tb):
-        previous(kind, value, tb)
-        leave(130 if issubclass(kind, KeyboardInterrupt) else 1)
+        stopped = _stopped_with_peers(kind, value)
+        if stopped is None or "--debug" in sys.argv:
+            previous(kind, value, tb)
+        elif stopped[1] == 1 and _tell_launcher("peer-gone"):
+            pass  # launch names the process that failed first; this one is not it
+        else:
+            try:
+                print(f"error: {stopped[0]}", file=sys.stderr)
+            except (OSError, ValueError):
+                pass
+        leave(stopped[1] if stopped else 130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     hook._leaves = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def _stopped_with_peers(kind: type, value: BaseException) -> tuple[str, int] | None:
+    """(the line, the exit status) for an exception of a process that stops because its peers are gone or
+    stopping; None for any other exception (a bug: its traceback is shown)."""
+    if issubclass(kind, KeyboardInterrupt) or not joined():
+        return None
+    try:
+        if process_count() < 2:
+            return None
+    except Exception:  # noqa: BLE001 - JAX already torn down: no several processes to speak of
+        return None
+    from pipeline import signals
+
+    first = _first_line(value)
+    gone = any(text in first for text in PEER_GONE)
+    received = signals.last_signal()
+    if received is not None:
+        what = "and one of them is gone" if gone else "and they could not finish"
+        return (f"stopped by {signal.Signals(received).name} while the processes were stopping together, {what} "
+                f"({type(value).__name__}: {first}); the last complete checkpoint is kept", 128 + received)
+    if gone:
+        return f"another process is gone ({type(value).__name__}: {first}); this one stops too", 1
+    return None
 
 
 def _wait_for_coordinator(address: str, timeout_s: float, where: str) -> None:
@@ -189,9 +373,6 @@ def _wait_for_coordinator(address: str, timeout_s: float, where: str) -> None:
     JAX aborts the whole process (no Python exception) when the coordinator cannot be reached
     in time; this turns the common case (a wrong address, process 0 never started) into one line.
     """
-    import socket
-    import time
-
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + timeout_s
     while True:
