@@ -1,18 +1,46 @@
 """The Python surface: ``fit`` an experiment or a config on stored data, arrays or a DataFrame, and
 ``load_run`` a trained model back. Errors raise ``PipelineError`` with the command line's one-line
 message; nothing here exits the process or prints a traceback.
+
+No raw exception of the layers below leaks out of them: an ``OSError`` (a ``run_dir`` that is a file,
+a read-only folder, a full disk) is a ``PathError`` with the line the command line prints for it, a
+checkpoint that cannot be read is a ``CorruptFile`` naming its folder, and features the loaded model
+cannot take are a ``ModelInputError`` naming the shape it needs. ``load_run`` is a reader: it takes no
+lock and writes nothing in the run folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import Config, ConfigError, apply_overrides
-from pipeline.errors import PipelineError
+from pipeline.errors import PathError, PipelineError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ModelInputError(PipelineError):
+    """Features a loaded model cannot take: one line naming the shape and type it needs."""
+
+
+def one_line_errors(function: F) -> F:
+    """``function`` raising ``PipelineError`` only: an ``OSError`` becomes a ``PathError`` whose message is
+    the command line's one line for it (``PATH: reason``); the ``OSError`` stays its ``__cause__``."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:
+            raise PathError.of(exc) from exc
+
+    return call  # type: ignore[return-value]
 
 
 @dataclass
@@ -22,6 +50,7 @@ class FitResult:
     model: Any  # the trained NNX module in eval mode; takes features as stored (normalization included)
 
 
+@one_line_errors
 def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: str | None = None,
         overrides: list[str] | dict[str, Any] | None = None, run_dir: str | Path | None = None,
         store: Any = None, progress: bool = False, hooks: list[Any] | None = None) -> FitResult:
@@ -93,6 +122,8 @@ def _train_in_folder_primary(cfg: Config, name: str, run_dir: str | Path | None,
             nonlocal made
             if run_dir is not None:
                 folder = Path(run_dir)
+                if folder.exists() and not folder.is_dir():
+                    raise ConfigError(f"bad value for '--run-dir': {folder} exists and is not a folder")
                 made = make_folders(folder)
             else:  # a new folder, made exclusively: two runs started in the same second get two folders
                 folder = new_run_dir(runs_root or default_runs_root(), name, made)
@@ -156,17 +187,19 @@ def _dataset_name(store, data: Any, target: str | None) -> str:
     raise ConfigError(f"fit(data=...) takes a dataset name, (x, y) arrays or a DataFrame, not {type(data).__name__}")
 
 
+@one_line_errors
 def load_run(run_dir: str | Path, which: str = "best") -> Any:
     """The trained model of a run folder, in eval mode, ready to call on a batch of stored features.
 
     ``which="best"`` is the checkpoint the run selected by its best metric, ``"latest"`` its
     last one. The model includes the run's feature normalization and, when the run kept an
-    exponential moving average, uses those parameters (as its evaluations did).
+    exponential moving average, uses those parameters (as its evaluations did). Reading takes no
+    lock and writes nothing in the folder (a run still training there is not disturbed). A call
+    of the model on features it cannot take raises ``ModelInputError`` naming the shape it needs.
     """
     from flax import nnx
 
-    from pipeline.train.checkpoint import Checkpointer
-    from pipeline.train.run_folder import read_run
+    from pipeline.train.run_folder import read_checkpoint, read_run
     from pipeline.train.state import create_state, typed_keys
 
     if which not in ("best", "latest"):
@@ -174,14 +207,62 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     folder = Path(run_dir)
     _, cfg, info = read_run(folder)
     spec, like = create_state(cfg, info, cfg.steps)
-    checkpointer = Checkpointer(folder / "checkpoints", cfg.checkpoint_keep)
-    try:
-        restored = checkpointer.read(like, best=which == "best")
-    finally:
-        checkpointer.close()
+    checkpoints = folder / "checkpoints"
+    restored = read_checkpoint(checkpoints / "best" if which == "best" else checkpoints, like)
     if restored is None:
         hint = "; an exported sweep trial keeps only its final weights: use which='latest'" if which == "best" else ""
         raise PipelineError(f"{folder}: no readable {which} checkpoint{hint}")
     state = restored[0]
     params = state.params if state.ema is None else state.ema
-    return nnx.merge(spec.eval_graphdef, params, typed_keys(state.rest, spec.key_leaves))
+    model = nnx.merge(spec.eval_graphdef, params, typed_keys(state.rest, spec.key_leaves))
+    return _with_input_check(model, tuple(info.feature_shape), info.feature_dtype)
+
+
+_CHECKED: dict[tuple[type, tuple[int, ...], str], type] = {}
+
+
+def _with_input_check(model: Any, shape: tuple[int, ...], dtype: str) -> Any:
+    """``model``, now of a subclass of its own class whose call turns a failure on features of the
+    wrong shape or type into ``ModelInputError``; the model itself (its state, its graph, what
+    ``nnx.split`` sees but the class) is unchanged. Features it takes are passed on as given: the
+    check runs only after the call failed, so the model accepts everything it accepted before."""
+    cls = type(model)
+    key = (cls, shape, dtype)
+    if key not in _CHECKED:
+
+        def __call__(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return cls.__call__(self, x, *args, **kwargs)
+            except (TypeError, ValueError, AttributeError) as exc:
+                problem = _input_problem(x, shape, dtype)
+                if problem is None:
+                    raise
+                raise ModelInputError(problem) from exc
+
+        _CHECKED[key] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                                    "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    model.__class__ = _CHECKED[key]
+    return model
+
+
+def _input_problem(x: Any, shape: tuple[int, ...], dtype: str) -> str | None:
+    """Why a model trained on features of ``shape`` and ``dtype`` cannot take ``x``; None if it could."""
+    import numpy as np
+
+    wanted = f"a batch of shape (N, {', '.join(map(str, shape))}) of {dtype}" if shape else f"(N,) of {dtype}"
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        return f"the model takes {wanted} as a numpy or JAX array, not a {type(x).__name__}"
+    try:
+        kind = np.dtype(x.dtype).kind
+    except TypeError:
+        kind = "O"
+    integers = np.dtype(dtype).kind in "iu"
+    if kind not in ("iu" if integers else "biuf"):
+        return f"the model takes {wanted}, not {x.dtype} values"
+    given = tuple(x.shape)
+    if len(given) != len(shape) + 1:
+        one = "; one example is x[None]" if given == shape else ""
+        return f"the model takes {wanted}, not shape {given}{one}"
+    if not integers and given[1:] != shape:  # token sequences may be shorter than the stored ones
+        return f"the model takes {wanted}, not shape {given}"
+    return None

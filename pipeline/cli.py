@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.errors import os_error_line as _os_error_line  # also the line of pipeline.fit's errors
 
 
 def _store(args):
@@ -58,8 +59,10 @@ def _stdout_to_devnull() -> None:
 def cmd_data_import(args) -> int:
     from pipeline.data import import_dataset
     from pipeline.data.layout import Layout
+    from pipeline.launch import refuse_several_processes
     from pipeline.signals import Terminated
 
+    refuse_several_processes("data import")
     layout = Layout.from_mib(args.row_group_mb, args.file_mb, args.block_mb)
     features = None if args.features is None else [c.strip() for c in args.features.split(",") if c.strip()]
     try:
@@ -77,6 +80,9 @@ def cmd_data_import(args) -> int:
 
 @_data_command
 def cmd_data_gc(args) -> int:
+    from pipeline.launch import refuse_several_processes
+
+    refuse_several_processes("data gc")
     store = _store(args)
     done = store.gc(wait=args.wait)
     print("\n".join(done) if done else f"nothing to collect in {store.root}")
@@ -172,8 +178,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sweep_export(args) -> int:
+    from pipeline.launch import refuse_several_processes
     from pipeline.sweep.export import export_trial
 
+    refuse_several_processes("sweep export")
     runs_root = Path(args.runs) if args.runs else None
     run_dir = Path(args.run_dir) if args.run_dir else None
     print(export_trial(Path(args.sweep_dir), args.trial, _store(args), run_dir, runs_root))
@@ -189,9 +197,11 @@ def cmd_runs_show(args) -> int:
 
 
 def cmd_runs_plot(args) -> int:
+    from pipeline.launch import refuse_several_processes
     from pipeline.sweep.report import is_sweep, plot_sweep
     from pipeline.track.runs import plot_many, plot_run_dir
 
+    refuse_several_processes("runs plot")
     if len(args.run) > 1 or "@" in args.run[0]:  # several runs or trials overlaid in one picture
         print(plot_many(list(args.run), Path(args.out)))
         return 0
@@ -207,7 +217,7 @@ def cmd_launch(args) -> int:
     from pipeline.launch import launch
 
     command = args.launch_command[1:] if args.launch_command[:1] == ["--"] else args.launch_command
-    return launch(args.processes, command, port=args.port, grace_s=args.grace)
+    return launch(args.processes, command, port=args.port, grace_s=args.grace, debug=args.debug)
 
 
 # Commands that use devices: they join the other processes (pipeline.distributed) before JAX touches a device.
@@ -300,26 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs_plot)
 
     p = sub.add_parser("launch", help="run N local processes of COMMAND joined by jax.distributed",
-                       usage="pipeline launch -n N [--port P] [--grace S] COMMAND ...")
-    p.add_argument("-n", "--processes", type=int, required=True, metavar="N", help="processes to start")
-    p.add_argument("--port", type=int, default=None, help="coordinator port on localhost (default: a free one)")
+                       usage="pipeline launch -n N [--port P] [--grace S] COMMAND ...",
+                       description="When a process fails the others are stopped and launch exits with its "
+                                   "status (128 + the signal's number for a signal: 137 for SIGKILL); 2 for "
+                                   "a refused option or command.")
+    p.add_argument("-n", "--processes", type=int, required=True, metavar="N", help="processes to start (1 to 1024)")
+    p.add_argument("--port", type=int, default=None,
+                   help="coordinator port on localhost, checked free before anything starts (default: a free one)")
     p.add_argument("--grace", type=float, default=10.0, metavar="S",
-                   help="seconds the other processes get to stop after one fails, before SIGKILL")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+                   help="seconds (finite, above 0) a process that did not join the others gets to stop after "
+                        "one fails, before SIGKILL; joined processes are killed at once (default %(default)s)")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks, and what joined processes print after another one failed")
     p.add_argument("launch_command", nargs=argparse.REMAINDER, metavar="COMMAND",
                    help="e.g. pipeline train digits_mlp steps=100; each output line comes back prefixed [i]")
     p.set_defaults(func=cmd_launch)
     return parser
-
-
-def _os_error_line(exc: OSError) -> str:
-    """``PATH: reason`` for an OSError (both paths of a failed rename)."""
-    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if exc.filename is None:
-        return reason
-    if getattr(exc, "filename2", None) is not None:
-        return f"{exc.filename} -> {exc.filename2}: {reason}"
-    return f"{exc.filename}: {reason}"
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -351,6 +357,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
+    _load_test_plugin()
     code = _main(argv)
     if code:
         from pipeline import distributed
@@ -358,6 +365,24 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.joined():  # one of several processes: leave now, its peers may be waiting for it
             distributed.leave(code)
     return code
+
+
+def _load_test_plugin() -> None:
+    """Test-only seam, not a user feature: ``PIPELINE_TEST_PLUGIN=MODULE`` imports MODULE before the
+    command runs, once per process (a second ``main`` in the same process finds it imported).
+
+    The tests that need a fresh process with an internal patched (kill during a save, record the
+    modules loaded at the first step) put the patch in a module under tests/plugins/ and run
+    ``python -m pipeline`` with this variable. An import error is not caught: a patched name that
+    no longer exists fails the run with its AttributeError.
+    """
+    import os
+
+    name = os.environ.get("PIPELINE_TEST_PLUGIN")
+    if name and name not in sys.modules:
+        import importlib
+
+        importlib.import_module(name)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -1,7 +1,36 @@
-"""The one exception type the command line turns into a one-line message."""
+"""The one exception type the command line turns into a one-line message, and the line of an OSError."""
+
+from __future__ import annotations
 
 
 class PipelineError(Exception):
     """A user-facing error: its message is printed as one line, without a traceback."""
 
     exit_code = 2
+
+
+class PathError(PipelineError):
+    """An operating-system error on a path (missing, no permission, read-only, not a folder, disk full).
+
+    Its message is ``os_error_line`` of the ``OSError``: the line the command line prints for it.
+    """
+
+    @classmethod
+    def of(cls, exc: OSError) -> PathError:
+        return cls(os_error_line(exc))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an OSError (both paths of a failed rename)."""
+    reason = exc.strerror or first_line(exc)
+    if exc.filename is None:
+        return reason
+    if getattr(exc, "filename2", None) is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"

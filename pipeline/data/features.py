@@ -89,7 +89,8 @@ class FeaturePlan:
             return _integers(chunk, self.names[0], parts[0], np.dtype(self.dtype))
         flat = [p.reshape(rows, -1) for p in parts]
         x = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
-        x = x.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused just below
+            x = x.astype(self.dtype, copy=False)
         finite = np.isfinite(x)
         if not finite.all():
             row = int(np.argmax(~finite.all(axis=1)))

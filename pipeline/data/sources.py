@@ -54,9 +54,10 @@ def from_arrays(where: str, arrays: dict[str, np.ndarray]) -> Loaded:
         raise DataError(f"{where}: labels 'y' are {train.y.dtype} but 'y_test' are {test.y.dtype}")
     if task == "classification":
         return _class_ids(where, train, test)
-    train.y = train.y.astype(np.float32)
-    if test is not None:
-        test.y = test.y.astype(np.float32)
+    with np.errstate(over="ignore"):  # a label past float32's range becomes inf, refused by the row check
+        train.y = train.y.astype(np.float32)
+        if test is not None:
+            test.y = test.y.astype(np.float32)
     return Loaded(train, test, task)
 
 
@@ -72,7 +73,8 @@ def _features(where: str, x) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "iufb":
         raise DataError(f"{where}: features must be numeric, not {x.dtype}")
-    x = x.astype(np.float32) if x.dtype.kind != "f" or x.dtype != np.float32 else x
+    with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused by the row check
+        x = x.astype(np.float32) if x.dtype.kind != "f" or x.dtype != np.float32 else x
     return x.reshape(len(x), 1) if x.ndim == 1 else x
 
 

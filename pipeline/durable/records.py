@@ -2,7 +2,9 @@
 
 JSON and Parquet that cannot be parsed raise ``CorruptFile`` (a ``PipelineError``: the command
 line prints its one line); errors of the file system itself (missing, no permission, I/O) stay
-``OSError``.
+``OSError``. JSON nested deeper than ``MAX_JSON_DEPTH`` is refused before it is parsed: the
+pipeline writes nothing that deep, and a hostile record must not reach Python's recursion limit
+(in the parser, or later in the code that walks what it returned).
 """
 
 from __future__ import annotations
@@ -17,22 +19,53 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 
+# Records nest a few levels (a config's sections, a sweep's space); far below Python's recursion limit.
+MAX_JSON_DEPTH = 100
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a string literal, escapes included
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
 
 class CorruptFile(PipelineError):
     """A record the pipeline wrote that cannot be read back: one line naming the file."""
 
 
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply ``text`` nests arrays and objects, counted without parsing (no recursion);
+    the count stops at ``limit + 1``. Brackets inside strings do not count."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = deepest = 0
+    for char in brackets:
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        else:
+            depth -= 1
+    return deepest
+
+
 def read_json(path: Path) -> Any:
-    """The JSON a record holds; a damaged file is one line naming it (CorruptFile)."""
+    """The JSON a record holds; a damaged or hostile file is one line naming it (CorruptFile)."""
     path = Path(path)
     data = path.read_bytes()
     try:
-        return json.loads(data.decode())
+        text = data.decode()
     except UnicodeDecodeError:
         raise CorruptFile(f"{path}: damaged record (not UTF-8 text)") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise CorruptFile(f"{path}: damaged record (JSON nested more than {MAX_JSON_DEPTH} levels deep)")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CorruptFile(f"{path}: damaged record (not JSON: {exc.msg} at line {exc.lineno} "
                           f"column {exc.colno})") from None
+    except ValueError as exc:  # a number of more than 4300 digits (Python's limit on int conversions)
+        raise CorruptFile(f"{path}: damaged record ({_first_line(exc)})") from None
+    except RecursionError:  # not reached after the depth check; kept so that none can ever escape
+        raise CorruptFile(f"{path}: damaged record (JSON nested too deeply)") from None
 
 
 def read_json_object(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:

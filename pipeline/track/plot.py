@@ -7,18 +7,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-
-
-def plot_run(metrics_path: Path, out_path: Path, title: str = "") -> Path:
-    """One run's curves: a panel per metric (loss first), a line per split."""
-    return plot_runs([("", pq.read_table(metrics_path).to_pydict())], out_path, title)
 
 
 def plot_runs(series: list[tuple[str, dict]], out_path: Path, title: str = "") -> Path:
-    """Several runs (or sweep trials) overlaid: a colour per run, a line style per split.
+    """Runs (or sweep trials) overlaid: a colour per run, a line style per split; a panel per metric
+    (loss first). One unlabelled run gets a colour per split instead.
 
-    ``series`` is ``(label, long-format columns step/split/name/value)`` per run.
+    ``series`` is ``(label, long-format columns step/split/name/value)`` per run, as the caller read
+    them (``pipeline.track.runs``): this module reads no record itself.
     """
     import matplotlib
 

@@ -1,8 +1,13 @@
 """Look at recorded runs: list them, show one, plot one.
 
 A run whose records cannot be read (a damaged ``config.json``, ``summary.json`` or
-metrics part) is one line naming the file: ``runs show`` and ``runs plot`` stop with it,
-``runs list`` prints it as a warning on stderr and lists the other runs.
+metrics part, or a hostile one: JSON nested past ``MAX_JSON_DEPTH``) is one line naming the file:
+``runs show`` and ``runs plot`` stop with it, ``runs list`` prints it as a warning on stderr and
+lists the other runs.
+
+These are readers: they take no lock and write nothing in the folders they read, so they work
+on a run that is training and on a read-only copy. ``runs plot`` writes only its picture,
+``curves.png``, through a new file and a rename.
 """
 
 from __future__ import annotations
@@ -128,13 +133,14 @@ def show_run(run: Path) -> str:
 
 
 def plot_run_dir(run: Path) -> Path:
-    from pipeline.track.plot import plot_run
+    from pipeline.track.plot import plot_runs
 
     _require_run(run)
-    # A damaged part is one line naming it, before any drawing.
-    if not (run / METRICS).exists() or read_metrics(run / METRICS).num_rows == 0:
+    # A damaged part is one line naming it, before any drawing; the table read is the one drawn.
+    table = read_metrics(run / METRICS) if (run / METRICS).exists() else None
+    if table is None or table.num_rows == 0:
         raise PipelineError(f"{run} has no {METRICS} yet")
-    return plot_run(run / METRICS, run / "curves.png", title=run.name)
+    return plot_runs([("", table.to_pydict())], run / "curves.png", title=run.name)
 
 
 def curves_of(spec: str) -> tuple[str, dict]:
