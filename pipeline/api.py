@@ -199,7 +199,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     """
     from flax import nnx
 
-    from pipeline.train.run_folder import read_checkpoint, read_run
+    from pipeline.train.checkpoint import read_checkpoint
+    from pipeline.train.run_folder import read_run
     from pipeline.train.state import create_state, typed_keys
 
     if which not in ("best", "latest"):

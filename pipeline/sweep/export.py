@@ -45,11 +45,11 @@ from pipeline.signals import deferred_interrupts
 from pipeline.sweep import folder, records
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.run_dir import default_runs_root, remove_if_unused
-from pipeline.train.checkpoint import Checkpointer, DiskFull, checkpoint_meta, is_disk_full
+from pipeline.train.checkpoint import Checkpointer, DiskFull, checkpoint_meta, is_disk_full, read_checkpoint
 from pipeline.train.evaluation import Bookkeeping
 from pipeline.train.population import stack
 from pipeline.train.run import run_summary
-from pipeline.train.run_folder import open_run_dir, read_checkpoint
+from pipeline.train.run_folder import open_run_dir
 from pipeline.train.selection import Selection
 from pipeline.train.state import create_state
 

@@ -15,7 +15,7 @@ the next save or wait. ``save``, ``wait`` and ``close`` turn it into ``DiskFull`
 (``PATH: No space left on device``), after removing the temporary folders of the failed saves
 (``*.orbax-checkpoint-tmp*``); the checkpoints already written stay as they were, so a resume
 starts from the last one. Orbax's own log records and thread tracebacks of a full disk are
-dropped (``_quiet_disk_full``): the caller's one line says it.
+dropped (``_quiet_orbax``): the caller's one line says it.
 
 Several processes: the state's arrays span processes, so no process can copy it whole to its
 host; Orbax saves the sharded ``jax.Array``s as they are (each process writes its own shards,
@@ -41,7 +41,8 @@ from typing import Any
 import jax
 
 from pipeline.durable.files import remove_until_quiet
-from pipeline.errors import PipelineError
+from pipeline.durable.records import CorruptFile
+from pipeline.errors import PipelineError, first_line
 from pipeline.train.evaluation import Bookkeeping
 
 # Written into every checkpoint's meta (format 1 has none). 3: the optimizer state holds no step
@@ -107,10 +108,11 @@ class _QuietDiskFull(logging.Filter):
 _QUIETED = False
 
 
-def _quiet_disk_full() -> None:
-    """Silence Orbax's own reports of a full disk: its absl log records, an uncaught error of one of
-    its threads (``threading.excepthook``), and the stale TensorStore callbacks that reach an
-    asyncio loop Orbax closed after the failure (reported through ``sys.unraisablehook``)."""
+def _quiet_orbax() -> None:
+    """Silence Orbax's own reports of a failure its caller turns into one line: full-disk absl log
+    records, an uncaught full-disk error of one of its threads (``threading.excepthook``), and the
+    stale TensorStore callbacks that reach an asyncio loop Orbax closed after a failed save or
+    restore (reported through ``sys.unraisablehook``)."""
     global _QUIETED
     if _QUIETED:
         return
@@ -139,15 +141,16 @@ def _frames_in(tb: Any, part: str) -> bool:
 
 
 def _stale_loop_callback(value: BaseException, tb: Any) -> bool:
-    """``RuntimeError: Event loop is closed`` raised in asyncio itself, called straight from native
-    code: a TensorStore write that finished after the Orbax save it belonged to had failed."""
+    """``RuntimeError: Event loop is closed`` raised in asyncio itself (or with no Python frame at all),
+    called straight from native code: a TensorStore read or write that finished after the Orbax
+    save or restore it belonged to had failed and closed its loop."""
     if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
         return False
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    return bool(frames) and all("asyncio" in f for f in frames)
+    return all("asyncio" in f for f in frames)
 
 
 def _join_orbax_threads(limit: float = 10.0) -> None:
@@ -167,7 +170,7 @@ def _ocp():
 
     # Orbax logs every save at INFO; a run's own progress bar says enough.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    _quiet_disk_full()
+    _quiet_orbax()
     return ocp
 
 
@@ -347,20 +350,6 @@ class Checkpointer:
         raise CannotResume(f"{where}: holds a different train state (first difference at "
                            f"'{'.'.join(differ[0])}'): was the model or optimizer changed? it cannot be resumed")
 
-    def read(self, like_state: Any | Callable[[dict], Any], best: bool = False) -> tuple[Any, dict] | None:
-        """The newest checkpoint (of the best ones when ``best``), changing nothing on disk."""
-        ocp = _ocp()
-        manager = self.best if best else self.latest
-        manager.reload()
-        step = manager.latest_step()
-        if step is None:
-            return None
-        meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-        like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["meta"])
-
     def _forget_after(self, step: int) -> None:
         """Delete checkpoints newer than the one resumed from: the run will write them again."""
         for manager in (self.latest, self.best):
@@ -405,3 +394,49 @@ def books_from_meta(meta: dict) -> dict[int, Bookkeeping]:
     if "records" not in meta:
         return {0: Bookkeeping.from_json(meta)}
     return {int(t): Bookkeeping.from_json(rec) for t, rec in meta["records"].items()}
+
+
+def read_checkpoint(directory: Path, like_state: Any | Callable[[dict], Any]) -> tuple[Any, dict] | None:
+    """The newest checkpoint in ``directory`` (``RUN_DIR/checkpoints``, ``.../best``, a sweep population's
+    folder) as host arrays shaped like ``like_state`` (or ``like_state(meta)``), and its meta item.
+
+    A reader: it takes no lock and writes nothing, so a process training into the folder meanwhile
+    is not disturbed. Orbax opens the folder with nothing to create (a missing ``best/`` stays
+    missing) and no clean-up of temporary folders (they may be a running save's). A checkpoint
+    deleted by that process while it is read (its ``checkpoint_keep``) is read again from the
+    newest one. None when the folder holds no checkpoint; one that cannot be read (truncated,
+    damaged, another format) is one line naming its folder (``CorruptFile``).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    ocp = _ocp()
+    options = ocp.CheckpointManagerOptions(
+        create=False, cleanup_tmp_directories=False, save_root_metadata=False, enable_async_checkpointing=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=barrier_prefix(directory, "read")))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    step, failure = None, None
+    with ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers) as manager:
+        for _ in range(3):  # the newest step may be deleted by a training process while it is read
+            manager.reload()
+            newest = manager.latest_step()
+            if newest is None or newest == step:
+                break
+            step = newest
+            try:
+                meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+                like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+                return restored["state"], dict(restored["meta"])
+            except PipelineError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Orbax and tensorstore raise ValueError, OSError, ...
+                failure = exc
+    if step is None:
+        return None
+    reason = f"{type(failure).__name__}: {first_line(failure)}"
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    raise CorruptFile(f"{directory / str(step)}: unreadable checkpoint ({reason})")

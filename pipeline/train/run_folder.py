@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline.config import Config, ConfigError, flat_keys, from_dict, to_dict
 from pipeline.data.dataset import DatasetInfo
 from pipeline.durable.files import make_folders, write_json
 from pipeline.durable.folder_locks import hold_folder
 from pipeline.durable.records import CorruptFile, read_json_object
-from pipeline.errors import PipelineError, first_line
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
@@ -112,82 +109,3 @@ def read_run(run_dir: Path) -> tuple[str, Config, DatasetInfo]:
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFile(f"{run_dir / DATASET_FILE}: damaged record ({type(exc).__name__}: {exc})") from None
     return saved.get("experiment", ""), cfg, info
-
-
-def read_checkpoint(directory: Path, like_state: Any | Callable[[dict], Any]) -> tuple[Any, dict] | None:
-    """The newest checkpoint in ``directory`` (``RUN_DIR/checkpoints``, ``.../best``, a sweep population's
-    folder) as host arrays shaped like ``like_state`` (or ``like_state(meta)``), and its meta item.
-
-    A reader: it takes no lock and writes nothing, so a process training into the folder meanwhile
-    is not disturbed. Orbax opens the folder with nothing to create (a missing ``best/`` stays
-    missing) and no clean-up of temporary folders (they may be a running save's). A checkpoint
-    deleted by that process while it is read (its ``checkpoint_keep``) is read again from the
-    newest one. None when the folder holds no checkpoint; one that cannot be read (truncated,
-    damaged, another format) is one line naming its folder (``CorruptFile``).
-    """
-    import jax
-
-    from pipeline.train.checkpoint import _ocp, barrier_prefix  # Orbax, with its INFO logging quieted
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    _drop_late_read_callbacks()
-    ocp = _ocp()
-    options = ocp.CheckpointManagerOptions(
-        create=False, cleanup_tmp_directories=False, save_root_metadata=False, enable_async_checkpointing=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            barrier_sync_key_prefix=barrier_prefix(directory, "read")))
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    step, failure = None, None
-    with ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers) as manager:
-        for _ in range(3):  # the newest step may be deleted by a training process while it is read
-            manager.reload()
-            newest = manager.latest_step()
-            if newest is None or newest == step:
-                break
-            step = newest
-            try:
-                meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-                like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-                return restored["state"], dict(restored["meta"])
-            except PipelineError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Orbax and tensorstore raise ValueError, OSError, ...
-                failure = exc
-    if step is None:
-        return None
-    reason = f"{type(failure).__name__}: {first_line(failure)}"
-    if len(reason) > 300:
-        reason = reason[:297] + "..."
-    raise CorruptFile(f"{directory / str(step)}: unreadable checkpoint ({reason})")
-
-
-_LATE_CALLBACKS_DROPPED = False
-
-
-def _drop_late_read_callbacks() -> None:
-    """Keep the reads a failed restore leaves behind off the terminal (a hook installed once, at the first read).
-
-    When one read of a checkpoint fails, Orbax closes its asyncio loop while tensorstore still
-    completes the other reads it had started; each then calls back into the closed loop, and Python
-    prints that ``RuntimeError: Event loop is closed`` as a traceback beside the one-line error
-    (any time later, from tensorstore's threads). The hook drops exactly those; every other
-    unraisable exception goes to the hook that was there before.
-    """
-    global _LATE_CALLBACKS_DROPPED
-    if _LATE_CALLBACKS_DROPPED:
-        return
-    import sys
-
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
-    _LATE_CALLBACKS_DROPPED = True
