@@ -38,6 +38,7 @@ def last_line_json(stdout: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.contract  # --json: the summary is the last stdout line of a real process, progress bar on
 def test_import_train_json_end_to_end(cli, workdir):
     source = write_blobs(workdir / "x.npz")
     r = cli("data", "import", str(source), "--name", "n")

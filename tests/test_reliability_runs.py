@@ -361,6 +361,7 @@ def test_resume_with_damaged_records_names_the_file(cli, tmp_path):
     assert line.startswith(f"error: {run / 'config.json'}: damaged record (not JSON"), line
 
 
+@pytest.mark.contract  # `pipeline runs list | head`: a closed stdout is exit 0 and silence, in a real process
 def test_runs_list_into_a_closed_pipe_is_quiet(tmp_path):
     runs = tmp_path / "runs"
     for i in range(30):

@@ -214,6 +214,7 @@ def test_data_suite_on_a_dataset_of_the_users_store(cli, workdir, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess  # the first-step and sweep-run points time whole `python -m pipeline` runs
 def test_whole_processes_first_step_and_sweeps(tmp_path, monkeypatch):
     monkeypatch.setitem(points.POINTS, "tiny-first-step", Point(
         "tiny-first-step", "first-step", "digits", 16, overrides=("model.hidden=8",),
@@ -256,7 +257,7 @@ def test_accel_on_a_cpu_with_no_time_left_records_every_point(cli, tmp_path):
 @pytest.mark.slow
 def test_accel_on_a_cpu_runs_its_stand_ins_within_a_short_budget(cli, tmp_path):
     out, docs = tmp_path / "results", tmp_path / "docs"
-    r = cli("bench", "accel", "--minutes", "0.3", "--peers", "pipeline,jax_bare_scan", "--out", str(out),
+    r = cli("bench", "accel", "--minutes", "0.1", "--peers", "pipeline,jax_bare_scan", "--out", str(out),
             "--docs", str(docs))
     assert r.code == 0, r.err
     rows = pq.read_table(out / "bench.parquet").to_pylist()

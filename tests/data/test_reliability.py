@@ -32,8 +32,7 @@ from tests.conftest import ROOT, Result
 from tests.data.conftest import numbered, rewrite
 
 HOST = socket.gethostname()
-NO_EXCHANGE = ("import sys; from pipeline.durable import renames; renames.EXCHANGE = False; "
-               "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+NO_EXCHANGE = "tests.plugins.no_exchange"  # PIPELINE_TEST_PLUGIN: renames.EXCHANGE = False in the process
 AUTO_IMPORT = ("import sys; from pipeline.data import Store, ensure_dataset; "
                "print(ensure_dataset(Store(), 'digits').fingerprint)")
 
@@ -67,12 +66,16 @@ def one_line(result: Result, code: int, *fragments: str) -> str:
     return lines[0]
 
 
-def spawn(*args: str, pause: str | None = None, code: str | None = None) -> subprocess.Popen:
-    """``python -m pipeline ARGS`` (or ``python -c CODE ARGS``) in the background, output captured."""
+def spawn(*args: str, pause: str | None = None, code: str | None = None, plugin: str | None = None
+          ) -> subprocess.Popen:
+    """``python -m pipeline ARGS`` (or ``python -c CODE ARGS``) in the background, output captured;
+    ``plugin``, a module under tests/plugins/ that the command line imports first (PIPELINE_TEST_PLUGIN)."""
     env = dict(os.environ)
     env.pop("PIPELINE_TEST_PAUSE_AT", None)
     if pause:
         env["PIPELINE_TEST_PAUSE_AT"] = pause
+    if plugin:
+        env["PIPELINE_TEST_PLUGIN"] = plugin
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "pipeline", *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -103,8 +106,8 @@ def kill(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
-def run(*args: str, code: str | None = None) -> Result:
-    return finish(spawn(*args, code=code))
+def run(*args: str, code: str | None = None, plugin: str | None = None) -> Result:
+    return finish(spawn(*args, code=code, plugin=plugin))
 
 
 @dataclass
@@ -268,7 +271,7 @@ def test_sigkill_during_an_overwrite(cli, data, src, stage, survivor):
 def test_sigkill_during_an_overwrite_without_exchange(cli, data, src, stage, survivor):
     """Where folders cannot be exchanged: old aside, new in place; the recovery rule puts the old one back."""
     assert cli("data", "import", src.old, "--name", "n").code == 0
-    proc = spawn("data", "import", src.new, "--name", "n", "--overwrite", pause=stage, code=NO_EXCHANGE)
+    proc = spawn("data", "import", src.new, "--name", "n", "--overwrite", pause=stage, plugin=NO_EXCHANGE)
     wait_paused(proc, stage)
     kill(proc)
     olds = [n for n in hidden(data) if n.startswith(".n.old-")]
@@ -281,7 +284,7 @@ def test_sigkill_during_an_overwrite_without_exchange(cli, data, src, stage, sur
 
 def test_a_reader_in_the_gap_between_the_two_renames_waits_for_the_new_dataset(cli, data, src):
     assert cli("data", "import", src.old, "--name", "n").code == 0
-    proc = spawn("data", "import", src.new, "--name", "n", "--overwrite", pause="moved-aside:1", code=NO_EXCHANGE)
+    proc = spawn("data", "import", src.new, "--name", "n", "--overwrite", pause="moved-aside:1", plugin=NO_EXCHANGE)
     wait_paused(proc, "moved-aside")
     assert not (data / "n").exists()
     assert fingerprint_of(cli, "n") == src.new_fp  # the writer holds the lock: the reader waits for its rename
@@ -290,7 +293,7 @@ def test_a_reader_in_the_gap_between_the_two_renames_waits_for_the_new_dataset(c
 
 def test_a_completed_overwrite_without_exchange(cli, data, src):
     assert cli("data", "import", src.old, "--name", "n").code == 0
-    result = run("data", "import", src.new, "--name", "n", "--overwrite", code=NO_EXCHANGE)
+    result = run("data", "import", src.new, "--name", "n", "--overwrite", plugin=NO_EXCHANGE)
     assert result.code == 0, result.err
     assert fingerprint_of(cli, "n") == src.new_fp and hidden(data) == []
 
@@ -322,6 +325,7 @@ def test_gc_reports_what_it_did(cli, data, src):
 
 # -- signals -------------------------------------------------------------------------------------------
 
+@pytest.mark.contract  # SIGTERM to a real process: exit 143 and one line
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_sigterm_during_an_import_removes_its_staging(cli, data, src, overwrite):
     assert cli("data", "import", src.old, "--name", "n" if overwrite else "keep").code == 0
@@ -333,6 +337,7 @@ def test_sigterm_during_an_import_removes_its_staging(cli, data, src, overwrite)
     assert tree(data) == before
 
 
+@pytest.mark.contract  # Ctrl-C (SIGINT) to a real process: exit 130 and one line
 def test_ctrl_c_during_an_import_removes_its_staging(cli, data, src):
     assert cli("data", "import", src.old, "--name", "n").code == 0
     before = tree(data)

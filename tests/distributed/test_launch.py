@@ -159,6 +159,7 @@ def test_sigterm_is_passed_on_to_every_process():
     (["-n", "2", "--port", "70000", "true"], "error: bad value for '--port': 70000 must be between 1 and 65535"),
     (["-n", "1", "no-such-program-here"], "error: launch: cannot start 'no-such-program-here': No such file"),
 ])
+@pytest.mark.contract  # exit 2 and exactly one stderr line for refused arguments, from a real argv
 def test_bad_arguments_are_one_line(args, message):
     proc = launch(*args)
     assert proc.returncode == 2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
 from tests.extending.conftest import QUICK
-from tests.sweep.conftest import pipeline as run_cli
 
 HEADER = """
 from dataclasses import dataclass

@@ -11,8 +11,8 @@ import pytest
 
 import pipeline
 from pipeline.data import Store
+from tests.conftest import run_cli
 from tests.extending.conftest import QUICK
-from tests.sweep.conftest import pipeline as run_cli
 from tests.sweep.conftest import read_sweep
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,22 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
 from tests.conftest import Result
+from tests.conftest import run_cli as pipeline  # the sweep tests call it pipeline(...)
 
 # A tiny, quick configuration: every sweep in these tests starts from it.
 TINY = ["model.hidden=16", "steps=40", "eval_every=20", "batch_size=32", "--no-progress"]
-
-
-def pipeline(*args: str) -> Result:
-    """``pipeline ARGS...`` in this process (no re-import of JAX); returns code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse errors
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @dataclass

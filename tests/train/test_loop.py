@@ -183,10 +183,11 @@ def test_gradient_accumulation_equals_one_step_on_the_joined_batch(store):
     x, y = jnp.asarray(np.random.default_rng(0).random((32, 8, 8), np.float32)), jnp.arange(32) % 10
     spec_a, acc = create_state(dataclasses.replace(TINY, grad_accum=2, optimizer=sgd), info, 10)
     spec_b, big = create_state(dataclasses.replace(TINY, batch_size=32, optimizer=sgd), info, 10)
-    acc, _ = train_step(spec_a, acc, x[:16], y[:16])
+    step_a = jax.jit(functools.partial(train_step, spec_a))  # compiled: one program, not hundreds of eager ops
+    acc, _ = step_a(acc, x[:16], y[:16])
     assert all(np.array_equal(a, b) for a, b in zip(leaves(acc.params), leaves(big.params), strict=True))
-    acc, _ = train_step(spec_a, acc, x[16:], y[16:])
-    big, _ = train_step(spec_b, big, x, y)
+    acc, _ = step_a(acc, x[16:], y[16:])
+    big, _ = jax.jit(functools.partial(train_step, spec_b))(big, x, y)
     for a, b in zip(leaves(acc.params), leaves(big.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -215,8 +216,8 @@ def test_bf16_compute_stays_close_to_float32(store):
     x, y = jnp.asarray(np.random.default_rng(0).random((16, 8, 8), np.float32)), jnp.arange(16) % 10
     spec32, s32 = create_state(TINY, info, 10)
     spec16, s16 = create_state(dataclasses.replace(TINY, precision="bf16"), info, 10)
-    s32, m32 = train_step(spec32, s32, x, y)
-    s16, m16 = train_step(spec16, s16, x, y)
+    s32, m32 = jax.jit(functools.partial(train_step, spec32))(s32, x, y)  # compiled, as training runs it
+    s16, m16 = jax.jit(functools.partial(train_step, spec16))(s16, x, y)
     assert m16["loss"].dtype == jnp.float32
     assert abs(float(m16["loss"]) - float(m32["loss"])) < 2e-2
     for leaf in jax.tree.leaves((s16.params, s16.opt_state)):
