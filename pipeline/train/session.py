@@ -71,6 +71,8 @@ class NoMetrics:
 
 
 class Session:
+    """The records, feed, hooks and stop flag of one engine run (see the module docstring)."""
+
     def __init__(self, prep: Prepared, checkpoints: Path, metrics: Path, *, keep: int, members: bool,
                  stop: dict, stopped: Callable[[int], str], primary: bool = True, profiler: Profiler | None = None):
         self.prep, self.stop, self.stopped, self.profiler = prep, stop, stopped, profiler
