@@ -26,6 +26,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def typed_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (its type's name alone when it has no message): how a
+    failure of a user's code is quoted inside the line that names the file at fault."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def os_error_line(exc: OSError) -> str:
     """``PATH: reason`` for an OSError (both paths of a failed rename)."""
     reason = exc.strerror or first_line(exc)

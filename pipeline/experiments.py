@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pipeline.config import Config, apply_overrides
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, typed_line
 
 BUILTIN_PACKAGE = "pipeline._experiments"
 
@@ -104,15 +104,12 @@ def load_module(name: str) -> ModuleType:
     except PipelineError:  # already one line naming the file (a registration refused)
         raise
     except Exception as exc:  # a broken experiment file: one line here, the traceback with --debug
-        raise ExperimentError(f"experiment {path}: {_one_line(exc)}") from exc
+        raise ExperimentError(f"experiment {path}: {typed_line(exc)}") from exc
     if not hasattr(module, "config"):
         raise ExperimentError(f"experiment {path} has no config() function")
     return module
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def experiment_name(name: str) -> str:
@@ -130,7 +127,7 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> tuple[Conf
     try:
         cfg = module.config()
     except Exception as exc:
-        raise ExperimentError(f"experiment {module.__file__}: config() failed: {_one_line(exc)}") from exc
+        raise ExperimentError(f"experiment {module.__file__}: config() failed: {typed_line(exc)}") from exc
     if not isinstance(cfg, Config):
         raise ExperimentError(f"experiment {module.__file__}: config() returned {type(cfg).__name__}, "
                               "not a pipeline.config.Config")
@@ -139,5 +136,5 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> tuple[Conf
         try:
             hooks = list(module.hooks())
         except Exception as exc:
-            raise ExperimentError(f"experiment {module.__file__}: hooks() failed: {_one_line(exc)}") from exc
+            raise ExperimentError(f"experiment {module.__file__}: hooks() failed: {typed_line(exc)}") from exc
     return apply_overrides(cfg, list(overrides or [])), Path(module.__file__).resolve(), hooks

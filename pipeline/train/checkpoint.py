@@ -42,7 +42,7 @@ import jax
 
 from pipeline.durable.files import remove_until_quiet
 from pipeline.durable.records import CorruptFile
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError, typed_line
 from pipeline.train.evaluation import Bookkeeping
 
 # Written into every checkpoint's meta (format 1 has none). 3: the optimizer state holds no step
@@ -91,7 +91,7 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 
 class _QuietDiskFull(logging.Filter):
-    """Drops Orbax's (absl's) records of a save that failed on a full disk, a traceback per thread:
+    """Drops the records (absl's, asyncio's) of a save that failed on a full disk, a traceback per write:
     the error reaches the caller at the next save or wait, which says it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -109,15 +109,18 @@ _QUIETED = False
 
 
 def _quiet_orbax() -> None:
-    """Silence Orbax's own reports of a failure its caller turns into one line: full-disk absl log
-    records, an uncaught full-disk error of one of its threads (``threading.excepthook``), and the
+    """Silence Orbax's own reports of a failure its caller turns into one line: full-disk absl and
+    asyncio log records, an uncaught full-disk error of one of its threads (``threading.excepthook``), and the
     stale TensorStore callbacks that reach an asyncio loop Orbax closed after a failed save or
     restore (reported through ``sys.unraisablehook``)."""
     global _QUIETED
     if _QUIETED:
         return
     _QUIETED = True
-    logging.getLogger("absl").addFilter(_QuietDiskFull())
+    # absl: Orbax's own records; asyncio: "Task exception was never retrieved" for each write of a
+    # failed save that the loop's garbage collection finds, at any time later.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_QuietDiskFull())
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
     def quiet_thread_hook(args: threading.ExceptHookArgs) -> None:
@@ -181,14 +184,32 @@ def barrier_prefix(directory: Path, role: str) -> str:
     return f"pipeline-{role}-{digest}"
 
 
-def _manager(directory: Path, keep: int, role: str):
+def _manager(directory: Path, keep: int, role: str, reader: bool = False):
+    """An Orbax manager of ``directory``. A ``reader`` creates nothing, cleans nothing (a temporary
+    folder may be a running save's) and saves synchronously (it never saves)."""
     ocp = _ocp()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
+        max_to_keep=None if reader else keep, create=not reader, cleanup_tmp_directories=not reader,
+        enable_async_checkpointing=not reader, **({"save_root_metadata": False} if reader else {}),
         multiprocessing_options=ocp.options.MultiprocessingOptions(
             barrier_sync_key_prefix=barrier_prefix(directory, role)))
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers)
+
+
+def _restore(manager: Any, step: int, like_state: Any | Callable[[dict], Any], onto: Any = None,
+             check: Callable[[int, Any, dict], None] | None = None) -> tuple[Any, dict]:
+    """Step ``step`` of ``manager``: its meta first (a population's size is in it), then the state
+    shaped like ``like_state`` (or ``like_state(meta)``), as host arrays or straight onto ``onto``."""
+    ocp = _ocp()
+    meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    like = like_state(meta) if callable(like_state) else like_state
+    like = jax.device_get(like) if onto is None else abstract(like, onto)
+    if check is not None:
+        check(step, like, meta)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
+                                                              meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"])
 
 
 def several_processes() -> bool:
@@ -309,16 +330,10 @@ class Checkpointer:
         """
         from pipeline import distributed
 
-        ocp = _ocp()
         self.latest.reload()
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
-                meta = dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-                like = like_state(meta) if callable(like_state) else like_state
-                like = jax.device_get(like) if onto is None else abstract(like, onto)
-                self._check_layout(step, like, meta)
-                restored = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+                restored = _restore(self.latest, step, like_state, onto, self._check_layout)
             except CannotResume:
                 raise
             except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: fall back
@@ -329,7 +344,7 @@ class Checkpointer:
                       "; falling back to the previous one", file=sys.stderr)
                 continue
             self._forget_after(step)
-            return restored["state"], dict(restored["meta"])
+            return restored
         self._forget_after(-1)
         return None
 
@@ -410,14 +425,8 @@ def read_checkpoint(directory: Path, like_state: Any | Callable[[dict], Any]) ->
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    ocp = _ocp()
-    options = ocp.CheckpointManagerOptions(
-        create=False, cleanup_tmp_directories=False, save_root_metadata=False, enable_async_checkpointing=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            barrier_sync_key_prefix=barrier_prefix(directory, "read")))
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     step, failure = None, None
-    with ocp.CheckpointManager(directory.resolve(), options=options, item_handlers=handlers) as manager:
+    with _manager(directory, 0, "read", reader=True) as manager:
         for _ in range(3):  # the newest step may be deleted by a training process while it is read
             manager.reload()
             newest = manager.latest_step()
@@ -425,18 +434,14 @@ def read_checkpoint(directory: Path, like_state: Any | Callable[[dict], Any]) ->
                 break
             step = newest
             try:
-                meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-                like = jax.device_get(like_state(meta) if callable(like_state) else like_state)
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-                return restored["state"], dict(restored["meta"])
+                return _restore(manager, step, like_state)
             except PipelineError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Orbax and tensorstore raise ValueError, OSError, ...
                 failure = exc
     if step is None:
         return None
-    reason = f"{type(failure).__name__}: {first_line(failure)}"
+    reason = typed_line(failure)
     if len(reason) > 300:
         reason = reason[:297] + "..."
     raise CorruptFile(f"{directory / str(step)}: unreadable checkpoint ({reason})")

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.data.dataset import DatasetInfo
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, typed_line
 from pipeline.objectives import Objective, resolve
 from pipeline.registry import family
 from pipeline.train.state import StepSpec, TrainState
@@ -50,19 +50,13 @@ def check_outputs(cfg: Config, spec: StepSpec, state: TrainState, info: DatasetI
     except PipelineError:
         raise
     except Exception as exc:  # the user's model code failed on these inputs
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"{where} cannot take dataset '{info.name}' features of shape "
-                          f"{tuple(info.feature_shape)} ({info.feature_dtype}): {type(exc).__name__}: {text}") from exc
+                          f"{tuple(info.feature_shape)} ({info.feature_dtype}): {typed_line(exc)}") from exc
     want = expected_outputs(info, batch)
     if spec.objective.tasks and tuple(out.shape) != want:
         raise ConfigError(f"{where} returns outputs of shape {tuple(out.shape)} for a batch of {batch} from dataset "
                           f"'{info.name}'; objective '{spec.objective.name}' expects {want}")
     check_evaluation(spec.objective, out, info)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def check_evaluation(objective: Objective, out: jax.ShapeDtypeStruct, info: DatasetInfo) -> None:
@@ -90,7 +84,7 @@ def check_evaluation(objective: Objective, out: jax.ShapeDtypeStruct, info: Data
         raise
     except Exception as exc:  # the user's sums or combine failed on outputs of the model's shape
         raise ConfigError(f"{where}: its sums cannot take outputs of shape {tuple(out.shape)} and labels of shape "
-                          f"{(batch, *info.label_shape)} ({info.label_dtype}): {_one_line(exc)}") from exc
+                          f"{(batch, *info.label_shape)} ({info.label_dtype}): {typed_line(exc)}") from exc
     if not isinstance(sums, Mapping) or not sums:
         raise ConfigError(f"{where}: its sums return {type(sums).__name__}, not a dict of statistic -> value")
     shaped = [f"'{k}' of shape {tuple(v.shape)}" for k, v in sums.items() if int(np.prod(v.shape)) != 1]
@@ -110,7 +104,7 @@ def check_evaluation(objective: Objective, out: jax.ShapeDtypeStruct, info: Data
             float(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: its finalize returns '{name}' that is not one number "
-                              f"({_one_line(exc)})") from exc
+                              f"({typed_line(exc)})") from exc
 
 
 def _finalized(objective: Objective, names: list[str], where: str) -> Any:
@@ -127,4 +121,4 @@ def _finalized(objective: Objective, names: list[str], where: str) -> Any:
         except Exception as exc:  # a fill value it cannot take: the other may do
             failures.append(exc)
     raise ConfigError(f"{where}: its finalize fails on a split's sums ({', '.join(names)}): "
-                      f"{_one_line(failures[0])}") from failures[0]
+                      f"{typed_line(failures[0])}") from failures[0]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, typed_line
 from pipeline.objectives import Objective
 
 # How a member ended: still "pending"/"running", or one of these.
@@ -29,9 +29,8 @@ def finalize(objective: Objective, sums: dict) -> dict[str, float]:
         raise
     except Exception as exc:
         where = f"{objective.origin}: " if objective.origin else ""
-        text = (str(exc).strip().splitlines() or [""])[0]
         raise PipelineError(f"{where}objective '{objective.name}': its finalize failed on the totals "
-                            f"{host}: {type(exc).__name__}{': ' + text if text else ''}") from exc
+                            f"{host}: {typed_line(exc)}") from exc
 
 
 @dataclass

@@ -13,7 +13,7 @@ from flax import nnx, struct
 
 from pipeline.config import Config, ConfigError, is_switch, traced_fields
 from pipeline.data.dataset import DatasetInfo
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, typed_line
 from pipeline.models import build_model
 from pipeline.models.normalize import Standardized
 from pipeline.objectives import Objective, resolve
@@ -110,8 +110,7 @@ def build(cfg: Config, info: DatasetInfo) -> nnx.Module:
     except Exception as exc:  # a user's model that cannot be built for this data
         raise ConfigError(f"{fam.origin}: model '{fam.name}' cannot be built for dataset '{info.name}' "
                           f"(features {tuple(info.feature_shape)}, {info.output_size} outputs): "
-                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                          ) from exc
+                          f"{typed_line(exc)}") from exc
     if not isinstance(model, nnx.Module):  # the loop splits, merges and switches modes of an nnx.Module only
         raise ConfigError(f"{fam.origin}: model '{fam.name}': its build function returned {_described(model)}, "
                           "not an nnx.Module")

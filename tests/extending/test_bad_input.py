@@ -126,7 +126,9 @@ def test_an_objective_that_does_not_fit_the_task(home):
     assert line == ("error: objective 'regression' does not fit dataset 'digits' (classification); "
                     "it is for regression data")
     line = one_error("train", "digits_mlp", "objective=hinge", *QUICK)
-    assert "unknown objective 'hinge'; registered objectives: classification, language_modeling, regression" in line
+    assert "unknown objective 'hinge'; registered objectives: classification, " in line
+    # the built-ins, and whatever objectives this process's experiment files registered before
+    assert all(f" {name}" in line for name in ("language_modeling", "regression"))
 
 
 def test_a_best_metric_the_objective_does_not_have(home):
