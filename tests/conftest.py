@@ -52,6 +52,16 @@ def _one_compile_cache_per_session():
     compile_cache.enable()
 
 
+@contextlib.contextmanager
+def records_under(root: Path):
+    """The store (``data/``), runs and sweeps roots under ``root`` for the block, through the
+    environment: what a module-scoped ``home`` fixture yields."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, folder in (("STORE", "data"), ("RUNS", "runs"), ("SWEEPS", "sweeps")):
+            mp.setenv(f"PIPELINE_{name}", str(root / folder))
+        yield root
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A fresh folder holding the store (data/) and runs (runs/), set through the environment."""

@@ -26,7 +26,7 @@ import pipeline
 from pipeline.api import ModelInputError
 from pipeline.durable.records import CorruptFile, json_depth, read_json
 from pipeline.errors import PathError, PipelineError
-from tests.conftest import ROOT, run_subprocess
+from tests.conftest import ROOT, records_under, run_subprocess
 from tests.test_reliability_runs import Holder, fake_run, one_line
 
 TINY = ["steps=20", "model.hidden=8", "eval_every=10", "plot=false", "data=digits"]
@@ -36,10 +36,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # far past Python's recursion limit
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """A store and a runs root for the module."""
-    root = tmp_path_factory.mktemp("api-errors")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_STORE", str(root / "data"))
-        mp.setenv("PIPELINE_RUNS", str(root / "runs"))
+    with records_under(tmp_path_factory.mktemp("api-errors")) as root:
         yield root
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, records_under
 
 EXAMPLE = ROOT / "docs" / "examples" / "resmlp.py"
 QUICK = ["steps=60", "eval_every=20", "--no-progress"]
@@ -18,8 +18,5 @@ def home(tmp_path_factory) -> Path:
     """A folder outside the repository holding the example experiment, the store, runs and sweeps."""
     root = tmp_path_factory.mktemp("user")
     shutil.copy(EXAMPLE, root / "resmlp.py")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_STORE", str(root / "data"))
-        mp.setenv("PIPELINE_RUNS", str(root / "runs"))
-        mp.setenv("PIPELINE_SWEEPS", str(root / "sweeps"))
+    with records_under(root):
         yield root

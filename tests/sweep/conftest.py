@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Result
+from tests.conftest import Result, records_under
 from tests.conftest import run_cli as pipeline  # the sweep tests call it pipeline(...)
 
 # A tiny, quick configuration: every sweep in these tests starts from it.
@@ -51,11 +51,7 @@ def sweep(*args: str) -> Swept:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """One store, runs root and sweeps root for a test module, set through the environment."""
-    root = tmp_path_factory.mktemp("sweep")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_STORE", str(root / "data"))
-        mp.setenv("PIPELINE_RUNS", str(root / "runs"))
-        mp.setenv("PIPELINE_SWEEPS", str(root / "sweeps"))
+    with records_under(tmp_path_factory.mktemp("sweep")) as root:
         yield root
 
 
