@@ -56,6 +56,7 @@ class GroupRun:
     on_progress: Callable[[int, float], None] = lambda steps, loss: None
     seed_slots: int = 1  # distinct data seeds a population of this group holds, at most
     experiment: str = ""
+    decide: Callable[[int, dict[int, dict]], dict[int, str]] | None = None  # a search's pruner (``Events.decide``)
     select: Selection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,7 +112,8 @@ class PopulationRun:
                         self.cfg.checkpoint_every, self.cfg.checkpoint_minutes, single=False,
                         rungs=run.halving.rungs, keep=run.halving.keep)
         self.engine = Engine(pop, session, policy, run.select,
-                             Events(on_progress=lambda last, n, loss: run.on_progress(n, loss)))
+                             Events(on_progress=lambda last, n, loss: run.on_progress(n, loss),
+                                    **({"decide": run.decide} if run.decide else {})))
 
     @property
     def metrics(self):

@@ -70,6 +70,9 @@ class Events:
 
     on_progress: Callable[[int, int, float], None] = lambda step, member_steps, loss: None
     on_evaluated: Callable[[int, dict], None] = lambda step, evals: None
+    # After each evaluation (and patience): ``{trial: this evaluation's metrics}`` of the live members
+    # in, ``{trial: status}`` of the members to stop out (a search's pruner stops members "pruned").
+    decide: Callable[[int, dict[int, dict]], dict[int, str]] = lambda step, evals: {}
 
 
 class Engine:
@@ -238,6 +241,10 @@ class Engine:
         if self.policy.patience:
             self._stop([int(s) for s in live if self.books[self.slots[s]].evals_since_best >= self.policy.patience],
                        "early_stopped")
+        live = [int(s) for s in np.flatnonzero(self.live)]
+        verdicts = self.events.decide(self.step, {self.slots[s]: self.books[self.slots[s]].last_eval for s in live})
+        for status in sorted(set(verdicts.values())):
+            self._stop([s for s in live if verdicts.get(self.slots[s]) == status], status)
         if self.step in self.policy.rungs and self.step < self.policy.total:
             self._halve()
         return improved

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError, typed_line
 from pipeline.objectives import Objective
 
 # How a member ended: still "pending"/"running", or one of these.
-FINISHED = ("done", "diverged", "stopped", "early_stopped")
+FINISHED = ("done", "diverged", "stopped", "early_stopped", "pruned")
 
 
 def finalize(objective: Objective, sums: dict) -> dict[str, float]:
@@ -37,7 +37,7 @@ def finalize(objective: Objective, sums: dict) -> dict[str, float]:
 class Bookkeeping:
     """What the engine remembers about one member, across a resume."""
 
-    status: str = "pending"  # pending | running | done | diverged | stopped | early_stopped
+    status: str = "pending"  # pending | running | done | diverged | stopped | early_stopped | pruned
     steps: int = 0  # updates in the member's state
     wall_s: float = 0.0
     stopped_at: int | None = None  # the step of divergence, of early stopping or of the rung that stopped it
