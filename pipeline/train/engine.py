@@ -73,6 +73,11 @@ class Events:
     # After each evaluation (and patience): ``{trial: this evaluation's metrics}`` of the live members
     # in, ``{trial: status}`` of the members to stop out (a search's pruner stops members "pruned").
     decide: Callable[[int, dict[int, dict]], dict[int, str]] = lambda step, evals: {}
+    # Last at each evaluation, with the engine (its population, slots, live mask, bookkeeping): a search
+    # that acts on the population between calls (PBT's exploit and explore) does it here.
+    at_evaluation: Callable[[Engine], None] = lambda engine: None
+    # What such a search keeps across a resume: saved in every checkpoint's meta under "search".
+    search_state: Callable[[], dict] = dict
 
 
 class Engine:
@@ -247,6 +252,7 @@ class Engine:
             self._stop([s for s in live if verdicts.get(self.slots[s]) == status], status)
         if self.step in self.policy.rungs and self.step < self.policy.total:
             self._halve()
+        self.events.at_evaluation(self)
         return improved
 
     def _agree_on_evaluation(self, improved: list[int]) -> list[int]:
@@ -297,8 +303,10 @@ class Engine:
         for t in self.members:
             if self.books[t].status == "running":
                 self.books[t].wall_s = wall
-        return checkpoint_meta(self.step, wall, self.members, self.slots, self.live, self.books,
+        meta = checkpoint_meta(self.step, wall, self.members, self.slots, self.live, self.books,
                                **self.session.position(self.step))
+        search = self.events.search_state()
+        return {**meta, "search": search} if search else meta
 
     def state(self) -> Any:
         """What a checkpoint holds: a run's one state, or the population's states stacked."""
