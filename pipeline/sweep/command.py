@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.sweep.optuna_search import PRUNERS
+from pipeline.sweep.strategy import CHOICES, SEARCHES
 
 
 def _rungs(text: str) -> tuple[int, ...]:
@@ -24,17 +26,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=SPACE",
                    help="choice(a;b) range(lo,hi[,step]) uniform(lo,hi) loguniform(lo,hi) linspace(lo,hi,n) "
                         "logspace(lo,hi,n), or a plain value (fixed)")
-    p.add_argument("--strategy", choices=("grid", "random"), default=None,
-                   help="grid: the cross product (default); random: --trials seeded samples")
-    p.add_argument("--trials", type=int, default=None, help="trials of a random search (default 16)")
-    p.add_argument("--search-seed", type=int, default=0, help="seed of the random strategy")
+    p.add_argument("--strategy", choices=CHOICES, default=None,
+                   help="grid: the cross product (default); random: --trials seeded samples; tpe, gp, cmaes, "
+                        "qmc: an Optuna search (the optuna extra) that asks a population of trials a round, "
+                        "trains it and tells it the validation results; pbt: population-based training")
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials of a random search, or the budget of a search (default 16)")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the random strategy and of a search's sampler")
+    p.add_argument("--pruner", choices=PRUNERS, default=None,
+                   help="a search's Optuna pruner, which stops members at evaluations (status pruned): median or "
+                        "hyperband (default: none)")
+    p.add_argument("--refill", action="store_true",
+                   help="a stopped member's slot takes the next trial inside its running population")
     p.add_argument("--sweep-dir", default=None, help="sweep folder; an existing one of the same sweep resumes")
     p.add_argument("--sweeps", default=None, help="sweeps root (default ./sweeps or $PIPELINE_SWEEPS)")
     p.add_argument("--vmap", action="store_true",
                    help="run vmapped populations (default: measure both plans, run the faster)")
     p.add_argument("--no-vmap", action="store_true",
                    help="run the trials one at a time with the solo programs (default: measure both, run the faster)")
-    p.add_argument("--max-population", type=int, default=None, help="most members in one compiled population")
+    p.add_argument("--max-population", type=int, default=None,
+                   help="most members in one compiled population; a search asks this many trials a round "
+                        "(default: min(the population that fits --population-memory, max(2, ceil(trials/4))))")
     p.add_argument("--population-memory", default="2G",
                    help="device memory budget of one population, e.g. 512M or 8G (an estimate; default 2G)")
     p.add_argument("--rungs", type=_rungs, default=(), metavar="STEP,STEP",
@@ -74,6 +86,13 @@ def check_numbers(args: argparse.Namespace) -> None:
     bad = [r for r in args.rungs if r < 1]
     if bad:
         raise PipelineError(f"bad value for '--rungs': {bad[0]} must be a positive step")
+    if args.strategy in SEARCHES and args.trials is not None and args.max_population and \
+            args.trials < args.max_population:
+        raise PipelineError(f"bad value for '--trials': {args.trials} is less than one population (--max-population "
+                            f"{args.max_population}); a search asks a whole population at a time")
+    if args.strategy in SEARCHES and args.executor != "local":
+        raise PipelineError(f"--strategy {args.strategy} runs its populations in this process; --executor "
+                            f"{args.executor} runs grid and random sweeps")
     if args.top < 0:
         raise PipelineError(f"bad value for '--top': {args.top} must not be negative")
     if args.executor != "ray" and (args.ray_address is not None or args.ray_gpus or args.ray_timeout is not None):
@@ -117,6 +136,10 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
         from pipeline.sweep.ray_executor import require
 
         require()  # without the extra: one line, before anything is loaded
+    if args.strategy in SEARCHES:
+        from pipeline.sweep.optuna_search import require as require_optuna
+
+        require_optuna(args.strategy)  # without the extra: one line, before anything is loaded
     opts = SweepOptions(
         strategy=args.strategy, trials=args.trials, search_seed=args.search_seed,
         sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
@@ -128,6 +151,7 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
         show_progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address,
         ray_gpus=args.ray_gpus,
         ray_timeout=SweepOptions.ray_timeout if args.ray_timeout is None else args.ray_timeout,
+        pruner=args.pruner, refill=args.refill,
     )
     enable_cache(args)
     if opts.sweep_dir is not None and (is_sweep_dir(opts.sweep_dir) or is_empty_dir(opts.sweep_dir)):

@@ -4,7 +4,8 @@ A folder remembers the space that made it; resuming it with a different space, s
 trial count, search seed or base config is refused, naming what differs, before anything
 in it is touched. A new folder is made exclusively (``os.mkdir``, a unique name); the process
 that runs a sweep locks its folder (``SWEEP_DIR/.lock``) before reading or writing anything
-in it, so a second ``pipeline sweep --sweep-dir SAME`` is refused naming the holder.
+in it, so a second ``pipeline sweep --sweep-dir SAME`` is refused naming the holder. A search's
+study (``study.journal``, Optuna's file journal) lives in the folder too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pipeline.durable.records import read_json_object
 from pipeline.track.run_dir import new_run_dir
 
 SWEEP_FILE = "sweep.json"
-IDENTITY = ("experiment", "base_config", "space", "strategy", "trials_requested", "search_seed", "rungs", "keep")
+IDENTITY = ("experiment", "base_config", "space", "strategy", "trials_requested", "search_seed", "rungs", "keep",
+            "pruner", "round_size")  # the last two: a search's (absent, None, for grid and random)
 
 
 def default_sweeps_root() -> Path:

@@ -1,6 +1,7 @@
 """What the host remembers about each trial, and the two tables of a sweep folder.
 
-``trials.parquet``: one row per trial (id, group, every swept hyperparameter as its own
+``trials.parquet``: one row per trial (id, group, the search round that asked it (0 for grid and
+random), every swept hyperparameter as its own
 column, status, final and best metrics with the step of the best, steps, wall time and
 the exact override list that re-runs it with ``pipeline train``).
 ``curves.parquet/``: every trial's metrics in long format (trial, step, split, name, value), a
@@ -77,7 +78,8 @@ def _hp_column(values: list[Any]) -> pa.Array:
     return pa.array(values)
 
 
-def trials_table(trials: list[Trial], records: dict[int, TrialRecord], swept: list[str]) -> pa.Table:
+def trials_table(trials: list[Trial], records: dict[int, TrialRecord], swept: list[str],
+                 rounds: dict[int, int] | None = None) -> pa.Table:
     rows_metrics: dict[str, list] = {}
     finals = [{f"final_{s}_{n}": v for s, m in records[t.id].last_eval.items() for n, v in m.items()} for t in trials]
     bests = [{f"best_{s}_{n}": v for s, m in records[t.id].best_eval.items() for n, v in m.items()} for t in trials]
@@ -88,6 +90,7 @@ def trials_table(trials: list[Trial], records: dict[int, TrialRecord], swept: li
     columns: dict[str, Any] = {
         "trial": pa.array([t.id for t in trials], pa.int32()),
         "group": pa.array([t.group for t in trials], pa.int32()),
+        "round": pa.array([(rounds or {}).get(t.id, 0) for t in trials], pa.int32()),
         "status": pa.array([records[t.id].status for t in trials], pa.string()),
         "steps": pa.array([records[t.id].steps for t in trials], pa.int64()),
         "wall_s": pa.array([records[t.id].wall_s for t in trials], pa.float64()),

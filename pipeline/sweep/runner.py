@@ -33,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import resolve
 from pipeline.signals import sigint_flag
-from pipeline.sweep import folder, grouping, plan_probe, records, strategy
+from pipeline.sweep import folder, grouping, plan_probe, records, rounds, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
@@ -61,6 +61,8 @@ class SweepOptions:
     ray_address: str | None = None  # a running Ray cluster (None: start one on this machine)
     ray_gpus: float = 0.0  # GPUs each population's task asks Ray for
     ray_timeout: float = 30.0  # seconds to reach the cluster, and for its first task to start
+    pruner: str | None = None  # a search's pruner (optuna_search.PRUNERS); None: members run to the end
+    refill: bool = False  # a stopped member's slot takes the next trial (not built yet)
 
 
 def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, Any]]:
@@ -116,7 +118,13 @@ def resolve_sweep(experiment: str, args: list[str], store: Store, opts: SweepOpt
     space, declared = resolve_space(module, base, args)
     strategy_name = opts.strategy or declared.get("strategy", "grid")
     count = opts.trials if opts.trials is not None else declared.get("trials")
-    points = strategy.trials(space, strategy_name, count, opts.search_seed)
+    if opts.pruner is not None and strategy_name not in strategy.SEARCHES:
+        raise ConfigError(f"--pruner {opts.pruner} needs a search: --strategy {', '.join(strategy.SEARCHES)}")
+    if strategy_name in strategy.SEARCHES:  # asked round by round (rounds.py), not made up front
+        strategy.check_space(space, count)
+        points = []
+    else:
+        points = strategy.trials(space, strategy_name, count, opts.search_seed)
     trials = grouping.make_trials(base, space, points)
     infos = {}
     for t in trials:
@@ -144,6 +152,12 @@ def check_one_process() -> None:
 def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the summary object (also in ``SWEEP_DIR/summary.json``)."""
     check_one_process()
+    if opts.strategy == strategy.PBT:
+        from pipeline.sweep.pbt_run import run_pbt  # pbt_run builds on this module: imported when used
+
+        return run_pbt(experiment, args, store, opts)
+    if opts.refill:
+        raise PipelineError("--refill is not built yet")
     started = time.time()
     ray = None
     if opts.executor == "ray":
@@ -152,6 +166,8 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
         ray = ray_executor.require()  # without the extra: one line, before anything is planned or written
         ray_executor.connect(ray, opts)  # a cluster that does not answer, or cannot run a task: no folder
     sp = resolve_sweep(experiment, args, store, opts)
+    if sp.strategy in strategy.SEARCHES:
+        return run_search(sp, store, opts, started)
     trials, infos, groups, identity, module = sp.trials, sp.infos, sp.groups, sp.identity, sp.module
     name, base, space = sp.name, sp.base, sp.space
     saved = folder.check_resumable(opts.sweep_dir, identity) if opts.sweep_dir else None
@@ -212,6 +228,19 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     write_json(sweep_dir / "summary.json", summary)
     if base.plot:
         plot_later(sweep_dir)
+    return summary
+
+
+def run_search(sp: ResolvedSweep, store: Store, opts: SweepOptions, started: float) -> dict[str, Any]:
+    """A search (``--strategy tpe|gp|cmaes|qmc``): asked, trained and told round by round (``rounds.py``)."""
+    done = rounds.run_search(sp, store, opts, rounds.Rules(selection, check_halving))
+    vmapped = any(p["plan"] == "population" for p in done.plans.values())
+    summary = summarize(done.sweep_dir, sp.name, done.trials, done.recs, sp.swept, done.groups,
+                        time.time() - started, vmapped, done.infos)
+    summary["plans"], summary["rounds"] = done.plans, done.rounds
+    write_json(done.sweep_dir / "summary.json", summary)
+    if sp.base.plot:
+        plot_later(done.sweep_dir)
     return summary
 
 
@@ -303,9 +332,9 @@ def decided_plan(g: grouping.Group, members: list[int], opts: SweepOptions,
 
 def selection(trial: grouping.Trial, infos: dict) -> tuple[str, str, bool]:
     """The split and metric that rank trials (the rule a run selects its best checkpoint by), and
-    whether higher is better."""
+    whether higher is better: validation, or test only when ``selection.split=test`` asks for it."""
     info = infos[trial.cfg.data.name]
-    chosen = select(trial.cfg, info, resolve(trial.cfg, info))
+    chosen = select(trial.cfg, info, resolve(trial.cfg, info), ranks=True)  # no validation split: refused
     return chosen.split, chosen.metric, chosen.higher
 
 
@@ -324,6 +353,9 @@ def summarize(sweep_dir: Path, name: str, trials: list[grouping.Trial], recs: di
         "groups": len(groups), "populations": sum(len(g.chunks) for g in groups), "vmap": vmap,
         "selection": f"{split}/{metric}", "wall_s": round(wall, 3), "best": None,
     }
+    if split == "test":  # selection.split=test: the ranking read test, so its test metrics flatter the best
+        info = infos[trials[0].cfg.data.name]
+        summary["selection_flag"] = select(trials[0].cfg, info, resolve(trials[0].cfg, info)).record()["flag"]
     if candidates:
         best = max(candidates, key=lambda t: (sign * recs[t.id].last_eval[split][metric], -t.id))
         rec = recs[best.id]
@@ -332,6 +364,7 @@ def summarize(sweep_dir: Path, name: str, trials: list[grouping.Trial], recs: di
             "hyperparameters": {k: best.values[k] for k in swept},
             "overrides": best.overrides,
             "metrics": {f"{s}/{n}": v for s, m in rec.last_eval.items() for n, v in m.items()},
+            "best_metrics": {f"{s}/{n}": v for s, m in rec.best_eval.items() for n, v in m.items()},
             "best_step": rec.best_step, "steps": rec.steps,
         }
     return summary
