@@ -3,10 +3,11 @@
 The run folder holds what ``pipeline train`` would have written for the trial's overrides:
 ``config.json``, ``dataset.json``, ``metrics.parquet`` (the trial's rows of ``curves.parquet``),
 ``summary.json`` and an Orbax checkpoint of the trial's final state, taken from its
-population's final checkpoint. ``pipeline runs show``, ``--resume`` and ``pipeline.load_run``
-treat it like any other run. A sweep keeps its members' best metrics, not their best weights,
-so the export has a ``latest`` checkpoint and (only when the final state was the best) a
-``best`` one.
+population's final checkpoint; a PBT member's also ``pbt_history.parquet`` (its hyperparameters
+at each exploit step, also under ``pbt_history`` in ``summary.json``). ``pipeline runs show``,
+``--resume`` and ``pipeline.load_run`` treat it like any other run. A sweep keeps its members'
+best metrics, not their best weights, so the export has a ``latest`` checkpoint and (only when
+the final state was the best) a ``best`` one.
 
 An export is atomic. Every refusal (a ``--run-dir`` that holds anything, a trial that is
 missing or unfinished) comes before anything is made, so a refused export changes nothing. The
@@ -33,7 +34,15 @@ import numpy as np
 from pipeline.config import ConfigError
 from pipeline.data import Store, ensure_dataset
 from pipeline.data.commit import pause_at
-from pipeline.durable.files import fsync_dir, fsync_tree, is_real_dir, make_folders, remove_until_quiet, write_json
+from pipeline.durable.files import (
+    fsync_dir,
+    fsync_tree,
+    is_real_dir,
+    make_folders,
+    remove_until_quiet,
+    write_json,
+    write_parquet,
+)
 from pipeline.durable.folder_locks import FolderLocked, folder_lock, lock_holder
 from pipeline.durable.locks import LOCK_FILE
 from pipeline.durable.records import read_json_object
@@ -43,6 +52,7 @@ from pipeline.errors import PipelineError
 from pipeline.experiments import load_experiment
 from pipeline.signals import deferred_interrupts
 from pipeline.sweep import folder, records
+from pipeline.sweep.pbt import LINEAGE_FILE
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.run_dir import default_runs_root, remove_if_unused
 from pipeline.train.checkpoint import Checkpointer, DiskFull, checkpoint_meta, is_disk_full, read_checkpoint
@@ -105,10 +115,11 @@ def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None
             _write_metrics(staging, sweep_dir, trial, book)
             pause_at("export-checkpoint")
             _write_checkpoint(staging, cfg.checkpoint_keep, state, book)
+            history = _write_pbt_history(staging, sweep_dir, trial)
 
             def summarize(at: Path) -> None:
-                write_json(staging / "summary.json", run_summary(at, experiment, cfg.data.name, book, book.wall_s,
-                                                                 select))
+                summary = run_summary(at, experiment, cfg.data.name, book, book.wall_s, select)
+                write_json(staging / "summary.json", {**summary, **({"pbt_history": history} if history else {})})
 
             summarize(target)
             fsync_tree(staging)
@@ -219,6 +230,18 @@ def _write_metrics(run_dir: Path, sweep_dir: Path, trial: int, book: Bookkeeping
         mine = (splits == split) & (names == name)
         table.add(steps[mine], split, {name: values[mine]}, wall_s=float("nan"))
     table.flush()
+
+
+def _write_pbt_history(run_dir: Path, sweep_dir: Path, trial: int) -> list[dict]:
+    """A PBT member's hyperparameters over time (its rows of the sweep's lineage) as
+    ``pbt_history.parquet``; returned as rows for ``summary.json`` (none for other sweeps)."""
+    lineage = sweep_dir / LINEAGE_FILE
+    if not lineage.is_file():
+        return []
+    table = records.read_parquet(lineage)
+    mine = table.filter(np.asarray(table.column("trial")) == trial)
+    write_parquet(mine, run_dir / "pbt_history.parquet")
+    return [{k: v for k, v in row.items() if k not in ("member", "trial")} for row in mine.to_pylist()]
 
 
 def _write_checkpoint(run_dir: Path, keep: int, state, book: Bookkeeping) -> None:

@@ -57,6 +57,11 @@ class GroupRun:
     seed_slots: int = 1  # distinct data seeds a population of this group holds, at most
     experiment: str = ""
     decide: Callable[[int, dict[int, dict]], dict[int, str]] | None = None  # a search's pruner (``Events.decide``)
+    # A search that acts on the population (PBT): ``Events.at_evaluation`` and ``Events.search_state``, and
+    # ``on_start(meta)`` with the restored checkpoint's meta (None: a fresh start) before the feed opens.
+    at_evaluation: Callable[[Engine], None] | None = None
+    search_state: Callable[[], dict] | None = None
+    on_start: Callable[[dict | None], None] | None = None
     select: Selection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +95,7 @@ class PopulationRun:
             stop=run.interrupted, stopped=lambda step: stop_message(
                 f"at step {step} of group {run.group.id}",
                 f"continue the sweep with the same command and --sweep-dir {sweep_dir}"))
-        state, start = None, Start(slots=slots, books=run.records)
+        state, start, meta = None, Start(slots=slots, books=run.records), None
         restored = session.restore(lambda meta: stack(self._fresh_states(meta["slots"])))
         if restored is not None and restored[1]["members"] == members:
             state, meta = restored
@@ -99,6 +104,8 @@ class PopulationRun:
             session.fresh_checkpoints()
         if state is None:
             state = stack(self._fresh_states(start.slots))
+        if run.on_start is not None:
+            run.on_start(meta)
         seeds = [self._slot_cfg(slot).resolved_data_seed for slot in start.slots]
         feed = session.begin(start, seeds, run.seed_slots, own_reader=False)
         if start.live is None:
@@ -113,7 +120,9 @@ class PopulationRun:
                         rungs=run.halving.rungs, keep=run.halving.keep)
         self.engine = Engine(pop, session, policy, run.select,
                              Events(on_progress=lambda last, n, loss: run.on_progress(n, loss),
-                                    **({"decide": run.decide} if run.decide else {})))
+                                    **({"decide": run.decide} if run.decide else {}),
+                                    **({"at_evaluation": run.at_evaluation} if run.at_evaluation else {}),
+                                    **({"search_state": run.search_state} if run.search_state else {})))
 
     @property
     def metrics(self):
