@@ -1,7 +1,8 @@
 """A JAX training pipeline: Flax NNX models, Optax updates, Parquet records.
 
 The Python surface (loaded on first use, so ``import pipeline`` stays light):
-``fit``, ``load_run``, ``register_model``, ``register_objective``, ``Config``, ``ModelConfig``,
+``fit``, ``load_run``, ``register_model``, ``register_objective``, ``register_optimizer``,
+``register_schedule``, ``Config``, ``ModelConfig``,
 ``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``Hook``, ``RunInfo``, ``PipelineError``.
 """
 
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fit": "pipeline.api", "load_run": "pipeline.api", "FitResult": "pipeline.api",
     "register_model": "pipeline.registry", "register_objective": "pipeline.registry",
+    "register_optimizer": "pipeline.registry", "register_schedule": "pipeline.registry",
     "Config": "pipeline.config", "ModelConfig": "pipeline.config", "OptimizerConfig": "pipeline.config",
     "DataConfig": "pipeline.config", "traced": "pipeline.config",
     "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",

@@ -1,20 +1,24 @@
-"""Where model families and objectives register: once each, by name, from the package or an experiment file.
+"""Where model families, objectives, optimizers and schedules register: once each, by name, from the
+package or an experiment file.
 
 A family brings its frozen config dataclass (a ``ModelConfig`` with its own fields), a build
 function, and optionally an input check and an analytic FLOP count; an objective brings its
-loss and metrics (``pipeline.objectives.Objective``). Nothing else in the code lists family or
-objective names. The built-ins register when ``pipeline.models`` and ``pipeline.objectives``
-are imported, which a lookup does on first use, so this module stays free of JAX.
+loss and metrics (``pipeline.objectives.Objective``); an optimizer brings an Optax factory and
+the traced hyperparameters it takes; a schedule brings the factory of its multiplier. Nothing
+else in the code lists their names. The built-ins register when ``pipeline.models``,
+``pipeline.objectives`` and ``pipeline.optim`` are imported, which a lookup does on first use,
+so this module stays free of JAX.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from pipeline.errors import PipelineError
 
 
 class RegistryError(PipelineError):
-    """A family or objective that cannot be registered or found."""
+    """A family, objective, optimizer or schedule that cannot be registered or found."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,39 @@ class ModelFamily:
     origin: str = ""  # the file that registered it: errors name it
 
 
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One optimizer. ``factory(**traced) -> optax.GradientTransformation``, called with one traced
+    scalar for each name in ``traced`` (fields of ``OptimizerConfig``), at every update.
+
+    A factory that takes ``weight_decay`` applies it itself (decoupled, as ``optax.adamw`` does);
+    for one that does not, the pipeline adds coupled L2 to the gradient in front of it.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    traced: tuple[str, ...]
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One schedule. ``factory(cfg, total_steps) -> optax.Schedule | None``: the multiplier of the
+    (traced) peak learning rate at each update count, or None for a constant 1 (no piece at all)."""
+
+    name: str
+    factory: Callable[..., Any]
+    origin: str = ""
+
+
 _FAMILIES: dict[str, ModelFamily] = {}
 _OBJECTIVES: dict[str, Any] = {}
-_BUILTINS = {"model": "pipeline.models", "objective": "pipeline.objectives"}
+_OPTIMIZERS: dict[str, OptimizerEntry] = {}
+_SCHEDULES: dict[str, ScheduleEntry] = {}
+_BUILTINS = {"model": "pipeline.models", "objective": "pipeline.objectives", "optimizer": "pipeline.optim",
+             "schedule": "pipeline.optim"}
+_TABLES: dict[str, dict[str, Any]] = {"model": _FAMILIES, "objective": _OBJECTIVES, "optimizer": _OPTIMIZERS,
+                                      "schedule": _SCHEDULES}
 
 
 def _caller_file(depth: int = 2) -> str:
@@ -97,6 +131,51 @@ def register_objective(objective: Any) -> Any:
     return objective
 
 
+def register_optimizer(name: str, factory: Callable[..., Any], *,
+                       traced: tuple[str, ...] = ("learning_rate",)) -> OptimizerEntry:
+    """Register an Optax optimizer under ``name`` (``optimizer.name=NAME`` selects it). Returns the entry.
+
+    ``factory`` is called with the ``traced`` fields of ``OptimizerConfig`` as keyword arguments
+    (traced scalars of the optimizer state) and returns an ``optax.GradientTransformation``.
+    """
+    origin = _caller_file()
+    traced = (traced,) if isinstance(traced, str) else tuple(traced)
+    _check_factory("optimizer", name, factory, origin, f"keyword arguments ({', '.join(traced)})",
+                   **dict.fromkeys(traced, 0.0))
+    entry = OptimizerEntry(name, factory, traced, origin)
+    _register(_OPTIMIZERS, "optimizer", name, entry, origin)
+    return entry
+
+
+def register_schedule(name: str, factory: Callable[..., Any]) -> ScheduleEntry:
+    """Register a schedule under ``name`` (``optimizer.schedule=NAME`` selects it). Returns the entry.
+
+    ``factory(cfg, total_steps)`` gets the ``OptimizerConfig`` (its ``warmup_steps`` at most
+    ``total_steps``) and the number of updates, and returns the multiplier of the peak learning
+    rate as a function of the update count (``optax.Schedule``), or None for a constant 1.
+    """
+    origin = _caller_file()
+    _check_factory("schedule", name, factory, origin, "(cfg, total_steps)", None, 1)
+    entry = ScheduleEntry(name, factory, origin)
+    _register(_SCHEDULES, "schedule", name, entry, origin)
+    return entry
+
+
+def _check_factory(kind: str, name: str, factory: Any, origin: str, wanted: str, *args: Any, **kwargs: Any) -> None:
+    """A factory the pipeline could not call as documented fails at registration, naming the file."""
+    if not callable(factory):
+        raise RegistryError(f"{origin}: {kind} '{name}': its factory {factory!r} is not callable")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: it will be called as it is
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise RegistryError(f"{origin}: {kind} '{name}': its factory{signature} cannot be called with "
+                            f"{wanted} ({exc})") from None
+
+
 def _load_builtins(kind: str) -> None:
     importlib.import_module(_BUILTINS[kind])
 
@@ -117,9 +196,32 @@ def objective(name: str) -> Any:
     return _lookup(_OBJECTIVES, "objective", "objective", name)
 
 
+def optimizer(name: str) -> OptimizerEntry:
+    return _lookup(_OPTIMIZERS, "optimizer", "optimizer.name", name)
+
+
+def schedule(name: str) -> ScheduleEntry:
+    return _lookup(_SCHEDULES, "schedule", "optimizer.schedule", name)
+
+
 def is_registered(name: str, kind: str = "model") -> bool:
     _load_builtins(kind)
-    return name in (_FAMILIES if kind == "model" else _OBJECTIVES)
+    return name in _TABLES[kind]
+
+
+class RegisteredNames:
+    """The names of one kind registered so far, read at each use: config's choices for a registry
+    (``name in names`` and iteration load the built-ins first; iteration is sorted)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and is_registered(name, self.kind)
+
+    def __iter__(self) -> Iterator[str]:
+        _load_builtins(self.kind)
+        return iter(sorted(_TABLES[self.kind]))
 
 
 # Types an override (``model.FIELD=TEXT``) can be parsed into: see config.parse_value.

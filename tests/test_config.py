@@ -110,7 +110,7 @@ def test_paths_that_are_not_leaves_are_unknown(key):
     ("model.name=transformer model.tie_embeddings=maybe",
      "bad value for 'model.tie_embeddings': 'maybe' is not a boolean"),
     ("data_seed=x", "bad value for 'data_seed': 'x' is not an integer"),
-    ("optimizer.name=rmsprop", "bad value for 'optimizer.name': 'rmsprop'; choose one of sgd, momentum, adam, adamw"),
+    ("optimizer.name=rmsprob", "bad value for 'optimizer.name': 'rmsprob'; choose one of adafactor, adagrad, adam, "),
     ("model.activation=swish", "bad value for 'model.activation': 'swish'; choose one of"),
     ("steps=0", "bad value for 'steps': 0 must be at least 1"),
     ("optimizer.learning_rate=0", "bad value for 'optimizer.learning_rate': must be positive"),
