@@ -165,6 +165,33 @@ class MetricsTable:
         if changed:
             fsync_dir(self.path)  # the truncation is on disk before any new row is
 
+    def truncate_members(self, last: dict[int, int]) -> None:
+        """A population whose members count their own steps (a refill sweep): drop each trial's rows past
+        ``last[trial]``, and every row of a trial not in ``last``; by the rule of ``truncate_after``."""
+
+        def keep(table: pa.Table) -> np.ndarray:
+            trials, steps = np.asarray(table.column("trial")), np.asarray(table.column("step"))
+            limit = np.full(len(trials), -1, np.int64)
+            for t in np.unique(trials):
+                limit[trials == t] = last.get(int(t), -1)
+            return steps <= limit
+
+        self._pending = [t.filter(keep(t)) for t in self._pending]
+        changed = False
+        for entry in list(reversed(self._parts)):
+            table = read_parquet_files([entry[2]], self.schema)
+            mask = keep(table)
+            if mask.all():
+                continue
+            changed = True
+            if not mask.any():
+                os.unlink(entry[2])
+                self._parts.remove(entry)
+            else:
+                write_parquet(table.filter(mask), entry[2])
+        if changed:
+            fsync_dir(self.path)
+
     # -- reading -------------------------------------------------------------------------------
     def table(self) -> pa.Table:
         """Every row: those on disk, then those not flushed yet."""

@@ -7,6 +7,10 @@ checkpoints, all through its ``Session`` (records, hooks, the feed, the stop fla
 ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only in the
 ``Policy`` they hand it and in how they configure the session and the population.
 
+With a ``Refill`` (``slots.py``), a sweep's stopped members' slots take the next trials: each member
+then counts its own steps from its slot's offset, and its rungs are decided asynchronously (ASHA).
+Without one, every offset is 0 and every member stands at the engine's step.
+
 Several processes run the same loop in step. What could differ between them is agreed at each
 call boundary (``pipeline.distributed.CallAgreement``, only when there are several): a
 checkpoint by the clock is process 0's decision, and a Ctrl-C or SIGTERM on any process stops
@@ -33,6 +37,7 @@ from pipeline.train.checkpoint import checkpoint_meta, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.selection import Selection
 from pipeline.train.session import Session
+from pipeline.train.slots import Refill
 
 FLUSH_SECONDS = 5.0
 
@@ -83,16 +88,20 @@ class Events:
 class Engine:
     """Steps ``pop`` to the end of ``policy``, recording and deciding through ``session``."""
 
-    def __init__(self, pop: Any, session: Session, policy: Policy, select: Selection, events: Events = Events()):
+    def __init__(self, pop: Any, session: Session, policy: Policy, select: Selection, events: Events = Events(),
+                 refill: Refill | None = None):
         start = session.start
         self.pop, self.session, self.policy, self.select, self.events = pop, session, policy, select, events
+        self.refill = refill
         self.slots, self.books = list(start.slots), start.books
         self.objective, self.evals = session.prep.spec.objective, session.prep.evals
         self.metrics, self.checkpointer, self.hooks = session.metrics, session.checkpointer, session.hooks
         self.step, self.saved_step, self.wall0 = start.step, start.step, start.wall_s
         self.live = (np.array([s is not None for s in self.slots]) if start.live is None
                      else np.asarray(start.live, bool))
-        self.members = [s for s in self.slots if s is not None]
+        self.members = [s for s in self.slots if s is not None] if start.members is None else list(start.members)
+        # The global step at which each slot took its member: a member's own step is ``step - offset``.
+        self.offsets = np.array(start.offsets if start.offsets is not None else [0] * len(self.slots), np.int64)
         self.k = policy.steps_per_call
         self.started = self.last_save = self.last_flush = time.time()
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
@@ -112,7 +121,7 @@ class Engine:
         later ``execute()`` goes on exactly as if it had not stopped."""
         p = self.policy
         pending, improved, calls = None, [], 0
-        while self.step < p.total and self.live.any():
+        while self._more():
             if max_calls is not None and calls == max_calls:
                 if pending is not None:
                     self._train_metrics(*pending)
@@ -127,7 +136,8 @@ class Engine:
             if pending is not None:
                 self._train_metrics(*pending)  # the previous call's, while this one runs
             pending = (self.step, handle)
-            eval_due = self.step % p.eval_every == 0 or self.step == p.total
+            eval_due = self._eval_due()
+            turnover = self.refill is not None and self.step % p.eval_every == 0  # where a free slot is refilled
             # Act on the agreed value only: a signal that lands after the agreement (during this
             # boundary's evaluation or save) stays in the flag for the next boundary's, so every
             # process stops at the same step.
@@ -135,11 +145,13 @@ class Engine:
             save_due, stop = self.agree(self._latest_due(), self.session.stop["set"] or self.hook_failed is not None)
             if stop and self.hook_failed is None:
                 self.session.stop["set"] = True
-            if eval_due or save_due or stop:
+            if eval_due or save_due or stop or turnover:
                 self._train_metrics(*pending)
                 pending = None
                 improved = self._evaluate() if eval_due else []
-                if self.step >= p.total or not self.live.any():
+                if self.refill is not None:
+                    self._turn_over()
+                if self._ended():
                     break  # the final save follows the loop
                 if save_due or stop:
                     self.save(improved)
@@ -162,6 +174,42 @@ class Engine:
         if self.hook_failed is not None:
             self.checkpointer.wait()
             self._raise_hook_failure()
+
+    def _more(self) -> bool:
+        """Whether to make another call: the run's steps remain (refill: a member is live, or a trial to come)."""
+        if self.refill is None:
+            return self.step < self.policy.total and bool(self.live.any())
+        return bool(self.live.any()) or not self.refill.source.spent()
+
+    def _ended(self) -> bool:
+        """At a boundary, after its evaluation: whether the loop ends here."""
+        if self.refill is None:
+            return self.step >= self.policy.total or not self.live.any()
+        # Refill: nothing live, and nothing to refill with (a free slot is refilled at evaluation boundaries).
+        return not self.live.any() and (self.refill.source.spent() or self.step % self.policy.eval_every == 0)
+
+    def _own(self, slot: int) -> int:
+        """The member's own step count in ``slot``."""
+        return self.step - int(self.offsets[slot])
+
+    def _due(self) -> list[int]:
+        """The live slots evaluated at this boundary: all of them, or (refill) those whose own step is due."""
+        live = [int(s) for s in np.flatnonzero(self.live)]
+        if self.refill is None:
+            return live
+        p = self.policy
+        return [s for s in live if self._own(s) % p.eval_every == 0 or self._own(s) >= p.total]
+
+    def _eval_due(self) -> bool:
+        if self.refill is None:
+            return self.step % self.policy.eval_every == 0 or self.step == self.policy.total
+        return bool(self._due())
+
+    def _by_offset(self, slots: Any) -> list[tuple[int, Any]]:
+        """``slots`` grouped by their offset, in order: one group (offset 0) without refill."""
+        slots = np.asarray(slots, np.int64)
+        offsets = self.offsets[slots]
+        return [(int(o), slots[offsets == o]) for o in dict.fromkeys(offsets.tolist())]
 
     def _hook(self, trial: int, event: str, *args: Any) -> None:
         """One member's hooks called for ``event``; a failure is kept for the next call boundary, where
@@ -195,22 +243,26 @@ class Engine:
         bad_LxK = ~np.isfinite(host["loss"][live])
         ok, diverged = live[~bad_LxK.any(axis=1)], live[bad_LxK.any(axis=1)]
         wall = self.wall()
-        if len(ok):  # the usual case: every live member's K steps in one block of rows
-            self._add([self.slots[s] for s in ok], steps, "train", {n: v[ok] for n, v in host.items()}, wall)
-            for slot in ok:
-                self.books[self.slots[slot]].steps = last_step
-                self._hook(self.slots[slot], "after_call", steps, {n: v[slot] for n, v in host.items()})
+        # The usual case: every live member's K steps in one block of rows (refill: one per offset).
+        for offset, group in self._by_offset(ok):
+            self._add([self.slots[s] for s in group], steps - offset, "train", {n: v[group] for n, v in host.items()},
+                      wall)
+        for slot in ok:
+            own = steps - self.offsets[slot]
+            self.books[self.slots[slot]].steps = int(own[-1])
+            self._hook(self.slots[slot], "after_call", own, {n: v[slot] for n, v in host.items()})
         for slot in diverged:
             trial = self.slots[slot]
             good = int(np.argmax(~np.isfinite(host["loss"][slot])))
-            self._add([trial], steps[:good], "train", {n: v[slot:slot + 1, :good] for n, v in host.items()}, wall)
-            bad_step = int(steps[good])
+            own = steps - self.offsets[slot]
+            self._add([trial], own[:good], "train", {n: v[slot:slot + 1, :good] for n, v in host.items()}, wall)
+            bad_step = int(own[good])
             if self.policy.single:
                 self.metrics.flush()
                 raise NonFiniteLoss(f"non-finite training loss at step {bad_step}; the run stopped "
                                     f"(metrics up to step {bad_step - 1} are in {self.metrics.path})")
             # Frozen inside the compiled program at the state before this call.
-            self.books[trial].steps = last_step - self.k
+            self.books[trial].steps = int(own[0]) - 1
             self._stop([int(slot)], "diverged", at=bad_step)
         if len(ok):
             self.events.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
@@ -228,29 +280,35 @@ class Engine:
         """Evaluate every live member; returns the slots whose selection metric improved."""
         sums = self.pop.eval_sums(self.evals)
         sel, wall = self.select, self.wall()
-        improved, live = [], np.flatnonzero(self.live)
+        improved, live = [], self._due()
         for slot in live:
             evals = {s: finalize(self.objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
-            if sel.metric not in evals[sel.split]:
+            if sel.metric not in evals[sel.split or "test"]:  # split "": no validation, nothing selected
                 raise ConfigError(f"objective '{self.objective.name}' returned no '{sel.metric}' metric "
-                                    f"(it returned {', '.join(evals[sel.split])})")
-            trial = self.slots[slot]
-            if self.books[trial].observe(self.step, evals, sel.split, sel.metric, sel.higher):
+                                    f"(it returned {', '.join(evals[sel.split or 'test'])})")
+            trial, own = self.slots[slot], self._own(slot)
+            if self.books[trial].observe(own, evals, sel.split, sel.metric, sel.higher):
                 improved.append(int(slot))
             for s, values in evals.items():
-                self._add([trial], np.array([self.step]), s, values, wall)
-            self._hook(trial, "on_eval", self.step, evals)
+                self._add([trial], np.array([own]), s, values, wall)
+            self._hook(trial, "on_eval", own, evals)
         improved = self._agree_on_evaluation(improved)
         if len(live):
-            self.events.on_evaluated(self.step, self.books[self.slots[live[0]]].last_eval)
+            self.events.on_evaluated(self._own(live[0]), self.books[self.slots[live[0]]].last_eval)
         if self.policy.patience:
             self._stop([int(s) for s in live if self.books[self.slots[s]].evals_since_best >= self.policy.patience],
                        "early_stopped")
-        live = [int(s) for s in np.flatnonzero(self.live)]
-        verdicts = self.events.decide(self.step, {self.slots[s]: self.books[self.slots[s]].last_eval for s in live})
-        for status in sorted(set(verdicts.values())):
-            self._stop([s for s in live if verdicts.get(self.slots[s]) == status], status)
-        if self.step in self.policy.rungs and self.step < self.policy.total:
+        live = [s for s in live if self.live[s]]
+        # A search's verdicts, asked once per own step of the members evaluated (once, without refill).
+        for offset, group in self._by_offset(live) or [(0, np.array([], np.int64))]:
+            group = [int(s) for s in group]
+            verdicts = self.events.decide(self.step - offset,
+                                          {self.slots[s]: self.books[self.slots[s]].last_eval for s in group})
+            for status in sorted(set(verdicts.values())):
+                self._stop([s for s in group if verdicts.get(self.slots[s]) == status], status)
+        if self.refill is not None:
+            self._asha([s for s in live if self.live[s]])
+        elif self.step in self.policy.rungs and self.step < self.policy.total:
             self._halve()
         self.events.at_evaluation(self)
         return improved
@@ -270,7 +328,7 @@ class Engine:
         if not slots:
             return
         for slot in slots:
-            self._finish(self.slots[slot], status, self.step if at is None else at)
+            self._finish(self.slots[slot], status, self._own(slot) if at is None else at)
         self.live[slots] = False
         self.pop.stop(slots)
 
@@ -278,17 +336,18 @@ class Engine:
         """How a member ended, and its wall time then (members of one population share the clock)."""
         self.books[trial].finish(status, at)
         self.books[trial].wall_s = self.wall()
+        if self.refill is not None:
+            self.refill.source.tell(trial, self.books[trial])
+
+    def _badness(self, slot: int) -> float:
+        """The member's last selection metric, lower better: what halving ranks by (NaN is worst)."""
+        value = self.books[self.slots[slot]].last_eval[self.select.split][self.select.metric]
+        return math.inf if math.isnan(value) else (-1.0 if self.select.higher else 1.0) * value
 
     def _halve(self) -> None:
         """Successive halving: the worst live members stop here; their records stay."""
         live = [int(s) for s in np.flatnonzero(self.live)]
-        sign = -1.0 if self.select.higher else 1.0
-
-        def badness(slot: int) -> tuple[float, int]:
-            value = self.books[self.slots[slot]].last_eval[self.select.split][self.select.metric]
-            return (math.inf if math.isnan(value) else sign * value, self.slots[slot])
-
-        ranked = sorted(live, key=badness)
+        ranked = sorted(live, key=lambda slot: (self._badness(slot), self.slots[slot]))
         survivors = max(1, math.ceil(len(ranked) * self.policy.keep))
         self._stop(ranked[survivors:], "stopped")
         kept = [int(s) for s in np.flatnonzero(self.live)]
@@ -296,6 +355,44 @@ class Engine:
             self.pop.keep_only(kept)
             self.slots = [self.slots[s] for s in kept]
             self.live = self.live[kept]
+
+    # -- refill (``slots.py``) ---------------------------------------------------------------------
+    def _asha(self, slots: list[int]) -> None:
+        """Asynchronous successive halving: each of ``slots`` at a rung of its own step is recorded there,
+        then stopped unless it ranks in the top ``keep`` of the rung's record (``RungRecord``)."""
+        p, rungs = self.policy, self.refill.rungs
+        at_rung = [s for s in slots if self._own(s) in p.rungs and self._own(s) < p.total]
+        for s in at_rung:
+            rungs.record(self._own(s), self.slots[s], self._badness(s))
+        self._stop([s for s in at_rung if not rungs.kept(self._own(s), self.slots[s], p.keep)], "stopped")
+
+    def _turn_over(self) -> None:
+        """Members at their own last step end "done"; at an evaluation boundary each free slot takes the
+        source's next trial (fresh state, its data order from its step 0)."""
+        ended = [int(s) for s in np.flatnonzero(self.live) if self._own(int(s)) >= self.policy.total]
+        for slot in ended:
+            self._finish(self.slots[slot], "done")
+        if ended:
+            self.live[ended] = False
+            self.pop.stop(ended)
+        if self.step % self.policy.eval_every:
+            return
+        for slot in [int(s) for s in np.flatnonzero(~self.live)]:
+            trial = self.refill.source.next_trial()
+            if trial is None:
+                return
+            self._enter(slot, trial)
+
+    def _enter(self, slot: int, trial: int) -> None:
+        state, seed = self.refill.fresh(trial)
+        self.pop.put(slot, state)
+        self.pop.feed.enter(slot, seed, self.step)
+        self.slots[slot], self.offsets[slot], self.live[slot] = trial, self.step, True
+        self.refill.entered[trial] = self.step
+        if trial not in self.members:
+            self.members.append(trial)
+        self.books[trial] = Bookkeeping(status="running")
+        self.hooks[trial] = self.refill.hooks(trial)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -305,6 +402,8 @@ class Engine:
                 self.books[t].wall_s = wall
         meta = checkpoint_meta(self.step, wall, self.members, self.slots, self.live, self.books,
                                **self.session.position(self.step))
+        if self.refill is not None:
+            meta = {**meta, "offsets": [int(o) for o in self.offsets], "refill": self.refill.to_json()}
         search = self.events.search_state()
         return {**meta, "search": search} if search else meta
 

@@ -3,7 +3,8 @@
 ``ResidentFeed`` hands row indices into the training split already on the devices (the
 compiled step gathers its rows); ``StreamFeed`` reads K batches a call from disk, stacks them on
 the host and places them once. Both keep one batch order per distinct data seed, shared by the
-members with that seed, and both carry the mesh their arrays are placed on.
+members with that seed, and both carry the mesh their arrays are placed on. ``SlotFeed`` is a
+resident feed with one batch order per slot, each at its member's own step (a refill population).
 """
 
 from __future__ import annotations
@@ -62,6 +63,51 @@ class ResidentFeed:
 
     def keep_only(self, positions: list[int]) -> ResidentFeed:
         return ResidentFeed([self.seeds[i] for i in positions], self.train, self.batch_size, self.mesh, self.slots)
+
+    def close(self) -> None:
+        pass
+
+
+class SlotFeed:
+    """Batches of the device-resident split for a refill population: a batch order per slot, each at its
+    own step (the global step less the step its slot took its trial, the slot's offset).
+
+    One row of indices per slot (``which`` is the identity), so the input shape never changes
+    when a slot takes a new trial with another data seed or at another step: no recompiling.
+    """
+
+    stream = False
+
+    def __init__(self, seeds: list[int], offsets: list[int], train: DeviceSplit, batch_size: int, mesh: Mesh):
+        self.train, self.batch_size, self.mesh = train, batch_size, mesh
+        self.seeds, self.offsets = list(seeds), np.array(offsets, np.int64)
+        self.orders = [EpochOrder(train.rows, batch_size, seed) for seed in self.seeds]
+        self.which = np.arange(len(self.seeds), dtype=np.int32)
+
+    def enter(self, slot: int, seed: int, first_step: int) -> None:
+        """Slot ``slot`` takes a new trial with data seed ``seed`` at global step ``first_step``: its batches
+        start again from that trial's step 0."""
+        self.seeds[slot], self.offsets[slot] = seed, first_step
+        self.orders[slot] = EpochOrder(self.train.rows, self.batch_size, seed)
+
+    def _indices(self, slot: int, first_step: int, k: int) -> np.ndarray:
+        return self.orders[slot].indices(max(0, first_step - int(self.offsets[slot])), k)
+
+    def population_args(self, first_step: int, k: int) -> tuple:
+        """``(x, y, idx)``: idx (slots, K, batch) row indices, each slot's at its own step."""
+        idx = np.stack([self._indices(i, first_step, k) for i in range(len(self.seeds))])
+        if members_split(len(self.seeds)):
+            placed = jax.device_put(idx, replicated(self.mesh))
+        else:
+            placed = place_indices(idx, self.mesh)
+        return self.train.x, self.train.y, placed
+
+    def member_args(self, i: int, first_step: int, k: int) -> tuple:
+        """``(x, y, idx)`` of slot ``i``: its (K, batch) row indices, the batch split over the devices."""
+        return self.train.x, self.train.y, place_indices(self._indices(i, first_step, k), self.mesh)
+
+    def keep_only(self, positions: list[int]) -> SlotFeed:
+        raise NotImplementedError("a refill population keeps its size: it never repacks")
 
     def close(self) -> None:
         pass
@@ -139,7 +185,4 @@ class StreamFeed:
         self.readers = {}
 
 
-Feed = ResidentFeed | StreamFeed
-
-
-Feed = ResidentFeed | StreamFeed
+Feed = ResidentFeed | SlotFeed | StreamFeed

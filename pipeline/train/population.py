@@ -10,6 +10,7 @@ places its states on that feed's mesh.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from jax.sharding import Mesh
 
 from pipeline.data.device import EvalBatches
 from pipeline.sharding import batch_sharding, replicated
+from pipeline.train.exploit import make_exploit
 from pipeline.train.feeds import Feed
 from pipeline.train.programs import Programs
 from pipeline.train.state import TrainState
@@ -38,9 +40,23 @@ def stack(states: list[TrainState]) -> TrainState:
     return jax.tree.map(lambda *leaves: np.stack(leaves), *jax.device_get(states))
 
 
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _put_member(state: Any, live: jax.Array, member: Any, slot: jax.Array) -> tuple[Any, jax.Array]:
+    """``member`` into row ``slot`` of the stacked ``state``, and that slot live: one program, whatever the slot."""
+    state = jax.tree.map(lambda a, m: jax.lax.dynamic_update_index_in_dim(a, m.astype(a.dtype), slot, 0), state, member)
+    return state, jax.lax.dynamic_update_index_in_dim(live, jnp.ones((), live.dtype), slot, 0)
+
+
 def unstack(state: Any, size: int) -> list[Any]:
     """Host arrays in: host arrays out (each member is placed on the device by its population)."""
     return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(size)]
+
+
+def inherit_order(feed: Feed, parents: np.ndarray) -> Feed:
+    """PBT: each member's data order becomes its parent's (``parents[i]``), on the host."""
+    feed.seeds = [feed.seeds[int(p)] for p in parents]
+    feed.which = np.asarray(feed.which)[np.asarray(parents)]
+    return feed
 
 
 class VmapPopulation:
@@ -73,6 +89,12 @@ class VmapPopulation:
         mask[slots] = False
         self.live = self.live & jnp.asarray(mask)
 
+    def put(self, slot: int, state: TrainState) -> None:
+        """A new member's state into ``slot``, live from the next call (a refill: no shape changes)."""
+        member = jax.device_put(jax.device_get(state), replicated(self.mesh))
+        state, live = _put_member(self.state, self.live, member, np.int32(slot))
+        self.state, self.live = split_members(state, self.mesh), split_members(live, self.mesh)
+
     def keep_only(self, slots: list[int]) -> None:
         """Repack to the given slots (successive halving frees the stopped members' compute)."""
         idx = jnp.asarray(slots)  # on the device, then re-split: no round trip through the host
@@ -85,6 +107,17 @@ class VmapPopulation:
         """The members' states stacked, on the devices (what a checkpoint saves)."""
         return self.state
 
+    def exploit(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
+        """PBT: member i becomes a copy of member ``parents[i]`` (its whole state and data order), then
+        takes the values ``hparams`` ({leaf index: (P,) values}); one compiled gather, whoever copies whom."""
+        order = tuple(sorted(hparams))
+        if getattr(self, "exploit_program", (None,))[0] != order:
+            self.exploit_program = (order, make_exploit(tuple((i,) for i in order)))
+        state, which = self.exploit_program[1](self.state, self.which, jnp.asarray(parents, jnp.int32),
+                                               tuple(jnp.asarray(hparams[i]) for i in order))
+        self.state, self.which = split_members(state, self.mesh), split_members(which, self.mesh)
+        self.feed = inherit_order(self.feed, parents)
+
 
 class SoloPopulation:
     """The members, each stepped by the solo compiled programs: a run is one of one."""
@@ -94,6 +127,7 @@ class SoloPopulation:
         # Committed like the data and the programs' outputs, so each program compiles once.
         place = programs.place or (lambda tree: jax.device_put(tree, replicated(feed.mesh)))
         placed = [place(s) for s in states]
+        self.place = place
         # Each member as its leaves between calls (``OverLeaves``); every member has one structure.
         self.treedef = jax.tree.structure(placed[0])
         self.leaves = [jax.tree.leaves(s) for s in placed]
@@ -150,6 +184,11 @@ class SoloPopulation:
     def stop(self, slots: list[int]) -> None:
         self.live[slots] = False
 
+    def put(self, slot: int, state: TrainState) -> None:
+        """A new member's state into ``slot``, live from the next call (a refill)."""
+        self.leaves[slot] = jax.tree.leaves(self.place(jax.device_get(state)))
+        self.live[slot] = True
+
     def keep_only(self, slots: list[int]) -> None:
         self.leaves = [self.leaves[i] for i in slots]
         self.live = self.live[slots]
@@ -158,3 +197,17 @@ class SoloPopulation:
     def states(self) -> Any:
         """The members' states stacked (on the host)."""
         return stack(self.members)
+
+    def exploit(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
+        """What ``VmapPopulation.exploit`` does, member by member: a copied member gets its own buffers
+        (each member's are donated to its calls)."""
+        old = list(self.leaves)
+        for i, parent in enumerate(int(p) for p in parents):
+            leaves = list(old[parent])
+            if parent != i:
+                leaves = [jax.device_put(a, a.sharding, may_alias=False) for a in leaves]
+            for j, values in hparams.items():
+                a = leaves[j]
+                leaves[j] = jax.device_put(np.broadcast_to(np.asarray(values[i], a.dtype), a.shape), a.sharding)
+            self.leaves[i] = leaves
+        self.feed = inherit_order(self.feed, parents)

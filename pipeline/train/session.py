@@ -20,12 +20,13 @@ import numpy as np
 
 from pipeline.data.stream import StreamingReader
 from pipeline.durable.files import remove_path
+from pipeline.errors import PipelineError
 from pipeline.hooks import Hook
 from pipeline.track.metrics import MetricsTable
 from pipeline.track.profile import Profiler
 from pipeline.train.checkpoint import Checkpointer, books_from_meta
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.feeds import Feed, ResidentFeed, StreamFeed
+from pipeline.train.feeds import Feed, ResidentFeed, SlotFeed, StreamFeed
 from pipeline.train.prepare import Prepared
 
 
@@ -37,13 +38,17 @@ def stop_message(where: str, how_to_go_on: str) -> str:
 @dataclass
 class Start:
     """Where the engine starts: the step and wall clock, the trial in each slot (None: padding),
-    which slots are live, and every member's bookkeeping (shared with the caller, updated in place)."""
+    which slots are live, and every member's bookkeeping (shared with the caller, updated in place).
+    A refill population (``slots.py``) also says every trial that has taken a slot so far
+    (``members``) and the step at which each slot took its trial (``offsets``)."""
 
     step: int = 0
     wall_s: float = 0.0
     slots: list[int | None] = field(default_factory=lambda: [0])
     live: np.ndarray | None = None
     books: dict[int, Bookkeeping] = field(default_factory=lambda: {0: Bookkeeping()})
+    members: list[int] | None = None  # None: the trials in the slots
+    offsets: list[int] | None = None  # None: every slot's is 0
 
     @classmethod
     def from_meta(cls, meta: dict, books: dict[int, Bookkeeping] | None = None) -> Start:
@@ -67,6 +72,9 @@ class NoMetrics:
         pass
 
     def truncate_after(self, step: int) -> None:
+        pass
+
+    def truncate_members(self, last: dict[int, int]) -> None:
         pass
 
 
@@ -93,11 +101,24 @@ class Session:
         remove_path(self.checkpointer.directory)
         self.checkpointer = Checkpointer(self.checkpointer.directory, self.keep)
 
-    def begin(self, start: Start, seeds: list[int] | None = None, slots: int = 1, own_reader: bool = True) -> Feed:
-        """Start at ``start``: rows an earlier attempt wrote past it are dropped, and the feed opens there."""
+    def begin(self, start: Start, seeds: list[int] | None = None, slots: int = 1, own_reader: bool = True,
+              own_steps: dict[int, int] | None = None) -> Feed:
+        """Start at ``start``: rows an earlier attempt wrote past it are dropped, and the feed opens there.
+
+        ``own_steps`` (a refill population, whose members count their own steps): each trial's last
+        step to keep rows of (a trial not in it keeps none), and a feed with a batch order per slot,
+        each at its own step (``start.offsets``)."""
         self.start = start
-        self.metrics.truncate_after(start.step)
-        self.feed = open_feed(self.prep, start.step, seeds, slots, own_reader)
+        if own_steps is None:
+            self.metrics.truncate_after(start.step)
+            self.feed = open_feed(self.prep, start.step, seeds, slots, own_reader)
+            return self.feed
+        self.metrics.truncate_members(own_steps)
+        if self.prep.reader is not None:
+            raise PipelineError(f"dataset '{self.prep.cfg.data.name}' is streamed from disk (over the device "
+                                "budget); refill needs it on the device: run without --refill")
+        offsets = start.offsets or [0] * len(seeds)
+        self.feed = SlotFeed(seeds, offsets, self.prep.train, self.prep.cfg.batch_size, self.prep.mesh)
         return self.feed
 
     def position(self, step: int) -> dict:
