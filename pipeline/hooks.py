@@ -25,6 +25,10 @@ class RunInfo:
     config: dict[str, Any]  # the resolved config as in config.json
     total_steps: int
     first_step: int  # > 0 when the run resumed
+    # A sweep's trial (None for a run of its own): trackers group the trials of one sweep by its folder.
+    sweep_dir: Path | None = None  # the sweep folder
+    trial: int | None = None  # the trial's id (its row of trials.parquet)
+    swept: dict[str, Any] | None = None  # the trial's values of the swept keys, by dotted key
 
 
 class Hook:

@@ -116,6 +116,22 @@ def list_runs(root: Path | None = None, warn=None) -> list[dict]:
     return [{c: row.get(c, "") for c in (*RUN_COLUMNS, *metrics)} for row in rows]
 
 
+def _selection_lines(summary: dict[str, Any]) -> list[str]:
+    """The selected step and what selected it; a selection that read the test split, flagged."""
+    best, selection = summary.get("best"), summary.get("selection")
+    lines = []
+    if isinstance(best, dict) and isinstance(selection, dict):
+        split = selection.get("split")
+        chose = "nothing (no validation split)" if split == "none" else f"{split}/{selection.get('metric')}"
+        lines.append(f"{'best':<12} step {best.get('step')}, selected on {chose}")
+        metrics = best.get("metrics")
+        if isinstance(metrics, dict) and split != "none":
+            lines += [f"  {k:<10} {v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))]
+        if selection.get("flag"):
+            lines.append(f"{'WARNING':<12} {selection['flag']}")
+    return lines
+
+
 def show_run(run: Path) -> str:
     _require_run(run)
     config = _config(run)
@@ -124,6 +140,11 @@ def show_run(run: Path) -> str:
     if summary is not None:
         lines.append(f"steps        {summary['steps']}  wall {summary['wall_s']:.1f} s")
         lines += [f"{k:<12} {v:.6g}" for k, v in summary["metrics"].items()]
+        for row in summary.get("pbt_history", []):  # a PBT member's hyperparameters over time
+            lines.append(f"pbt          step {row.get('step')} from trial {row.get('parent')}: "
+                         + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                    if k not in ("step", "parent")))
+        lines += _selection_lines(summary)
     else:
         lines.append("status       unfinished (no summary.json)")
     rows = _metrics_rows(run)

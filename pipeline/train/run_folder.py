@@ -20,7 +20,7 @@ DATASET_FILE = "dataset.json"
 # other devices (a checkpoint restores onto any mesh), without changing what the saved state means.
 RESUMABLE_CHANGES = (
     "steps", "epochs", "eval_every", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep", "patience",
-    "steps_per_call", "plot", "log", "profile", "mesh.data", "mesh.fsdp",
+    "steps_per_call", "plot", "log", "mlflow_uri", "profile", "mesh.data", "mesh.fsdp",
 )
 
 
