@@ -1,7 +1,7 @@
 """A JAX training pipeline: Flax NNX models, Optax updates, Parquet records.
 
 The Python surface (loaded on first use, so ``import pipeline`` stays light):
-``fit``, ``load_run``, ``register_model``, ``register_objective``, ``register_optimizer``,
+``fit``, ``load_run``, ``sweep``, ``register_model``, ``register_objective``, ``register_optimizer``,
 ``register_schedule``, ``Config``, ``ModelConfig``,
 ``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``Hook``, ``RunInfo``, ``PipelineError``.
 """
@@ -21,11 +21,14 @@ _EXPORTS = {
     "DataConfig": "pipeline.config", "traced": "pipeline.config",
     "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",
     "Hook": "pipeline.hooks", "RunInfo": "pipeline.hooks",
+    "sweep": "pipeline.sweep", "SweepResult": "pipeline.sweep.python",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "sweep":  # the subpackage, which is also the function (pipeline/sweep/__init__.py)
+        return importlib.import_module(_EXPORTS[name])
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", default=None, metavar="DIR",
                    help="where the accel suite's report is copied as accel-DEVICE.md (default docs/benchmarks)")
     p.add_argument("--no-docs", action="store_true", help="do not copy the accel suite's report")
+    p.add_argument("--seeds", type=int, default=3, help="search seeds per strategy of the search suite (default 3)")
     p.add_argument("--list", action="store_true", help="list the suites and points, measure nothing")
     p.add_argument("--json", action="store_true", help="print the new rows' summary as JSON on the last line")
 
@@ -53,6 +54,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.list:
         print(list_text())
         return 0
+    if args.suites[:1] == ["search"]:
+        return search_from_args(args)
     names, overrides = split_names([*args.suites, *args.overrides])
     peers = parse_peers(args.peers)
     select(names)  # unknown names fail here, before anything is measured
@@ -92,4 +95,23 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"report copied to {accel.publish(out, docs, slug)}")
     if args.json:
         print(json.dumps(summary(rows, out)))
+    return 0
+
+
+def search_from_args(args: argparse.Namespace) -> int:
+    """``pipeline bench search [TASK ...] [--peers STRATEGY,...] [--seeds N]`` (``bench/search.py``)."""
+    from pipeline.bench.search import STRATEGIES, TASKS, run_search_bench
+    from pipeline.errors import PipelineError
+
+    tasks = [*args.suites[1:], *args.overrides] or list(TASKS)
+    strategies = args.peers.split(",") if args.peers else list(STRATEGIES)
+    for name, known, what in [(t, TASKS, "task") for t in tasks] + [(s, STRATEGIES, "strategy") for s in strategies]:
+        if name not in known:
+            raise PipelineError(f"unknown search benchmark {what} '{name}'; choose from {', '.join(known)}")
+    if args.seeds < 1:
+        raise PipelineError(f"bad value for '--seeds': {args.seeds} must be at least 1")
+    out = Path(args.out) if args.out else Path("bench-results")
+    docs = Path(args.docs) if args.docs and not args.no_docs else None  # the report only where asked
+    run_search_bench(out, tasks, strategies, args.seeds, docs)
+    print(f"results: {out / 'search.parquet'}" + (f"; report: {docs / 'search.md'}" if docs else ""))
     return 0

@@ -124,10 +124,25 @@ def population_bytes(text: str) -> int:
 
 
 def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> int:
+    from pipeline.sweep.report import show_sweep
+
+    summary = sweep_from_args(args, store, enable_cache)
+    print(show_sweep(Path(summary["sweep_dir"]), top=args.top))
+    print(f"sweep folder: {summary['sweep_dir']}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def sweep_from_args(args: argparse.Namespace, store, enable_cache: Callable | None = None,
+                    hooks: Callable[[int], list] | None = None) -> dict:
+    """Check the parsed command line, run (or resume) the sweep, return its summary: the command's
+    work, shared by ``pipeline sweep`` and ``pipeline.sweep(...)`` (``python.py``, which also passes
+    ``hooks``: each trial's own ``pipeline.Hook`` objects, by trial id)."""
     from pipeline.durable.folder_locks import folder_lock
     from pipeline.sweep.folder import is_empty_dir, is_sweep_dir
-    from pipeline.sweep.report import show_sweep
     from pipeline.sweep.runner import SweepOptions, run_sweep
+    from pipeline.sweep.strategy import PBT
 
     if args.vmap and args.no_vmap:
         raise PipelineError("--vmap and --no-vmap contradict each other; give one (or neither: the faster is measured)")
@@ -151,17 +166,15 @@ def run_from_args(args: argparse.Namespace, store, enable_cache: Callable) -> in
         show_progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address,
         ray_gpus=args.ray_gpus,
         ray_timeout=SweepOptions.ray_timeout if args.ray_timeout is None else args.ray_timeout,
-        pruner=args.pruner, refill=args.refill,
+        pruner=args.pruner, refill=args.refill, hooks=hooks,
     )
-    enable_cache(args)
+    if enable_cache is not None:
+        enable_cache(args)
+    run = run_sweep
+    if opts.strategy == PBT:
+        from pipeline.sweep.pbt_run import run_pbt as run
     if opts.sweep_dir is not None and (is_sweep_dir(opts.sweep_dir) or is_empty_dir(opts.sweep_dir)):
         # An existing folder is locked before anything is loaded: a second sweep into it stops at once.
         with folder_lock(opts.sweep_dir, "sweep folder"):
-            summary = run_sweep(args.experiment, list(args.overrides), store, opts)
-    else:
-        summary = run_sweep(args.experiment, list(args.overrides), store, opts)
-    print(show_sweep(Path(summary["sweep_dir"]), top=args.top))
-    print(f"sweep folder: {summary['sweep_dir']}")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+            return run(args.experiment, list(args.overrides), store, opts)
+    return run(args.experiment, list(args.overrides), store, opts)

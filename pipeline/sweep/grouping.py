@@ -18,7 +18,8 @@ import jax
 from pipeline.config import Config, ConfigError, apply_overrides, flat_keys, is_switch, traced_fields
 from pipeline.data import DatasetInfo
 from pipeline.sweep.space import Space, format_value
-from pipeline.train.prepare import carves_validation, total_steps, train_rows
+from pipeline.train.prepare import total_steps, train_rows
+from pipeline.train.selection import check_ranking
 from pipeline.train.steps_per_call import choose_steps_per_call
 
 DEFAULT_POPULATION_BYTES = 2 * 1024**3
@@ -56,30 +57,35 @@ def make_trials(base: Config, space: Space, points: list[dict[str, Any]]) -> lis
     return out
 
 
-def group_key(cfg: Config, carves_validation: bool) -> str:
-    """The config with its traced fields (marked on the config classes) blanked, switches kept as on/off."""
+def group_key(cfg: Config) -> str:
+    """The config with its traced fields (marked on the config classes) blanked, switches kept as on/off.
+
+    The seeds are traced: a carved validation split is drawn by ``data.validation_seed`` (part of
+    the key), not by the trial's seed, so trials differing only in seeds share data and a program.
+    """
     flat = flat_keys(cfg)
     for key, f in traced_fields(cfg).items():
         value = flat.pop(key)
         if is_switch(f):
             flat[key + ">0"] = bool(value > 0)
-    if carves_validation:  # the data seed also picks which rows are held out: different data
-        flat["validation_rows_seed"] = cfg.resolved_data_seed
     return json.dumps(flat, sort_keys=True, default=str)
 
 
 def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Group]:
-    """Group trials by their compiled program, in order of first appearance; fix each group's steps."""
+    """Group trials by their compiled program, in order of first appearance; fix each group's steps.
+
+    A group's trials share their data config and ``selection.split``: a group without a validation
+    split to rank on is refused here, before anything runs (``check_ranking``)."""
     groups: dict[str, Group] = {}
     for t in trials:
-        info = infos[t.cfg.data.name]
-        key = group_key(t.cfg, carves_validation(t.cfg, info))
+        key = group_key(t.cfg)
         g = groups.setdefault(key, Group(len(groups), key))
         g.trials.append(t.id)
         t.group = g.id
     for g in groups.values():
         cfg = trials[g.trials[0]].cfg
         info = infos[cfg.data.name]
+        check_ranking(cfg, info)
         g.total_steps = total_steps(cfg, train_rows(cfg, info))
         g.steps_per_call = choose_steps_per_call(cfg, g.total_steps)
     return list(groups.values())

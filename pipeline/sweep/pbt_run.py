@@ -156,7 +156,8 @@ def _run_population(g: grouping.Group, prep, trials: list[grouping.Trial], recs:
 
         run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints", Halving(), interrupted,
                        write_trials, on_progress, seed_slots, name, at_evaluation=controller.at_evaluation,
-                       search_state=controller.search_state, on_start=controller.on_start)
+                       search_state=controller.search_state, on_start=controller.on_start,
+                       hooks=opts.hooks)
         population = PopulationRun(run, 0, members, size)
         population.execute()
     controller.write()

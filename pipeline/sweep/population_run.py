@@ -62,6 +62,7 @@ class GroupRun:
     at_evaluation: Callable[[Engine], None] | None = None
     search_state: Callable[[], dict] | None = None
     on_start: Callable[[dict | None], None] | None = None
+    hooks: Callable[[int], list[Hook]] | None = None  # a trial's own hooks (``pipeline.sweep(hooks=)``), by trial id
     select: Selection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +79,22 @@ class _AfterSave(Hook):
 
     def on_checkpoint(self, step: int, best: bool) -> None:
         self.callback()
+
+
+def trial_hooks(trial: Trial, sweep_dir: Path, experiment: str, total_steps: int,
+                own: Callable[[int], list[Hook]] | None, after_save: Callable[[], None] | None) -> Hook:
+    """A member's hooks: its trackers (``log=``, under ``SWEEP_DIR/trials/TRIAL/``, told their sweep so
+    MLflow nests the trial under the sweep's run and W&B groups it) and its own hooks (``pipeline.sweep
+    (hooks=)``); ``after_save`` (given to one member: once per save) rewrites the trials table."""
+    tracked = trackers(trial.cfg) + (list(own(trial.id)) if own else [])
+    if tracked:
+        info = RunInfo(sweep_dir / "trials" / str(trial.id), experiment, to_dict(trial.cfg), total_steps, 0,
+                       sweep_dir=sweep_dir, trial=trial.id, swept=dict(trial.values))
+        for hook in tracked:
+            hook.on_start(info)
+    if after_save is not None:
+        tracked.append(_AfterSave(after_save))
+    return Hooks(tracked)
 
 
 class PopulationRun:
@@ -138,18 +155,9 @@ class PopulationRun:
             remove_path(self.folder.with_name(self.folder.name + ".curves"))
 
     def _trackers(self, trial: int) -> Hook:
-        """Each member's trackers (``log=``), under ``SWEEP_DIR/trials/TRIAL/``; and the trials table
-        rewritten at every checkpoint (by the first member's hook: once per save)."""
-        tracked = trackers(self.cfg.log)
-        if tracked:
-            cfg = self.run.trials[trial].cfg
-            info = RunInfo(self.run.checkpoints.parent / "trials" / str(trial), self.run.experiment, to_dict(cfg),
-                           self.run.group.total_steps, 0)
-            for hook in tracked:
-                hook.on_start(info)
-        if trial == self.members[0]:
-            tracked.append(_AfterSave(self.run.on_checkpoint))
-        return Hooks(tracked)
+        return trial_hooks(self.run.trials[trial], self.run.checkpoints.parent, self.run.experiment,
+                           self.run.group.total_steps, self.run.hooks,
+                           self.run.on_checkpoint if trial == self.members[0] else None)
 
     def _fresh_states(self, slots: list[int | None]) -> list[Any]:
         states = []

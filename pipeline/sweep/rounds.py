@@ -217,7 +217,7 @@ class RoundLoop:
         seeds = "data_seed" in swept or ("seed" in swept and self.trials[g.trials[0]].cfg.data_seed is None)
         run = GroupRun(g, prep, programs, vmap, self.trials, self.recs, self.sweep_dir / "checkpoints",
                        Halving(tuple(opts.rungs), opts.keep), self.interrupted, self.write_trials,
-                       self.on_progress, size if seeds else 1, self.sp.name, decide=self.decide)
+                       self.on_progress, size if seeds else 1, self.sp.name, decide=self.decide, hooks=opts.hooks)
         self.compiled[g.id] = _GroupPrograms(prep, run, size)
         self.plans[str(g.id)] = {"plan": "population" if vmap else "sequential", "forced": opts.vmap is not None,
                                  "why": "a search trains populations"}

@@ -35,6 +35,7 @@ from pipeline.objectives import resolve
 from pipeline.signals import sigint_flag
 from pipeline.sweep import folder, grouping, plan_probe, records, rounds, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
+from pipeline.sweep.refill import run_refill_group
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress
@@ -62,6 +63,7 @@ class SweepOptions:
     ray_gpus: float = 0.0  # GPUs each population's task asks Ray for
     ray_timeout: float = 30.0  # seconds to reach the cluster, and for its first task to start
     pruner: str | None = None  # a search's pruner (optuna_search.PRUNERS); None: members run to the end
+    hooks: Callable[[int], list] | None = None  # each trial's own hooks, by trial id (``pipeline.sweep(hooks=)``)
     refill: bool = False  # a stopped member's slot takes the next trial (not built yet)
 
 
@@ -136,9 +138,17 @@ def resolve_sweep(experiment: str, args: list[str], store: Store, opts: SweepOpt
     identity = json.loads(json.dumps({
         "experiment": name, "base_config": to_dict(base), "space": space.spelling(), "strategy": strategy_name,
         "trials_requested": count, "search_seed": opts.search_seed, "rungs": list(opts.rungs),
-        "keep": opts.keep if opts.rungs else None,
+        "keep": opts.keep if opts.rungs else None, "refill": opts.refill,
     }))
     return ResolvedSweep(name, base, space, strategy_name, count, trials, infos, groups, identity, module)
+
+
+def check_refill(opts: SweepOptions) -> None:
+    if opts.refill and opts.executor == "ray":
+        raise ConfigError("--refill runs a group as one population in this process; it cannot run with "
+                          "--executor ray")
+    if opts.refill and opts.strategy == "pbt":
+        raise ConfigError("--refill and --strategy pbt both replace members of a running population; give one")
 
 
 def check_one_process() -> None:
@@ -152,12 +162,7 @@ def check_one_process() -> None:
 def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the summary object (also in ``SWEEP_DIR/summary.json``)."""
     check_one_process()
-    if opts.strategy == strategy.PBT:
-        from pipeline.sweep.pbt_run import run_pbt  # pbt_run builds on this module: imported when used
-
-        return run_pbt(experiment, args, store, opts)
-    if opts.refill:
-        raise PipelineError("--refill is not built yet")
+    check_refill(opts)
     started = time.time()
     ray = None
     if opts.executor == "ray":
@@ -217,8 +222,13 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
                 continue
             prep = prepare(trials[g.trials[0]].cfg, store, steps_per_call=g.steps_per_call)
             try:
-                run_group(g, prep, trials, chunks, recs, sweep_dir, opts, plans, saved_plans, interrupted,
-                          write_trials, on_progress, name)
+                if opts.refill:  # the whole group as one population whose stopped slots take the next trials
+                    run_refill_group(g, prep, trials, recs, sweep_dir, opts, plans, interrupted, write_trials,
+                                     on_progress, name)
+                    record_plans(sweep_dir, plans)
+                else:
+                    run_group(g, prep, trials, chunks, recs, sweep_dir, opts, plans, saved_plans, interrupted,
+                              write_trials, on_progress, name)
             finally:
                 if prep.reader is not None:
                     prep.reader.close()
@@ -274,7 +284,7 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
             programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
         run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
                        Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots,
-                       name)
+                       name, hooks=opts.hooks)
         size = max(len(c) for c in g.chunks)
         if vmap:  # a multiple of the devices, so each device steps its own members
             size = -(-size // jax.device_count()) * jax.device_count()

@@ -1,0 +1,234 @@
+"""``pipeline bench search``: what the search strategies are for, at a fixed wall-clock budget.
+
+Each (task, strategy, search seed) runs in a fresh Python process for the task's budget of
+seconds, counted from the moment the process is started (imports and compiles included), and is
+then stopped with SIGINT, as a user's Ctrl-C would. Every validation evaluation of every trial is
+recorded with its time by a hook, the same hook for every strategy, so "best so far" means the
+same thing for all of them: the best validation metric any trial had reached by that time, and
+the trial (and step) chosen is the one with that best value, whose test metric is reported.
+
+The anchor is what a user would run today: Optuna's ``study.optimize`` with the same TPE sampler,
+calling ``pipeline.fit`` one trial at a time in one process. The others are ``pipeline.sweep``:
+random search in populations, TPE asked a population at a time, population-based training, and
+random search with slot refill and ASHA rungs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    experiment: str
+    budget_s: float
+    overrides: tuple[str, ...]  # every trial's fixed keys (short trials: the budget holds many)
+    metric: str  # the validation metric the search is judged by
+    higher: bool
+    pbt_interval: int
+
+
+SPACE = {"optimizer.learning_rate": "loguniform(1e-4,3e-1)", "optimizer.b1": "uniform(0.5,0.99)"}
+TASKS = {
+    "mlp": Task("mlp", "digits_mlp", 25.0, ("steps=600", "eval_every=100"), "accuracy", True, 100),
+    "cnn": Task("cnn", "digits_cnn", 40.0, ("steps=300", "eval_every=50"), "accuracy", True, 50),
+    "regression": Task("regression", "regression_mlp", 25.0, ("steps=600", "eval_every=100",
+                                                              "optimizer.schedule=constant"), "r2", True, 100),
+}
+STRATEGIES = ("optuna_sequential", "random", "tpe", "pbt", "refill_asha")
+POPULATION = 8
+
+# Run in a fresh process: argv[1] is this job as JSON. Prints one JSON object: the evaluations.
+SCRIPT = r'''
+import json, os, signal, sys, threading, time
+job = json.loads(sys.argv[1])
+started = job["started"]
+threading.Timer(max(0.0, started + job["budget_s"] - time.time()),
+                lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+import pipeline
+from pipeline.hooks import Hook
+events = []
+
+class Record(Hook):
+    def __init__(self, trial):
+        self.trial = trial
+    def on_eval(self, step, metrics):
+        events.append([time.time() - started, str(self.trial), int(step),
+                       metrics.get("val", {}).get(job["metric"]), metrics.get("test", {}).get(job["metric"])])
+
+def done():
+    print(json.dumps({"events": events}), flush=True)
+    os._exit(0)
+
+space, fixed = job["space"], job["overrides"]
+try:
+    if job["strategy"] == "optuna_sequential":
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=job["seed"])
+        study = optuna.create_study(direction="maximize" if job["higher"] else "minimize", sampler=sampler)
+        def objective(trial):
+            lr = trial.suggest_float("lr", 1e-4, 3e-1, log=True)
+            b1 = trial.suggest_float("b1", 0.5, 0.99)
+            result = pipeline.fit(job["experiment"], overrides=fixed + [f"optimizer.learning_rate={lr}",
+                                  f"optimizer.b1={b1}", "plot=false"], hooks=[Record(trial.number)],
+                                  run_dir=os.path.join(job["work"], f"t{trial.number}"))
+            best = result.summary["best"]["value"]
+            return best
+        study.optimize(objective, catch=())
+    else:
+        options = dict(search_seed=job["seed"], max_population=job["population"], no_vmap=False)
+        strategy, trials = job["strategy"], 100000
+        if strategy == "pbt":
+            fixed = fixed + [f"pbt.interval={job['pbt_interval']}"]
+            fixed = [f for f in fixed if not f.startswith("steps=")] + [f"steps={job['pbt_steps']}"]
+            trials = job["population"]
+        if strategy == "refill_asha":
+            strategy, options["refill"], options["rungs"] = "random", True, job["rungs"]
+        pipeline.sweep(job["experiment"], space, strategy=strategy, trials=trials,
+                       overrides=fixed + ["plot=false"], sweep_dir=os.path.join(job["work"], "sweep"),
+                       hooks=lambda trial: [Record(trial)], **options)
+except KeyboardInterrupt:
+    pass
+except pipeline.PipelineError as exc:
+    if "interrupted" not in str(exc):
+        print(json.dumps({"error": str(exc)}), flush=True)
+        os._exit(1)
+done()
+'''
+
+
+def run_job(task: Task, strategy: str, seed: int, work: Path) -> dict[str, Any]:
+    """One strategy on one task for the task's budget, in a fresh process; its evaluations."""
+    steps = int(next(o for o in task.overrides if o.startswith("steps=")).split("=")[1])
+    every = int(next(o for o in task.overrides if o.startswith("eval_every=")).split("=")[1])
+    job = {"started": time.time(), "budget_s": task.budget_s, "metric": task.metric, "higher": task.higher,
+           "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides), "strategy": strategy,
+           "seed": seed, "population": POPULATION, "work": str(work), "pbt_interval": task.pbt_interval,
+           "pbt_steps": steps * 20, "rungs": [every, 2 * every]}
+    env = {**os.environ, "PIPELINE_RUNS": str(work / "runs"), "PIPELINE_SWEEPS": str(work / "sweeps")}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env,
+                         timeout=task.budget_s + 600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"error": out.stderr.strip().splitlines()[-1:] or ["no output"]}
+    return result
+
+
+def summarize(task: Task, events: list[list]) -> dict[str, float]:
+    """Best validation value reached, when it was first reached, and the chosen trial's test value."""
+    sign = 1.0 if task.higher else -1.0
+    valid = [e for e in events if e[3] is not None and math.isfinite(e[3])]
+    if not valid:
+        return {"best_val": math.nan, "test_of_chosen": math.nan, "time_to_best_s": math.nan, "evaluations": 0}
+    best = max(valid, key=lambda e: (sign * e[3], -e[0]))
+    return {"best_val": best[3], "test_of_chosen": best[4] if best[4] is not None else math.nan,
+            "time_to_best_s": best[0], "evaluations": len(valid)}
+
+
+def best_so_far(task: Task, events: list[list], at: float) -> float:
+    sign = 1.0 if task.higher else -1.0
+    values = [e[3] for e in events if e[0] <= at and e[3] is not None and math.isfinite(e[3])]
+    return max(values, key=lambda v: sign * v) if values else math.nan
+
+
+def time_to_reach(task: Task, events: list[list], target: float) -> float:
+    """When ``events`` first reached ``target`` (nan: never)."""
+    for e in sorted(events, key=lambda e: e[0]):
+        if e[3] is not None and math.isfinite(e[3]) and (e[3] >= target if task.higher else e[3] <= target):
+            return e[0]
+    return math.nan
+
+
+def run_search_bench(out: Path, tasks: list[str], strategies: list[str], seeds: int,
+                     docs: Path | None) -> pa.Table:
+    rows, curves = [], []
+    for name in tasks:
+        task = TASKS[name]
+        for strategy in strategies:
+            for seed in range(seeds):
+                with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+                    result = run_job(task, strategy, seed, Path(tmp))
+                events = result.get("events", [])
+                row = {"task": name, "strategy": strategy, "seed": seed, "budget_s": task.budget_s,
+                       "metric": f"val/{task.metric}", "error": result.get("error") and str(result["error"]),
+                       **summarize(task, events)}
+                rows.append(row)
+                curves += [{"task": name, "strategy": strategy, "seed": seed, "time_s": float(e[0]),
+                            "trial": e[1], "step": e[2], "val": e[3], "test": e[4]} for e in events]
+                print(f"{name:10s} {strategy:18s} seed {seed}: best val {row['best_val']:.4f} "
+                      f"at {row['time_to_best_s']:.1f}s, test {row['test_of_chosen']:.4f}"
+                      + (f"  ERROR {row['error']}" if row["error"] else ""), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, out / "search.parquet")
+    pq.write_table(pa.Table.from_pylist(curves), out / "search-curves.parquet")
+    if docs is not None:
+        write_report(docs, rows, curves, tasks, strategies)
+    return table
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[str], strategies: list[str]) -> None:
+    """docs/benchmarks/search.md (the medians over seeds) and search.png (best so far against time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    lines = ["| task | strategy | best val (median) | test of chosen (median) | time to anchor's best (median s) |",
+             "|---|---|---|---|---|"]
+    for ax, name in zip(axes[0], tasks):
+        task = TASKS[name]
+        grid = [task.budget_s * i / 100 for i in range(101)]
+        anchor = [r for r in rows if r["task"] == name and r["strategy"] == "optuna_sequential"]
+        anchor_best = _median([r["best_val"] for r in anchor])
+        for strategy in strategies:
+            mine = [r for r in rows if r["task"] == name and r["strategy"] == strategy]
+            per_seed = [[c for c in curves if (c["task"], c["strategy"], c["seed"]) == (name, strategy, r["seed"])]
+                        for r in mine]
+            as_events = [[[c["time_s"], c["trial"], c["step"], c["val"], c["test"]] for c in cs] for cs in per_seed]
+            ax.plot(grid, [_median([best_so_far(task, ev, t) for ev in as_events]) for t in grid], label=strategy)
+            reach = _median([time_to_reach(task, ev, anchor_best) for ev in as_events]) if anchor else math.nan
+            lines.append(f"| {name} | {strategy} | {_median([r['best_val'] for r in mine]):.4f} | "
+                         f"{_median([r['test_of_chosen'] for r in mine]):.4f} | "
+                         f"{'never' if math.isnan(reach) else f'{reach:.1f}'} |")
+        ax.set_title(f"{name}: best val/{task.metric} so far")
+        ax.set_xlabel("wall time (s)")
+        ax.grid(alpha=0.3)
+        values = [c["val"] for c in curves if c["task"] == name and c["val"] is not None and math.isfinite(c["val"])]
+        if values:  # zoomed to the good end, where the strategies differ
+            top = max(values) if task.higher else min(values)
+            spread = _median([abs(v - top) for v in values]) or 0.05
+            ax.set_ylim(top - 2 * spread, top + 0.2 * spread) if task.higher else ax.set_ylim(top - 0.2 * spread,
+                                                                                               top + 2 * spread)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(docs / "search.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    seeds = len({r["seed"] for r in rows})
+    text = ["# Search benchmark", "",
+            f"`pipeline bench search`: {seeds} search seeds per strategy, medians shown; each run a fresh process "
+            "stopped by SIGINT at the task's wall-clock budget (imports and compiles included). The anchor, "
+            "`optuna_sequential`, is Optuna's `study.optimize` with TPE calling `pipeline.fit` one trial at a time.",
+            "", *lines, "", "![best validation metric so far against wall time](search.png)", ""]
+    (docs / "search.md").write_text("\n".join(text))
