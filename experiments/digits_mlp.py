@@ -7,6 +7,7 @@ from pipeline.models import MLPConfig
 def config() -> Config:
     return Config(
         data="digits",
+        objective="classification",  # a classification experiment: on other data it is refused in one line
         steps=2000,
         batch_size=64,
         eval_every=500,

@@ -7,70 +7,76 @@ a read-only folder, a full disk) is a ``PathError`` with the line the command li
 checkpoint that cannot be read is a ``CorruptFile`` naming its folder, and features the loaded model
 cannot take are a ``ModelInputError`` naming the shape it needs. ``load_run`` is a reader: it takes no
 lock and writes nothing in the run folder.
+
+The model both return is the trained NNX module with ``predict``, ``predict_proba`` and ``evaluate``
+and a call that takes DataFrames and Arrow tables by column name (pipeline/predictor.py).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pipeline.config import Config, ConfigError, apply_overrides
-from pipeline.errors import PathError, PipelineError
+from pipeline.data.from_python import DEFAULT_TEST_FRACTION, dataset_name
+from pipeline.errors import PipelineError, one_line_errors
+from pipeline.predictor import ModelInputError, Surface, with_surface
+from pipeline.sweep.space import override_list
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["FitResult", "ModelInputError", "fit", "load_run", "train_in_folder"]
 
-
-class ModelInputError(PipelineError):
-    """Features a loaded model cannot take: one line naming the shape and type it needs."""
-
-
-def one_line_errors(function: F) -> F:
-    """``function`` raising ``PipelineError`` only: an ``OSError`` becomes a ``PathError`` whose message is
-    the command line's one line for it (``PATH: reason``); the ``OSError`` stays its ``__cause__``."""
-
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except OSError as exc:
-            raise PathError.of(exc) from exc
-
-    return call  # type: ignore[return-value]
 
 
 @dataclass
 class FitResult:
     run_dir: Path
     summary: dict[str, Any]  # the same object as RUN_DIR/summary.json
-    model: Any  # the trained NNX module in eval mode; takes features as stored (normalization included)
+    # The trained NNX module in eval mode (normalization included): called on arrays, DataFrames or Arrow
+    # tables; predict, predict_proba, evaluate (pipeline/predictor.py).
+    model: Any
+
+    @property
+    def history(self) -> Any:
+        """The run's metrics (``metrics.parquet``) as a pandas DataFrame: step, split, name, value, wall time."""
+        from pipeline.track.metrics import read_metrics
+
+        return read_metrics(self.run_dir / "metrics.parquet").to_pandas()
 
 
 @one_line_errors
 def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: str | None = None,
         overrides: list[str] | dict[str, Any] | None = None, run_dir: str | Path | None = None,
-        store: Any = None, progress: bool = False, hooks: list[Any] | None = None) -> FitResult:
+        store: Any = None, progress: bool = False, hooks: list[Any] | None = None,
+        validation: Any = None, task: str | None = None,
+        test_fraction: float = DEFAULT_TEST_FRACTION) -> FitResult:
     """Train an experiment (a name in ``experiments/`` or a file path) or a ``Config``.
 
     ``data`` is a dataset name in the store, ``(x, y)`` or ``(x, y, x_test, y_test)`` numpy
-    arrays, or a pandas DataFrame (or pyarrow Table) whose ``target`` column holds the labels.
+    arrays, a pandas DataFrame (or pyarrow Table) whose ``target`` column holds the labels, or
+    ``(train_df, test_df)``: the user's own split, kept. ``validation`` is a frame stored as the
+    validation split (the run selects its best checkpoint on it instead of carving rows from train).
+    A single frame or ``(x, y)`` has no test split of its own: ``test_fraction`` of its rows are held
+    out as the test split, seeded, and a note on stderr says how many. ``task`` ("classification" or
+    "regression") says what the target is, as ``data import --task``; an integer target with many
+    distinct values must say.
+
     Arrays and frames are imported into the store once, under a name made from their content
     (``arrays-HASH``, ``frame-HASH``), so the run's config names its data like any other.
     ``overrides`` are ``KEY=VALUE`` strings or a ``{key: value}`` dict; ``run_dir`` defaults to
     a new folder under the runs root. ``hooks`` (``pipeline.Hook`` subclasses) are called between
-    compiled calls, after an experiment file's own ``hooks()``.
+    compiled calls, after an experiment file's own ``hooks()``. ``FitResult.history`` is the run's
+    metrics table as a DataFrame.
     """
     from pipeline.data import Store
     from pipeline.experiments import experiment_name, load_experiment
 
-    items = _override_list(overrides)
+    items = override_list(overrides)
     store = store if store is not None else Store()
     if data is not None:
-        items.append(f"data={_dataset_name(store, data, target)}")
+        items.append(f"data={dataset_name(store, data, target, validation, task, test_fraction)}")
+    elif validation is not None or task is not None:
+        raise ConfigError("fit(validation=..., task=...) apply to data given as a frame or arrays")
     if isinstance(experiment_or_config, Config):
         cfg, name, source, file_hooks = apply_overrides(experiment_or_config, items), "fit", "", []
     elif isinstance(experiment_or_config, (str, Path)):
@@ -141,52 +147,6 @@ def _train_in_folder_primary(cfg: Config, name: str, run_dir: str | Path | None,
             raise
 
 
-def _override_list(overrides: list[str] | dict[str, Any] | None) -> list[str]:
-    if overrides is None:
-        return []
-    if isinstance(overrides, dict):
-        from pipeline.sweep.space import format_value
-
-        return [f"{k}={format_value(v)}" for k, v in overrides.items()]
-    return list(overrides)
-
-
-def _dataset_name(store, data: Any, target: str | None) -> str:
-    """A store name for ``data``: itself, or the content-named dataset its arrays or rows were imported as."""
-    import numpy as np
-
-    from pipeline.data import import_arrays, import_dataframe
-
-    if isinstance(data, str):
-        return data
-    if isinstance(data, (tuple, list)):
-        if len(data) not in (2, 4):
-            raise ConfigError(f"fit(data=...) takes (x, y) or (x, y, x_test, y_test) arrays, not {len(data)} items")
-        arrays = [np.asarray(a) for a in data]
-        digest = hashlib.sha256()
-        for a in arrays:
-            digest.update(json.dumps([a.shape, str(a.dtype)]).encode())
-            digest.update(np.ascontiguousarray(a).tobytes())
-        name = f"arrays-{digest.hexdigest()[:12]}"
-        if not store.exists(name):
-            import_arrays(store, name, *arrays)
-        return name
-    if hasattr(data, "columns") or type(data).__name__ == "Table":
-        if not target:
-            raise ConfigError("fit(data=DataFrame) needs target=COLUMN, the column that holds the labels")
-        import pyarrow as pa
-
-        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        name = f"frame-{hashlib.sha256(sink.getvalue().to_pybytes() + target.encode()).hexdigest()[:12]}"
-        if not store.exists(name):
-            import_dataframe(store, name, data, target)
-        return name
-    raise ConfigError(f"fit(data=...) takes a dataset name, (x, y) arrays or a DataFrame, not {type(data).__name__}")
-
-
 @one_line_errors
 def load_run(run_dir: str | Path, which: str = "best") -> Any:
     """The trained model of a run folder, in eval mode, ready to call on a batch of stored features.
@@ -196,6 +156,10 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     exponential moving average, uses those parameters (as its evaluations did). Reading takes no
     lock and writes nothing in the folder (a run still training there is not disturbed). A call
     of the model on features it cannot take raises ``ModelInputError`` naming the shape it needs.
+
+    The model also takes a DataFrame or Arrow table (columns matched by the feature names stored at
+    import, in any order) and a single 1-D row, and has ``predict``, ``predict_proba`` and
+    ``evaluate`` (pipeline/predictor.py).
     """
     from flax import nnx
 
@@ -216,54 +180,4 @@ def load_run(run_dir: str | Path, which: str = "best") -> Any:
     state = restored[0]
     params = state.params if state.ema is None else state.ema
     model = nnx.merge(spec.eval_graphdef, params, typed_keys(state.rest, spec.key_leaves))
-    return _with_input_check(model, tuple(info.feature_shape), info.feature_dtype)
-
-
-_CHECKED: dict[tuple[type, tuple[int, ...], str], type] = {}
-
-
-def _with_input_check(model: Any, shape: tuple[int, ...], dtype: str) -> Any:
-    """``model``, now of a subclass of its own class whose call turns a failure on features of the
-    wrong shape or type into ``ModelInputError``; the model itself (its state, its graph, what
-    ``nnx.split`` sees but the class) is unchanged. Features it takes are passed on as given: the
-    check runs only after the call failed, so the model accepts everything it accepted before."""
-    cls = type(model)
-    key = (cls, shape, dtype)
-    if key not in _CHECKED:
-
-        def __call__(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return cls.__call__(self, x, *args, **kwargs)
-            except (TypeError, ValueError, AttributeError) as exc:
-                problem = _input_problem(x, shape, dtype)
-                if problem is None:
-                    raise
-                raise ModelInputError(problem) from exc
-
-        _CHECKED[key] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                                    "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
-    model.__class__ = _CHECKED[key]
-    return model
-
-
-def _input_problem(x: Any, shape: tuple[int, ...], dtype: str) -> str | None:
-    """Why a model trained on features of ``shape`` and ``dtype`` cannot take ``x``; None if it could."""
-    import numpy as np
-
-    wanted = f"a batch of shape (N, {', '.join(map(str, shape))}) of {dtype}" if shape else f"(N,) of {dtype}"
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        return f"the model takes {wanted} as a numpy or JAX array, not a {type(x).__name__}"
-    try:
-        kind = np.dtype(x.dtype).kind
-    except TypeError:
-        kind = "O"
-    integers = np.dtype(dtype).kind in "iu"
-    if kind not in ("iu" if integers else "biuf"):
-        return f"the model takes {wanted}, not {x.dtype} values"
-    given = tuple(x.shape)
-    if len(given) != len(shape) + 1:
-        one = "; one example is x[None]" if given == shape else ""
-        return f"the model takes {wanted}, not shape {given}{one}"
-    if not integers and given[1:] != shape:  # token sequences may be shorter than the stored ones
-        return f"the model takes {wanted}, not shape {given}"
-    return None
+    return with_surface(model, Surface(info, spec, cfg.eval_batch_size))

@@ -68,7 +68,7 @@ def cmd_data_import(args) -> int:
     try:
         info = import_dataset(_store(args), args.source, args.name, target=args.target,
                               test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
-                              layout=layout, features=features, wait=args.wait)
+                              layout=layout, features=features, wait=args.wait, task=args.task)
     except Terminated:
         print(f"error: terminated (SIGTERM): the import of '{args.name}' stopped; nothing partial was left "
               "in the store", file=sys.stderr)
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of train rows held out as test when the source has no test split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=("classification", "regression"), default=None,
+                   help="what the target is: class labels or numbers (default: decided from the values; "
+                        "an integer target with many distinct values must say)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--row-group-mb", type=float, default=8.0, help="row group size (uncompressed MiB)")
     p.add_argument("--file-mb", type=float, default=256.0, help="file size (uncompressed MiB)")

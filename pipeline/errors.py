@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 
 class PipelineError(Exception):
     """A user-facing error: its message is printed as one line, without a traceback."""
@@ -41,3 +45,20 @@ def os_error_line(exc: OSError) -> str:
     if getattr(exc, "filename2", None) is not None:
         return f"{exc.filename} -> {exc.filename2}: {reason}"
     return f"{exc.filename}: {reason}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(function: F) -> F:
+    """``function`` raising ``PipelineError`` only: an ``OSError`` becomes a ``PathError`` whose message is
+    the command line's one line for it (``PATH: reason``); the ``OSError`` stays its ``__cause__``."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:
+            raise PathError.of(exc) from exc
+
+    return call  # type: ignore[return-value]

@@ -36,7 +36,7 @@ PACKAGE = "pipeline"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("pipeline.__main__",)),
     ("cli", ("pipeline.cli", "pipeline.launch")),
-    ("api", ("pipeline", "pipeline.api")),
+    ("api", ("pipeline", "pipeline.api", "pipeline.predictor")),
     ("drivers", ("pipeline.sweep", "pipeline.bench")),
     ("train", ("pipeline.train",)),
     ("parts", ("pipeline.data", "pipeline.track", "pipeline.models", "pipeline.objectives", "pipeline.optim")),

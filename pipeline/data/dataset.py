@@ -58,6 +58,10 @@ class DatasetInfo:
     # Of the train split, float features only (stats.py): {"mean": [...], "std": [...], "min": m, "max": M}.
     # Empty for integer features and for datasets imported before it existed.
     feature_stats: dict[str, Any] = field(default_factory=dict)
+    # The source's own names, for a frame given to the trained model (pipeline/predictor.py): its feature
+    # columns in stored order, and its target column. Empty for arrays, built-ins and older datasets.
+    feature_names: list[str] = field(default_factory=list)
+    target: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -108,7 +112,7 @@ def _check_field(key: str, value: Any) -> None:
         shown = json.dumps(value)
         return ValueError(f"field '{key}' must be {want}, not {shown[:40] + '...' if len(shown) > 40 else shown}")
 
-    if key in ("name", "feature_column", "label_column", "source", "fingerprint"):
+    if key in ("name", "feature_column", "label_column", "source", "fingerprint", "target"):
         if not isinstance(value, str):
             raise bad("a string")
     elif key == "task":
@@ -127,7 +131,7 @@ def _check_field(key: str, value: Any) -> None:
     elif key in ("num_classes", "format_version"):
         if not _is_int(value) or value < 0:
             raise bad("a non-negative integer")
-    elif key == "class_names":
+    elif key in ("class_names", "feature_names"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
     elif key == "rows":

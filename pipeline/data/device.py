@@ -105,10 +105,11 @@ def to_device(split: Split, mesh: Mesh, num_rows: int | None = None) -> DeviceSp
     return DeviceSplit(local(split.x), local(split.y), total)
 
 
-def eval_batches(split: Split, batch_size: int, mesh: Mesh) -> EvalBatches:
-    """Pad to a multiple of ``batch_size`` (at most the split's size) and mask the padding."""
+def eval_batches(split: Split, batch_size: int, mesh: Mesh, exact: bool = False) -> EvalBatches:
+    """Pad to a multiple of ``batch_size`` (at most the split's size, unless ``exact``: splits of
+    different sizes then share one shape, so one compiled evaluation) and mask the padding."""
     n = len(split)
-    batch = min(batch_size, n)
+    batch = batch_size if exact else min(batch_size, n)
     num_batches = -(-n // batch)
     pad = num_batches * batch - n
 

@@ -5,6 +5,10 @@ file, a folder or a glob of them, on any filesystem; a DataFrame, frames.py) str
 passes: the target column alone (row counts, label kind, class names), then the feature and
 target columns chunk by chunk into the dataset writer. A source's own splits are kept. Either
 way nothing is visible in the store unless every check passed.
+
+``task`` (``--task``) says whether the target is class ids or numbers (labels.py); a table
+source's feature column names and target name are stored with the dataset (``feature_names``,
+``target``), so the trained model can match a frame's columns by name.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pipeline.data import fs as fsx
 from pipeline.data.builtins import BUILTINS
 from pipeline.data.dataset import DatasetInfo, Loaded, Split, describe
 from pipeline.data.features import FeaturePlan, pick_features
-from pipeline.data.labels import LabelPlan, LabelScan
+from pipeline.data.labels import LabelPlan, LabelScan, check_task_choice, settle_loaded_task
 from pipeline.data.layout import Layout
 from pipeline.data.sources import load_source, split_off_test, test_mask
 from pipeline.data.store import Store, check_dataset_name
@@ -31,25 +35,28 @@ from pipeline.signals import sigterm_as_interrupt
 def import_dataset(store: Store, source: str, name: str, target: str | None = None,
                    test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
                    layout: Layout | None = None, features: list[str] | None = None,
-                   wait: bool = False) -> DatasetInfo:
+                   wait: bool = False, task: str | None = None) -> DatasetInfo:
     """Import ``source`` as dataset ``name``. Nothing is written unless every check passes.
 
     ``features`` picks a table source's feature columns (default: every column but the target).
+    ``task``: "classification" or "regression" as the user says it; None decides from the labels and
+    refuses an integer target that could be either (labels.py).
     ``wait``: wait for another writer's store lock instead of failing with its pid and host.
     SIGTERM meanwhile is handled like Ctrl-C (pipeline/signals.py): the staging folder is deleted.
     """
     check_name(store, name, overwrite)
     check_split_args(test_fraction, seed)
+    check_task_choice(task)
     with sigterm_as_interrupt():
         if source.startswith("builtin:") or source.lower().endswith(".npz"):
             if features is not None:
                 raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "
                                 "not of an .npz or a built-in")
-            return import_loaded(store, load_source(source), source, name, test_fraction, seed,
-                                 overwrite, layout, wait=wait)
+            loaded = settle_loaded_task(source, load_source(source), task, ask=not source.startswith("builtin:"))
+            return import_loaded(store, loaded, source, name, test_fraction, seed, overwrite, layout, wait=wait)
         layout = layout or Layout()
         return import_tables(store, TableFiles(source, layout), name, target, features, test_fraction, seed,
-                             overwrite, layout, wait=wait)
+                             overwrite, layout, wait=wait, task=task)
 
 
 def check_name(store: Store, name: str, overwrite: bool) -> None:
@@ -89,12 +96,13 @@ def import_loaded(store: Store, loaded: Loaded, source: str, name: str, test_fra
 
 def import_tables(store: Store, tables: Tables, name: str, target: str | None, features: list[str] | None,
                   test_fraction: float, seed: int, overwrite: bool, layout: Layout,
-                  wait: bool = False) -> DatasetInfo:
+                  wait: bool = False, task: str | None = None) -> DatasetInfo:
     """Stream a table source in two passes: the target column alone, then every chunk to the writer.
 
     Each source split goes to its own stored split; without a test split of its own, a seeded
     ``test_fraction`` of the train rows is the test split.
     """
+    check_task_choice(task)
     source, first = tables.source, tables.paths[0]
     stored = tables.pipeline_info()  # Parquet written by this pipeline: keep its columns' meaning
     target = target or (stored.label_column if stored else None)
@@ -104,7 +112,7 @@ def import_tables(store: Store, tables: Tables, name: str, target: str | None, f
         raise DataError(f"{first}: no target column '{target}' (columns: {', '.join(tables.columns)})")
     names = pick_features(first, tables.columns, target, features)
     as_stored = stored is not None and target == stored.label_column and names == [stored.feature_column]
-    plan, rows = _plan_labels(tables, target, stored if as_stored else None)
+    plan, rows = _plan_labels(tables, target, stored if as_stored else None, task)
     if sum(rows.values()) == 0:
         raise DataError(f"{source}: no rows")
     for split, count in rows.items():
@@ -120,7 +128,9 @@ def import_tables(store: Store, tables: Tables, name: str, target: str | None, f
         label_dtype=stored.label_dtype if as_stored else plan.dtype,
         num_classes=plan.num_classes, class_names=plan.class_names,
         feature_column=stored.feature_column if as_stored else "x",
-        label_column=stored.label_column if as_stored else "y", source=source)
+        label_column=stored.label_column if as_stored else "y", source=source,
+        feature_names=list(stored.feature_names) if as_stored else list(names),
+        target=stored.target if as_stored else target)
     with store.writer(template, overwrite, layout, wait) as writer:
         for split in ("train", "test", *tables.splits):
             writer.add_split(split)
@@ -144,13 +154,14 @@ def import_tables(store: Store, tables: Tables, name: str, target: str | None, f
         return writer.commit()
 
 
-def _plan_labels(tables: Tables, target: str, stored: DatasetInfo | None) -> tuple[LabelPlan, dict[str, int]]:
+def _plan_labels(tables: Tables, target: str, stored: DatasetInfo | None,
+                 task: str | None = None) -> tuple[LabelPlan, dict[str, int]]:
     """First pass over the target column of every split: rows per split and how labels are encoded.
 
     One scan over all splits, so a class id means the same in train, test and validation.
     """
     def scan(kind: str) -> tuple[LabelScan, dict[str, int]]:
-        found, rows = LabelScan(target, kind=kind), {}
+        found, rows = LabelScan(target, kind=kind, keep_floats=task == "classification"), {}
         for split, paths in tables.splits.items():
             before = found.rows
             for chunk in tables.chunks([target], paths=paths):
@@ -163,10 +174,13 @@ def _plan_labels(tables: Tables, target: str, stored: DatasetInfo | None) -> tup
 
     labels, rows = scan("int")
     if stored is not None:
+        if task is not None and task != stored.task:
+            raise DataError(f"{tables.source}: holds a {stored.task} dataset written by this pipeline; "
+                            f"--task {task} cannot change it")
         return LabelPlan(stored.task, stored.num_classes, stored.class_names, None, "stored"), rows
-    if labels.kind == "string" and labels.uniques_dropped:
+    if labels.kind == "string" and (labels.uniques_dropped or not all(isinstance(v, str) for v in labels.uniques)):
         labels, rows = scan("string")  # numbers first, text later: collect the distinct values again, as text
-    return LabelPlan.from_scan(labels), rows
+    return LabelPlan.from_scan(labels, tables.source, task), rows
 
 
 def ensure_dataset(store: Store, name: str) -> DatasetInfo:

@@ -17,7 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.config import Config, ConfigError, to_json
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line_errors
+from pipeline.sweep.space import override_list
 
 
 @dataclass
@@ -110,8 +111,8 @@ def sweep(experiment_or_config: str | Path | Config, space: dict[str, Any] | Non
     ``search_seed``, ``pruner``, ``refill``, ``vmap``, ``no_vmap``, ...).
     Errors raise ``PipelineError`` with the command line's one line.
     """
-    from pipeline.api import _dataset_name, _override_list, one_line_errors
     from pipeline.data import Store
+    from pipeline.data.from_python import dataset_name
     from pipeline.sweep.command import add_arguments, sweep_from_args
 
     if isinstance(experiment_or_config, Config):
@@ -122,9 +123,9 @@ def sweep(experiment_or_config: str | Path | Config, space: dict[str, Any] | Non
         raise ConfigError(f"sweep() takes an experiment name, an experiment file or a Config, "
                           f"not {type(experiment_or_config).__name__}")
     store = store if store is not None else Store()
-    fixed = _override_list(overrides)
+    fixed = override_list(overrides)
     if data is not None:
-        fixed.append(f"data={_dataset_name(store, data, target)}")
+        fixed.append(f"data={dataset_name(store, data, target)}")
     argv = [experiment, *space_arguments(space), *fixed,
             *option_arguments({"strategy": strategy, "trials": trials, "sweep_dir": sweep_dir, **options})]
     if not progress:

@@ -177,3 +177,12 @@ def format_value(value: Any) -> str:
     if value is None:
         return "none"
     return str(value)
+
+
+def override_list(overrides: list[str] | dict[str, Any] | None) -> list[str]:
+    """``KEY=VALUE`` strings, from a list of them or a ``{key: value}`` dict (values spelled as on the command line)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [f"{k}={format_value(v)}" for k, v in overrides.items()]
+    return list(overrides)

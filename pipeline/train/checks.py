@@ -13,17 +13,43 @@ import numpy as np
 from pipeline.config import Config, ConfigError
 from pipeline.data.dataset import DatasetInfo
 from pipeline.errors import PipelineError, typed_line
-from pipeline.objectives import Objective, resolve
+from pipeline.objectives import Objective, ObjectiveError, resolve
 from pipeline.registry import family
+from pipeline.registry import objective as registered_objective
 from pipeline.train.state import StepSpec, TrainState
+
+# What to do when an objective of one task meets a dataset of the other: (objective, dataset task) -> hint.
+TASK_HINTS = {
+    ("regression", "classification"): "import it again with --task regression if its labels are numbers, "
+                                      "or train a classification experiment on it",
+    ("classification", "regression"): "import it again with --task classification if its targets are class "
+                                      "labels, or train a regression experiment on it",
+}
 
 
 def check_dataset(cfg: Config, info: DatasetInfo) -> None:
-    """The objective fits the dataset's task, and the family's own input check (if it has one) passes."""
-    resolve(cfg, info)
+    """The objective fits the dataset's task, and the family's own input check (if it has one) passes.
+
+    A classification experiment on a regression dataset (or the reverse) is one line saying both ways out.
+    """
+    try:
+        resolve(cfg, info)
+    except ObjectiveError as exc:
+        hint = _task_hint(cfg.objective, info.task)
+        if hint is None:
+            raise
+        raise ObjectiveError(f"{exc}: {hint}") from exc
     fam = family(cfg.model.name)
     if fam.check is not None:
         fam.check(cfg.model, info)
+
+
+def _task_hint(objective: str, task: str) -> str | None:
+    try:
+        tasks = registered_objective(objective).tasks if objective else ()
+    except PipelineError:  # an unknown objective: its own error says so
+        return None
+    return TASK_HINTS.get((tasks[0], task)) if len(tasks) == 1 else None
 
 
 def expected_outputs(info: DatasetInfo, batch: int) -> tuple[int, ...]:

@@ -124,7 +124,8 @@ def test_a_broken_user_model_is_one_line_naming_its_file(home, name, body, expec
 def test_an_objective_that_does_not_fit_the_task(home):
     line = one_error("train", "digits_mlp", "objective=regression", *QUICK)
     assert line == ("error: objective 'regression' does not fit dataset 'digits' (classification); "
-                    "it is for regression data")
+                    "it is for regression data: import it again with --task regression if its labels are numbers, "
+                    "or train a classification experiment on it")
     line = one_error("train", "digits_mlp", "objective=hinge", *QUICK)
     assert "unknown objective 'hinge'; registered objectives: classification, " in line
     # the built-ins, and whatever objectives this process's experiment files registered before
