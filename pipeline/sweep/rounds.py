@@ -29,9 +29,9 @@ from pipeline.durable.files import write_json
 from pipeline.durable.records import read_json
 from pipeline.errors import PipelineError
 from pipeline.signals import sigint_flag
-from pipeline.sweep import folder, grouping, optuna_search, records, strategy
+from pipeline.sweep import folder, grouping, optuna_search, records, search_source, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
-from pipeline.track.progress import Progress
+from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.prepare import prepare
 from pipeline.train.programs import solo_programs, vmapped_programs
 from pipeline.train.state import create_state
@@ -255,6 +255,8 @@ def run_search(sp: Any, store: Store, opts: Any, rules: Rules) -> Searched:
         raise PipelineError(f"--strategy {sp.strategy} runs its populations in this process; --executor "
                             f"{opts.executor} runs grid and random sweeps")
     optuna_search.Encoding(optuna, sp.space)  # a space Optuna cannot hold: one line, nothing written
+    if opts.refill:  # every asked trial in one population: a key that changes its program is refused now
+        search_source.check_one_program(sp, store)
     budget = sp.count if sp.count is not None else strategy.DEFAULT_RANDOM_TRIALS
     check_budget(budget, opts.max_population)
     probe, infos, steps = _probe(sp, store)
@@ -276,13 +278,21 @@ def run_search(sp: Any, store: Store, opts: Any, rules: Rules) -> Searched:
                                   description)
     search = optuna_search.OptunaSearch(sweep_dir, sp.strategy, opts.search_seed, higher, sp.space, startup=size,
                                         pruner_name=opts.pruner, eval_every=cfg.eval_every)
-    with Progress(budget * steps, enabled=opts.show_progress) as progress, sigint_flag() as interrupted:
-        done = [0]
+    # Member-steps: a resumed search's finished trials count on both sides (``sweep_work``).
+    finished = records.read_records(sweep_dir / "trials.parquet")
+    total, already = sweep_work([(steps, r.steps, True) for r in finished.values()]
+                                + [(steps, 0, False)] * max(0, budget - len(finished)))
+    with Progress(total, enabled=opts.show_progress, done=already) as progress, sigint_flag() as interrupted:
+        done = [already]
 
         def on_progress(member_steps: int, loss: float) -> None:
             done[0] += member_steps
             progress.update(done[0], loss)
 
+        if opts.refill:  # no rounds: one population whose freed slots ask the study (search_source.py)
+            ran = search_source.run_refill_search(sp, store, opts, sweep_dir, search, size, budget, split, metric,
+                                                  interrupted, on_progress)
+            return Searched(sweep_dir, *ran, rounds=1)
         loop = RoundLoop(sp, store, opts, sweep_dir, search, size, budget, split, metric, interrupted, on_progress,
                          rules)
         rounds = loop.run()

@@ -38,7 +38,7 @@ from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.refill import run_refill_group
 from pipeline.sweep.space import Space, SpaceError, parse_space
 from pipeline.track.background import plot_later
-from pipeline.track.progress import Progress
+from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.prepare import prepare
 from pipeline.train.programs import solo_programs, vmapped_programs
 from pipeline.train.selection import selection as select
@@ -64,7 +64,7 @@ class SweepOptions:
     ray_timeout: float = 30.0  # seconds to reach the cluster, and for its first task to start
     pruner: str | None = None  # a search's pruner (optuna_search.PRUNERS); None: members run to the end
     hooks: Callable[[int], list] | None = None  # each trial's own hooks, by trial id (``pipeline.sweep(hooks=)``)
-    refill: bool = False  # a stopped member's slot takes the next trial (not built yet)
+    refill: bool = False  # a stopped member's slot takes the next trial (refill.py, search_source.py)
 
 
 def resolve_space(module: Any, base, args: list[str]) -> tuple[Space, dict[str, Any]]:
@@ -203,10 +203,11 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     write_trials()
     saved_plans = dict((saved or {}).get("plans", {}))
     plans: dict[str, dict[str, Any]] = dict(saved_plans)  # by group id: what ran it and why
-    todo = sum(g.total_steps * len(c) for g in groups for c in g.chunks
-               if any(recs[t].status not in records.FINISHED for t in c))
-    with Progress(todo, enabled=opts.show_progress) as progress, sigint_flag() as interrupted:
-        done_steps = [0]
+    # Member-steps: finished trials' count on both sides; a resumed population adds its members' steps so far.
+    todo, done = sweep_work((g.total_steps, recs[t].steps, recs[t].status in records.FINISHED)
+                            for g in groups for t in g.trials)
+    with Progress(todo, enabled=opts.show_progress, done=done) as progress, sigint_flag() as interrupted:
+        done_steps = [done]
 
         def on_progress(member_steps: int, loss: float) -> None:
             done_steps[0] += member_steps
@@ -278,12 +279,18 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
     """
     seed_slots = max(len({trials[t].cfg.resolved_data_seed for t in c}) for c in g.chunks)
 
-    def group_run(vmap: bool, programs: Any = None) -> tuple[GroupRun, int]:
+    probed = [0]  # member-steps the plan probe's population counted: gone if it is abandoned
+
+    def probe_progress(member_steps: int, loss: float) -> None:
+        probed[0] += member_steps
+        on_progress(member_steps, loss)
+
+    def group_run(vmap: bool, programs: Any = None, progress: Callable = on_progress) -> tuple[GroupRun, int]:
         if programs is None:
             make = vmapped_programs if vmap else solo_programs
             programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
         run = GroupRun(g, prep, programs, vmap, trials, recs, sweep_dir / "checkpoints",
-                       Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, on_progress, seed_slots,
+                       Halving(tuple(opts.rungs), opts.keep), interrupted, write_trials, progress, seed_slots,
                        name, hooks=opts.hooks)
         size = max(len(c) for c in g.chunks)
         if vmap:  # a multiple of the devices, so each device steps its own members
@@ -293,7 +300,7 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
     vmap = decided_plan(g, chunks[0], opts, plans)
     first: PopulationRun | None = None  # the first population, already started by the plan probe
     if vmap is None:  # measured on the first population, which goes on when the population wins
-        run, size = group_run(True)
+        run, size = group_run(True, progress=probe_progress)
         first = PopulationRun(run, g.chunks.index(chunks[0]), chunks[0], size)
         try:
             measured = plan_probe.measure(prep, first, [trials[t].cfg for t in chunks[0]], g.steps_per_call,
@@ -304,6 +311,7 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
         plans[str(g.id)] = {**measured.record(), "forced": False}
         if not measured.vmap:
             first.abandon()
+            on_progress(-probed[0], float("nan"))  # its steps are trained again, one member at a time
             first = None
             run, size = group_run(False, measured.programs)
     else:
