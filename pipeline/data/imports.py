@@ -6,6 +6,10 @@ passes: the target column alone (row counts, label kind, class names), then the 
 target columns chunk by chunk into the dataset writer. A source's own splits are kept. Either
 way nothing is visible in the store unless every check passed.
 
+Images (image_import.py): a folder of ``CLASS/IMAGE`` files (optionally below split folders),
+or Parquet whose feature column is Hugging Face's image struct ``{bytes, path}``; decoded with
+Pillow into uint8 tensors (H, W, C), resized by ``image_size`` and converted by ``channels``.
+
 ``task`` (``--task``) says whether the target is class ids or numbers (labels.py); a table
 source's feature column names and target name are stored with the dataset (``feature_names``,
 ``target``), so the trained model can match a frame's columns by name.
@@ -22,6 +26,9 @@ from pipeline.data import fs as fsx
 from pipeline.data.builtins import BUILTINS
 from pipeline.data.dataset import DatasetInfo, Loaded, Split, describe
 from pipeline.data.features import FeaturePlan, pick_features
+from pipeline.data.image_folder import holds_images, list_images
+from pipeline.data.image_import import image_columns, import_image_folder, import_image_table
+from pipeline.data.images import ImageOptions
 from pipeline.data.labels import LabelPlan, LabelScan, check_task_choice, settle_loaded_task
 from pipeline.data.layout import Layout
 from pipeline.data.sources import load_source, split_off_test, test_mask
@@ -35,28 +42,89 @@ from pipeline.signals import sigterm_as_interrupt
 def import_dataset(store: Store, source: str, name: str, target: str | None = None,
                    test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
                    layout: Layout | None = None, features: list[str] | None = None,
-                   wait: bool = False, task: str | None = None) -> DatasetInfo:
+                   wait: bool = False, task: str | None = None, image_size: tuple[int, int] | None = None,
+                   channels: int | None = None, image_pool: str = "thread") -> DatasetInfo:
     """Import ``source`` as dataset ``name``. Nothing is written unless every check passes.
 
     ``features`` picks a table source's feature columns (default: every column but the target).
     ``task``: "classification" or "regression" as the user says it; None decides from the labels and
     refuses an integer target that could be either (labels.py).
+    ``image_size`` (H, W) and ``channels`` (1 or 3) shape the images of an image source (images.py);
+    ``image_pool`` decodes them on "thread"s or "process"es (image_import.py).
     ``wait``: wait for another writer's store lock instead of failing with its pid and host.
     SIGTERM meanwhile is handled like Ctrl-C (pipeline/signals.py): the staging folder is deleted.
     """
     check_name(store, name, overwrite)
     check_split_args(test_fraction, seed)
     check_task_choice(task)
+    images = ImageOptions(tuple(image_size) if image_size is not None else None, channels)
+    images.check()
+    shaped = image_size is not None or channels is not None
     with sigterm_as_interrupt():
         if source.startswith("builtin:") or source.lower().endswith(".npz"):
             if features is not None:
                 raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "
                                 "not of an .npz or a built-in")
+            if shaped:
+                raise DataError(f"{source}: --image-size and --channels are for image sources, not an .npz or "
+                                "a built-in")
             loaded = settle_loaded_task(source, load_source(source), task, ask=not source.startswith("builtin:"))
             return import_loaded(store, loaded, source, name, test_fraction, seed, overwrite, layout, wait=wait)
         layout = layout or Layout()
-        return import_tables(store, TableFiles(source, layout), name, target, features, test_fraction, seed,
+        if holds_images(source):
+            check_image_folder_args(source, target, features, task)
+            return import_image_folder(store, list_images(source), name, images, test_fraction, seed, overwrite,
+                                       layout, wait=wait, pool=image_pool)
+        tables = TableFiles(source, layout)
+        column = image_column(tables, target, features)
+        if column is not None:
+            return import_image_tables(store, tables, name, column, target, task, images, test_fraction, seed,
+                                       overwrite, layout, wait, image_pool)
+        if shaped:
+            raise DataError(f"{source}: --image-size and --channels are for image sources (a folder of "
+                            "CLASS/IMAGE files, or Parquet with an image column); this one has none")
+        return import_tables(store, tables, name, target, features, test_fraction, seed,
                              overwrite, layout, wait=wait, task=task)
+
+
+def check_image_folder_args(source: str, target: str | None, features: list[str] | None,
+                            task: str | None) -> None:
+    if target is not None or features is not None:
+        raise DataError(f"{source}: an image folder's labels are its class folders; --target and --features "
+                        "are for table sources")
+    if task == "regression":
+        raise DataError(f"{source}: an image folder's class folders are classes; --task regression needs a "
+                        "table source with a numeric target")
+
+
+def image_column(tables: Tables, target: str | None, features: list[str] | None) -> str | None:
+    """The Parquet source's image column (Hugging Face's ``{bytes, path}`` struct), or None for a plain table."""
+    found = [c for c in image_columns(tables) if c != target] if tables.kind == "parquet" else []
+    if features is not None:
+        picked = [c for c in features if c in found]
+        if picked and len(features) > 1:
+            raise DataError(f"{tables.paths[0]}: image column '{picked[0]}' cannot be combined with other "
+                            "feature columns; pick it alone with --features")
+        return picked[0] if picked else None
+    if len(found) > 1:
+        raise DataError(f"{tables.paths[0]}: image columns {', '.join(found)}; pick one with --features")
+    return found[0] if found else None
+
+
+def import_image_tables(store: Store, tables: Tables, name: str, column: str, target: str | None,
+                        task: str | None, images: ImageOptions, test_fraction: float, seed: int, overwrite: bool,
+                        layout: Layout, wait: bool, pool: str) -> DatasetInfo:
+    """Labels as for any table source (one pass over the target), then the images decoded chunk by chunk."""
+    if not target:
+        raise DataError(f"{tables.source}: --target COLUMN is required for a table source")
+    if target not in tables.columns:
+        raise DataError(f"{tables.paths[0]}: no target column '{target}' (columns: {', '.join(tables.columns)})")
+    plan, rows = _plan_labels(tables, target, None, task or "classification")
+    for split, count in rows.items():
+        if count == 0:
+            raise DataError(f"{tables.source}: the {split} split has no rows")
+    return import_image_table(store, tables, name, column, target, plan, rows, images, test_fraction, seed,
+                              overwrite, layout, wait=wait, pool=pool)
 
 
 def check_name(store: Store, name: str, overwrite: bool) -> None:

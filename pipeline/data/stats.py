@@ -5,6 +5,11 @@ Chan et al.'s pairwise rule, which stays accurate where a running sum of squares
 (large means, many rows). Stored in ``DatasetInfo.feature_stats`` for float features only:
 ``{"mean": [...], "std": [...], "min": m, "max": M}``, mean and population std flattened over
 the feature shape, min and max over every element. Integer (token) features get ``{}``.
+
+Images (uint8 features of shape (H, W, C)) get per-channel statistics instead, exact, from a
+256-bin histogram of each channel: ``{"mean": [C], "std": [C], "min": m, "max": M, "per": "channel"}``,
+in pixel units (0 to 255); ``feature_stats`` then gives arrays of shape (C,), which broadcast
+over (H, W, C).
 """
 
 from __future__ import annotations
@@ -61,15 +66,52 @@ class RunningStats:
                 "min": _short(self.min), "max": _short(self.max)}
 
 
+class ChannelStats:
+    """Per-channel statistics of uint8 images (N, H, W, C), from exact per-channel histograms."""
+
+    def __init__(self, channels: int) -> None:
+        self.counts = np.zeros((channels, 256), np.int64)
+
+    def update(self, x: np.ndarray) -> None:
+        flat = x.reshape(-1, self.counts.shape[0])
+        for channel in range(self.counts.shape[0]):
+            self.counts[channel] += np.bincount(flat[:, channel], minlength=256)
+
+    def to_dict(self) -> dict:
+        total = self.counts.sum(axis=1)
+        if not total.any():
+            return {}
+        values = np.arange(256, dtype=np.float64)
+        mean = self.counts @ values / total
+        var = (self.counts * np.square(values[None, :] - mean[:, None])).sum(axis=1) / total
+        seen = np.flatnonzero(self.counts.sum(axis=0))
+        return {"mean": [_short(v) for v in mean], "std": [_short(v) for v in np.sqrt(var)],
+                "min": float(seen[0]), "max": float(seen[-1]), "per": "channel"}
+
+
+def is_image(info: DatasetInfo) -> bool:
+    """uint8 features of shape (H, W, C): decoded images (images.py)."""
+    return np.dtype(info.feature_dtype) == np.uint8 and len(info.feature_shape) == 3
+
+
+def running_stats(info: DatasetInfo) -> RunningStats | ChannelStats | None:
+    """What an import gathers for ``info``'s features: per feature for floats, per channel for images."""
+    if np.dtype(info.feature_dtype).kind == "f":
+        return RunningStats()
+    if is_image(info):
+        return ChannelStats(int(info.feature_shape[-1]))
+    return None  # token ids
+
+
 def feature_stats(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, std) as float32 arrays shaped like ``info.feature_shape``; None when none are stored.
+    """(mean, std) as float32 arrays shaped like ``info.feature_shape`` (images: (C,)); None when none are stored.
 
     A feature that never varies has std 0: divide by ``np.where(std > 0, std, 1)``.
     """
     stats = info.feature_stats
     if not stats or "mean" not in stats or "std" not in stats:
         return None
-    shape = tuple(info.feature_shape)
+    shape = tuple(info.feature_shape[-1:]) if stats.get("per") == "channel" else tuple(info.feature_shape)
     mean = np.asarray(stats["mean"], np.float32).reshape(shape)
     std = np.asarray(stats["std"], np.float32).reshape(shape)
     return mean, std
@@ -83,6 +125,9 @@ def summary(info: DatasetInfo) -> str:
             return "none (integer features)"
         return "none (imported before statistics were kept; re-import to add them)"
     mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
+    if stats.get("per") == "channel":
+        return (f"train split, per channel ({mean.size}): mean {', '.join(f'{v:.4g}' for v in mean)}, "
+                f"std {', '.join(f'{v:.4g}' for v in std)}, min {stats['min']:.4g}, max {stats['max']:.4g}")
     constant = int((std == 0).sum())
     return (f"train split, {mean.size} values: mean {mean.min():.4g} to {mean.max():.4g}, "
             f"std {std.min():.4g} to {std.max():.4g} ({constant} constant), "

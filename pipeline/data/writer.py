@@ -28,7 +28,7 @@ from pipeline.data import fs as fsx
 from pipeline.data.dataset import DatasetInfo
 from pipeline.data.fingerprint import Fingerprint
 from pipeline.data.layout import Layout, arrow_schema, footer_metadata
-from pipeline.data.stats import RunningStats
+from pipeline.data.stats import running_stats
 from pipeline.data.tensors import to_arrow
 from pipeline.data.validate import DataError
 from pipeline.durable.files import make_dir_exclusive
@@ -114,7 +114,7 @@ class DatasetWriter:
         self.splits: dict[str, _SplitWriter] = {}
         self.fingerprint = Fingerprint()
         self._x_dtype, self._y_dtype = np.dtype(template.feature_dtype), np.dtype(template.label_dtype)
-        self.stats = RunningStats() if self._x_dtype.kind == "f" else None  # none for token ids
+        self.stats = running_stats(template)  # per feature for floats, per channel for images, none for tokens
         self.staging = ""
         self._held = ExitStack()
         self._open = True
