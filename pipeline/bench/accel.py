@@ -1,5 +1,6 @@
 """The accelerator suite's own parts: its time budget, its results folder named after the device,
-the report it leaves in ``docs/benchmarks/accel-DEVICE.md``, and the GPU memory it leaves PyTorch.
+the report it leaves in ``docs/benchmarks/accel-DEVICE.md`` of this repository's checkout (or in
+``--docs DIR``; an installed package copies it nowhere else), and the GPU memory it leaves PyTorch.
 
 ``pipeline bench accel`` (and ``scripts/bench_accel``, which installs what it needs first) runs
 on any machine JAX runs on. On a CPU the points sized for an accelerator are recorded as
@@ -24,12 +25,14 @@ def device_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "-", jax.local_devices()[0].device_kind.lower()).strip("-") or "unknown"
 
 
-def default_docs() -> Path:
-    """``docs/benchmarks`` of the checkout this package runs from, else of the current folder."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file() and (checkout / "docs").is_dir():
+def default_docs(package_file: Path = Path(__file__)) -> Path | None:
+    """``docs/benchmarks`` of the checkout this package runs from (a source tree or an editable
+    install); None for an installed package: the report is copied only where ``--docs`` says, never
+    into whatever folder the command happens to run in."""
+    checkout = package_file.resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "docs" / "benchmarks").is_dir():
         return checkout / "docs" / "benchmarks"
-    return Path("docs") / "benchmarks"
+    return None
 
 
 def publish(results: Path, docs: Path, slug: str) -> Path | None:

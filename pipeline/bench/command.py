@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, metavar="NAME",
                    help="measure every point on this dataset of the data store (--store) instead of its own data")
     p.add_argument("--docs", default=None, metavar="DIR",
-                   help="where the accel suite's report is copied as accel-DEVICE.md (default docs/benchmarks)")
+                   help="where the accel suite's report is copied as accel-DEVICE.md (default: docs/benchmarks "
+                        "of this repository's checkout when run from one; an installed package copies it only here)")
     p.add_argument("--no-docs", action="store_true", help="do not copy the accel suite's report")
     p.add_argument("--seeds", type=int, default=3, help="search seeds per strategy of the search suite (default 3)")
     p.add_argument("--list", action="store_true", help="list the suites and points, measure nothing")
@@ -79,11 +80,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {line}" if with_accel else line, file=sys.stderr, flush=True)
 
-    store = None
-    if args.dataset:
-        from pipeline.data import Store
+    from pipeline.data import Store
 
-        store = Store(args.store)
+    store = Store(args.store)  # the user's: --dataset and an experiment file's dataset are read from it
     rows = run_bench(names, out, peers, echo=echo, deadline=started + 60 * minutes if minutes else None,
                      overrides=overrides, dataset=args.dataset, data_store=store,
                      after_point=(lambda _rows: accel.publish(out, docs, slug)) if docs else None)
@@ -93,9 +92,29 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"results: {out / 'bench.parquet'} (report: {out / 'bench.md'}, chart: {out / 'bench.png'})")
     if docs:
         print(f"report copied to {accel.publish(out, docs, slug)}")
+    elif with_accel and not args.no_docs:
+        print("report not copied: not run from a checkout of this repository (--docs DIR copies it)")
     if args.json:
         print(json.dumps(summary(rows, out)))
+    refuse_unmeasurable(rows)
     return 0
+
+
+def refuse_unmeasurable(rows: list[dict]) -> None:
+    """The run failed (one line, exit 2, after the tables) when no implementation of a point could run
+    here: a missing dataset or model is the user's to fix, not a result."""
+    from pipeline.bench.measure import UNAVAILABLE
+    from pipeline.bench.points import BenchError
+
+    statuses: dict[str, list[dict]] = {}
+    for row in rows:
+        statuses.setdefault(row["point"], []).append(row)
+    dead = [(point, rs[0].get("detail") or "") for point, rs in statuses.items()
+            if all(r["status"] == UNAVAILABLE for r in rs)]
+    if dead:
+        point, why = dead[0]
+        more = f" (and {len(dead) - 1} more points)" if len(dead) > 1 else ""
+        raise BenchError(f"point {point}: every implementation unavailable: {why}{more}")
 
 
 def search_from_args(args: argparse.Namespace) -> int:

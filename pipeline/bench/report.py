@@ -158,11 +158,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def draw_chart(rows: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-    except ImportError:  # accelerator images may not have it; the tables are written regardless
-        return None
+def device_title(row: dict) -> str:
+    """``NVIDIA H100 80GB HBM3 x1 (gpu)``; the backend only where the device's name does not say it (``cpu x1``)."""
+    kind, backend = str(row.get("device_kind", "?")), str(row.get("backend", ""))
+    count = f" x{row['device_count']}" if row.get("device_count") else ""
+    return f"{kind}{count}" + (f" ({backend})" if backend and backend.lower() not in kind.lower() else "")
+
+
+def chart_figure(rows: list[dict]):
+    """The figure of ``bench.png``: steps/s and MFU per model point, reader examples/s per data point,
+    implementations side by side; each panel's legend to its right, off the bars. None: nothing to draw."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -173,8 +180,8 @@ def draw_chart(rows: list[dict], path: Path) -> Path | None:
                           ("reader examples/s", data, READERS, "examples_per_s", True)) if p[1]]
     if not panels:
         return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * max(len(p[1]) for p in panels) + 3),
-                                                      3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.6 * max(len(p[1]) for p in panels) + 3) + 2,
+                                                      3.6 * len(panels)), squeeze=False, layout="constrained")
     for ax, (title, points, impls, key, log) in zip(axes[:, 0], panels):
         names = list(points)
         width = 0.8 / len(impls)
@@ -195,10 +202,24 @@ def draw_chart(rows: list[dict], path: Path) -> Path | None:
         else:
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, ncol=len(impls))
-    fig.suptitle(f"{rows[0]['device_kind']} ({rows[0]['backend']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.suptitle(device_title(rows[0]), fontsize=10)
+    return fig
+
+
+def draw_chart(rows: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # accelerator images may not have it; the tables are written regardless
+        return None
+    fig = chart_figure(rows)  # first: it picks the Agg backend before pyplot is imported here
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    from pipeline.track.plot import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

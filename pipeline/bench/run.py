@@ -87,12 +87,19 @@ def plan(chosen: list[tuple[str, Point]], backend: str) -> list[tuple[str, Point
 @dataclasses.dataclass
 class _Context:
     out: Path
-    store: Store  # the benchmark's own store (synthetic and built-in data)
+    own_store: Store  # the benchmark's own store (synthetic and built-in data of the suites' points)
+    user_store: Store  # the user's (--store, $PIPELINE_STORE): --dataset and experiment files read it
+    user_data: bool  # --dataset: every point reads the user's store
     peers: tuple[str, ...]
     echo: Callable[[str], None]
     deadline: Deadline | None
     run_id: str
     factories: dict[str, Factory] | None
+
+    def store_for(self, point: Point) -> Store:
+        """Where ``point``'s dataset lives: an experiment file's dataset is the user's, as ``pipeline train``
+        reads it; a suite's point keeps its synthetic or built-in data apart from the user's."""
+        return self.user_store if self.user_data or point.experiment else self.own_store
 
 
 def run_bench(names: list[str], out: Path | None = None, peers: tuple[str, ...] = ALL_IMPLS,
@@ -105,14 +112,15 @@ def run_bench(names: list[str], out: Path | None = None, peers: tuple[str, ...] 
     ``deadline`` (a ``time.time()``): points not started by then are recorded as skipped, and
     a point under way stops timing after its current round. ``overrides`` (KEY=VALUE) apply
     to every point; ``dataset`` replaces every point's data by that dataset of ``data_store``
-    (the user's store). ``factories`` put implementations of one's own (or a test's) in place
+    (the user's store, default ``$PIPELINE_STORE`` or ./data), where an experiment file's point finds
+    its dataset too. ``factories`` put implementations of one's own (or a test's) in place
     of built-in ones of the same name. ``after_point`` sees the rows so far after each point.
     """
     chosen = select(names)
     out = Path(out) if out else DEFAULT_OUT
     store = Store(out / "store")  # synthetic and built-in datasets of the benchmark, apart from the user's
     env = environment()
-    ctx = _Context(out, (data_store or Store()) if dataset else store, tuple(peers), echo,
+    ctx = _Context(out, store, data_store or Store(), bool(dataset), tuple(peers), echo,
                    Deadline(deadline) if deadline is not None else None, uuid.uuid4().hex[:12], factories)
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     rows: list[dict] = []
@@ -151,11 +159,12 @@ def status_rows(base: dict, point: Point, status: str, detail: str) -> list[dict
 
 def measure(point: Point, base: dict, ctx: _Context) -> list[dict]:
     peers = wanted(point.family, ctx.peers)
+    store = ctx.store_for(point)
     if point.family == "data":
-        name = synthetic.ensure(ctx.store, point.data)
+        name = synthetic.ensure(store, point.data)
         base["batch"] = reader_config(point, name).batch_size
-        return way_rows(base, None, measure_readers(point, ctx.store, name, ctx.echo, peers, ctx.deadline))
-    workload = make_workload(point, ctx.store)
+        return way_rows(base, None, measure_readers(point, store, name, ctx.echo, peers, ctx.deadline))
+    workload = make_workload(point, store)
     workload.param_count  # noqa: B018 - builds the model abstractly: an unknown family fails here
     base["batch"], base["precision"] = workload.cfg.batch_size, workload.cfg.precision
     if point.family == "trace":

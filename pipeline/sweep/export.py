@@ -22,6 +22,7 @@ export at ``export-locked``, ``export-checkpoint``, ``export-written`` or ``expo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -91,6 +92,7 @@ def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None
                             + " ".join(rows[trial]["overrides"]))
     split, metric = description.get("selection", "test/accuracy").split("/")
     select = Selection(split, metric, bool(description.get("higher_is_better", True)))
+    book = with_best_value(book, select)
     if run_dir is not None:
         run_dir = Path(run_dir)
         _check_target(run_dir)
@@ -134,6 +136,13 @@ def export_trial(sweep_dir: Path, trial: int, store: Store, run_dir: Path | None
             raise DiskFull(f"{target}: No space left on device (nothing was exported)") from exc
         raise
     return target
+
+
+def with_best_value(book: Bookkeeping, select: Selection) -> Bookkeeping:
+    """The trial's record with ``best_value``: ``trials.parquet`` keeps the best step's metrics, not the
+    value that selected it, so it is read back from them (the selection split and metric there)."""
+    value = book.best_eval.get(select.split, {}).get(select.metric) if select.split else None
+    return dataclasses.replace(book, best_value=value)
 
 
 def _check_target(run_dir: Path) -> None:

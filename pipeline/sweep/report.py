@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 
 from pipeline.durable.records import read_json, read_parquet
 from pipeline.errors import PipelineError
-from pipeline.track.plot import save_figure
+from pipeline.track.plot import draw_runs, legend_outside, save_figure
 
 TOP = 10
+COLUMNS = ("step", "split", "name", "value")  # of curves.parquet, as draw_runs reads them
 
 
 def is_sweep(path: Path) -> bool:
@@ -90,80 +91,76 @@ def _log_axis(text: str, values: np.ndarray) -> bool:
 
 def plot_sweep(path: Path) -> list[Path]:
     """``hparams.png``: the final selection metric against each swept key; ``curves.png``: the best trials."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    description, rows, split, metric, higher = _load(path)
-    swept = description.get("swept", [])
-    spelled = description.get("space", {}).get("dimensions", {})
-    column = f"final_{split}_{metric}"
     out = []
-    if swept and rows:
-        fig, axes = plt.subplots(1, len(swept), figsize=(4.5 * len(swept), 3.6), squeeze=False)
-        y = np.array([r.get(column) if r.get(column) is not None else np.nan for r in rows], float)
-        status = np.array([r["status"] for r in rows])
-        for ax, key in zip(axes[0], swept):
-            raw = [r[key] for r in rows]
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
-            if numeric:
-                x = np.array(raw, float)
-            else:
-                labels = list(dict.fromkeys(str(v) for v in raw))
-                x = np.array([labels.index(str(v)) for v in raw], float)
-                ax.set_xticks(range(len(labels)), labels, rotation=30)
-            for name, marker in (("done", "o"), ("early_stopped", "o"), ("stopped", "s"), ("running", "^")):
-                sel = status == name
-                if sel.any():
-                    ax.scatter(x[sel], y[sel], marker=marker, label=name, alpha=0.8,
-                               facecolors="none" if name == "stopped" else None, edgecolors="C1" if name == "stopped"
-                               else None)
-            if (status == "diverged").any():
-                for xv in x[status == "diverged"]:
-                    ax.axvline(xv, color="red", alpha=0.25, lw=1)
-            if numeric and _log_axis(spelled.get(key, ""), x):
-                ax.set_xscale("log")
-            ax.set_xlabel(key)
-            ax.set_ylabel(f"final {split}/{metric}")
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        diverged = " (red lines: diverged)" if (status == "diverged").any() else ""
-        fig.suptitle(f"{description.get('experiment', '')} sweep: {len(rows)} trials{diverged}")
-        fig.tight_layout()
-        save_figure(fig, path / "hparams.png")
+    for name, fig in sweep_figures(path).items():
+        save_figure(fig, path / name)
         plt.close(fig)
-        out.append(path / "hparams.png")
-    if (path / "curves.parquet").exists():
-        out.append(_plot_curves(path, ranked(rows, split, metric, higher)[:5], split, metric, swept, plt))
+        out.append(path / name)
     return out
 
 
-def _plot_curves(path: Path, best: list[dict], split: str, metric: str, swept: list[str], plt) -> Path:
-    table = pq.read_table(path / "curves.parquet", filters=[("trial", "in", [r["trial"] for r in best])])
+def sweep_figures(path: Path) -> dict[str, object]:
+    """The figures of ``plot_sweep`` by file name (matplotlib figures, not yet saved)."""
+    import matplotlib
 
-    def series(trial: int, split_name: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-        where = (pc.field("trial") == trial) & (pc.field("split") == split_name) & (pc.field("name") == name)
-        sel = table.filter(where)
-        return np.asarray(sel.column("step")), np.asarray(sel.column("value"))
+    matplotlib.use("Agg")
+    description, rows, split, metric, higher = _load(path)
+    swept = description.get("swept", [])
+    figures = {}
+    if swept and rows:
+        figures["hparams.png"] = _hparams_figure(description, rows, split, metric, swept)
+    if (path / "curves.parquet").exists():
+        figures["curves.png"] = _curves_figure(path, ranked(rows, split, metric, higher)[:5], split, metric, swept)
+    return figures
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, row in enumerate(best):
-        label = f"trial {row['trial']}: " + ", ".join(f"{k.split('.')[-1]}={_fmt(row[k])}" for k in swept)
-        x, y = series(row["trial"], "train", "loss")
-        if len(y) > 200:  # smooth noisy per-step curves
-            width = max(1, len(y) // 100)
-            y, x = np.convolve(y, np.ones(width) / width, mode="valid"), x[width - 1:]
-        axes[0].plot(x, y, color=f"C{i}", label=label)
-        axes[1].plot(*series(row["trial"], split, metric), color=f"C{i}", marker="o", markersize=3)
-    axes[0].set_yscale("log")
-    axes[0].set_title("train loss")
-    axes[1].set_title(f"{split}/{metric}")
-    for ax in axes:
-        ax.set_xlabel("step")
+
+def _hparams_figure(description: dict, rows: list[dict], split: str, metric: str, swept: list[str]):
+    import matplotlib.pyplot as plt
+
+    spelled = description.get("space", {}).get("dimensions", {})
+    column = f"final_{split}_{metric}"
+    fig, axes = plt.subplots(1, len(swept), figsize=(4.5 * len(swept) + 1.5, 3.6), squeeze=False,
+                             layout="constrained")
+    y = np.array([r.get(column) if r.get(column) is not None else np.nan for r in rows], float)
+    status = np.array([r["status"] for r in rows])
+    for ax, key in zip(axes[0], swept):
+        raw = [r[key] for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+        if numeric:
+            x = np.array(raw, float)
+        else:
+            labels = list(dict.fromkeys(str(v) for v in raw))
+            x = np.array([labels.index(str(v)) for v in raw], float)
+            ax.set_xticks(range(len(labels)), labels, rotation=30)
+        for name, marker in (("done", "o"), ("early_stopped", "o"), ("stopped", "s"), ("running", "^")):
+            sel = status == name
+            if sel.any():
+                ax.scatter(x[sel], y[sel], marker=marker, label=name, alpha=0.8,
+                           facecolors="none" if name == "stopped" else None, edgecolors="C1" if name == "stopped"
+                           else None)
+        if (status == "diverged").any():
+            for xv in x[status == "diverged"]:
+                ax.axvline(xv, color="red", alpha=0.25, lw=1)
+        if numeric and _log_axis(spelled.get(key, ""), x):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"final {split}/{metric}")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path / "curves.png")
-    plt.close(fig)
-    return path / "curves.png"
+    legend_outside(fig, axes[0])
+    diverged = " (red lines: diverged)" if (status == "diverged").any() else ""
+    fig.suptitle(f"{description.get('experiment', '')} sweep: {len(rows)} trials{diverged}")
+    return fig
+
+
+def _curves_figure(path: Path, best: list[dict], split: str, metric: str, swept: list[str]):
+    """The best trials drawn as ``pipeline runs plot`` draws runs (every metric of the objective, each
+    axis zoomed to the later part), train and the selection split only, a colour per trial."""
+    table = pq.read_table(path / "curves.parquet", filters=[("trial", "in", [r["trial"] for r in best])])
+    series = []
+    for row in best:
+        label = f"trial {row['trial']}: " + ", ".join(f"{k.split('.')[-1]}={_fmt(row[k])}" for k in swept)
+        mine = table.filter(pc.field("trial") == row["trial"])
+        series.append((label.removesuffix(": "), {c: mine.column(c).to_pylist() for c in COLUMNS}))
+    return draw_runs(series, f"the {len(best)} best trials by {split}/{metric}", splits=("train", split))
