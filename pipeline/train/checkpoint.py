@@ -445,3 +445,24 @@ def read_checkpoint(directory: Path, like_state: Any | Callable[[dict], Any]) ->
     if len(reason) > 300:
         reason = reason[:297] + "..."
     raise CorruptFile(f"{directory / str(step)}: unreadable checkpoint ({reason})")
+
+
+def latest_meta(directory: Path) -> tuple[int, dict] | None:
+    """The step and meta item of the newest checkpoint in ``directory``, its state left unread: where a
+    resume would start (``pipeline train --resume`` says a finished run is finished from it).
+
+    A reader, as ``read_checkpoint``. None when there is no checkpoint or its meta cannot be read
+    (the resume itself then falls back to an older one, or says why in one line).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    ocp = _ocp()
+    with _manager(directory, 0, "read", reader=True) as manager:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        try:
+            return step, dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception:  # noqa: BLE001 - unreadable: the resume decides (it falls back or refuses)
+            return None
