@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.sweep.optuna_search import PRUNERS
-from pipeline.sweep.strategy import CHOICES, SEARCHES
+from pipeline.sweep.plan_rule import MEASURE, PLANS, nothing_to_measure
+from pipeline.sweep.strategy import CHOICES, PBT, SEARCHES
 
 
 def _rungs(text: str) -> tuple[int, ...]:
@@ -40,10 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a stopped member's slot takes the next trial inside its running population")
     p.add_argument("--sweep-dir", default=None, help="sweep folder; an existing one of the same sweep resumes")
     p.add_argument("--sweeps", default=None, help="sweeps root (default ./sweeps or $PIPELINE_SWEEPS)")
-    p.add_argument("--vmap", action="store_true",
-                   help="run vmapped populations (default: measure both plans, run the faster)")
-    p.add_argument("--no-vmap", action="store_true",
-                   help="run the trials one at a time with the solo programs (default: measure both, run the faster)")
+    p.add_argument("--plan", choices=PLANS, default=None,
+                   help="how each group runs: population (vmapped), sequential (one member at a time), auto "
+                        "(default: from the hardware and the work, never timed) or auto-measure (time both on "
+                        "the first population); recorded in sweep.json and kept by a resumed sweep")
+    p.add_argument("--vmap", action="store_true", help="--plan population")
+    p.add_argument("--no-vmap", action="store_true", help="--plan sequential")
     p.add_argument("--max-population", type=int, default=None,
                    help="most members in one compiled population; a search asks this many trials a round "
                         "(default: min(the population that fits --population-memory, max(2, ceil(trials/4))))")
@@ -107,6 +110,20 @@ def check_numbers(args: argparse.Namespace) -> None:
     population_bytes(args.population_memory)
 
 
+def chosen_plan(args: argparse.Namespace) -> str:
+    """``--plan``, or ``--vmap``/``--no-vmap`` (its old spellings); two that differ: one line."""
+    given = [(flag, plan) for flag, plan in (("--vmap", "population"), ("--no-vmap", "sequential"))
+             if getattr(args, flag[2:].replace("-", "_"))]
+    if getattr(args, "plan", None) is not None:
+        given.insert(0, (f"--plan {args.plan}", args.plan))
+    if len({plan for _, plan in given}) > 1:
+        raise PipelineError(f"{given[0][0]} and {given[1][0]} contradict each other; give one")
+    plan = given[0][1] if given else "auto"
+    if plan == MEASURE and (args.strategy in SEARCHES or args.strategy == PBT or args.refill):
+        raise nothing_to_measure("--refill" if args.refill else f"--strategy {args.strategy}")
+    return plan
+
+
 def population_bytes(text: str) -> int:
     """``--population-memory``: a finite, positive size (``nan``, ``inf`` and ``-1G`` are refused)."""
     from pipeline.sweep.grouping import parse_bytes
@@ -142,10 +159,8 @@ def sweep_from_args(args: argparse.Namespace, store, enable_cache: Callable | No
     from pipeline.durable.folder_locks import folder_lock
     from pipeline.sweep.folder import is_empty_dir, is_sweep_dir
     from pipeline.sweep.runner import SweepOptions, run_sweep
-    from pipeline.sweep.strategy import PBT
 
-    if args.vmap and args.no_vmap:
-        raise PipelineError("--vmap and --no-vmap contradict each other; give one (or neither: the faster is measured)")
+    plan = chosen_plan(args)
     check_numbers(args)
     if args.executor == "ray":
         from pipeline.sweep.ray_executor import require
@@ -159,8 +174,7 @@ def sweep_from_args(args: argparse.Namespace, store, enable_cache: Callable | No
         strategy=args.strategy, trials=args.trials, search_seed=args.search_seed,
         sweep_dir=Path(args.sweep_dir) if args.sweep_dir else None,
         sweeps_root=Path(args.sweeps) if args.sweeps else None,
-        # --no-vmap forces one member at a time, --max-population forces populations; else both are measured.
-        vmap=False if args.no_vmap else (True if args.vmap or args.max_population else None),
+        plan=plan, vmap={"population": True, "sequential": False}.get(plan),  # vmap: a forced plan, or None
         max_population=args.max_population,
         population_memory=population_bytes(args.population_memory), rungs=args.rungs, keep=args.keep,
         show_progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address,

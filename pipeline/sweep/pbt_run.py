@@ -20,11 +20,11 @@ from pipeline.data import Store
 from pipeline.durable.files import write_json
 from pipeline.errors import PipelineError
 from pipeline.signals import sigint_flag
-from pipeline.sweep import folder, grouping, records, runner
+from pipeline.sweep import folder, grouping, plan_rule, records, runner
 from pipeline.sweep.pbt import PBT, PBTOptions, getattr_dotted, split_pbt_args
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.track.background import plot_later
-from pipeline.track.progress import Progress
+from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.exploit import INHERITED, hyperparameter_leaves
 from pipeline.train.prepare import prepare
 from pipeline.train.programs import solo_programs, vmapped_programs
@@ -107,14 +107,15 @@ def run_pbt(experiment: str, args: list[str], store: Store, opts: runner.SweepOp
                                   description)
     recs = {t.id: records.TrialRecord() for t in trials}
     recs.update(records.read_records(sweep_dir / "trials.parquet"))
-    vmap = opts.vmap is not False
-    plans = {str(g.id): {"plan": "population" if vmap else "sequential", "forced": True, "why": "pbt"}}
-    runner.record_plans(sweep_dir, plans)
 
     def write_trials() -> None:
         records.write_parquet(records.trials_table(trials, recs, sp.swept), sweep_dir / "trials.parquet")
 
     prep = prepare(cfg, store, steps_per_call=g.steps_per_call)
+    recorded = (saved or {}).get("plans", {}).get(str(g.id))
+    vmap, plan = plan_rule.fixed_plan(opts, recorded, prep, len(g.trials), "--strategy pbt", why="pbt")
+    plans = {str(g.id): plan}
+    runner.record_plans(sweep_dir, plans)
     controller = PBT(pbt_opts, sp.space, sp.base, trials, g.trials, leaves, prep.selection, g.total_steps,
                      opts.search_seed, sweep_dir)
     unfinished = any(recs[t].status not in records.FINISHED for t in g.trials)
@@ -146,9 +147,9 @@ def _run_population(g: grouping.Group, prep, trials: list[grouping.Trial], recs:
     make = vmapped_programs if vmap else solo_programs
     programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
     size = -(-len(members) // jax.device_count()) * jax.device_count() if vmap else len(members)
-    with Progress(g.total_steps * len(members), enabled=opts.show_progress) as progress, \
-            sigint_flag() as interrupted:
-        done = [0]
+    total, already = sweep_work((g.total_steps, recs[t].steps, recs[t].status in records.FINISHED) for t in members)
+    with Progress(total, enabled=opts.show_progress, done=already) as progress, sigint_flag() as interrupted:
+        done = [already]
 
         def on_progress(member_steps: int, loss: float) -> None:
             done[0] += member_steps

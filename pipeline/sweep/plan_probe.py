@@ -1,4 +1,7 @@
-"""Population or one member at a time: measured, not assumed.
+"""Population or one member at a time, timed: ``--plan auto-measure`` (the default ``auto`` never
+times; ``plan_rule.py``). The two plans agree only to float32 rounding, so a timed choice makes a
+sweep's numbers depend on the machine's load; the choice is recorded in ``sweep.json`` and a resumed
+sweep keeps it rather than timing again.
 
 A vmapped population runs all its members in one program; on an accelerator that is many
 times faster than stepping them one after another, while on a few CPU cores whose every
@@ -40,7 +43,7 @@ class Plan:
     why: str = ""  # set when only the population was probed
 
     def record(self) -> dict[str, Any]:
-        out = {"plan": "population" if self.vmap else "sequential",
+        out = {"plan": "population" if self.vmap else "sequential", "rule": "auto-measure",
                "member_steps_per_s": {k: round(v, 1) for k, v in self.member_steps_per_s.items()}}
         return {**out, "why": self.why} if self.why else out
 

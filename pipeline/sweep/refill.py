@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.durable.files import remove_path
 from pipeline.errors import PipelineError
 from pipeline.hooks import Hook
-from pipeline.sweep import records
+from pipeline.sweep import plan_rule, records
 from pipeline.sweep.grouping import Group, Trial
 from pipeline.sweep.population_run import population_folder, trial_hooks
 from pipeline.train.engine import Engine, Events, Policy
@@ -182,11 +182,10 @@ def run_refill_group(g: Group, prep: Prepared, trials: list[Trial], recs: dict[i
                      write_trials: Callable[[], None], on_progress: Callable[[int, float], None], name: str = "",
                      source: Any = None, decide: Callable | None = None) -> None:
     """Group ``g`` as one refill population (``opts``: ``SweepOptions``; its ``vmap`` False runs the members
-    one at a time, anything else vmapped, without a plan probe), then its curves merged into
+    one at a time, True vmapped, else ``plan_rule.fixed_plan``: no plan probe), then its curves merged into
     ``curves.parquet`` and the trials table written. ``plans[str(g.id)]`` says how it ran."""
-    vmap = opts.vmap is not False
-    plans[str(g.id)] = {"plan": "population" if vmap else "sequential", "forced": opts.vmap is not None,
-                        "refill": True}
+    vmap, plans[str(g.id)] = plan_rule.fixed_plan(opts, plans.get(str(g.id)), prep, population_size(g, False),
+                                                  "--refill", refill=True)
     population = RefillPopulation(g, prep, trials, recs, sweep_dir, population_size(g, vmap), vmap,
                                   tuple(opts.rungs), opts.keep, interrupted, write_trials, on_progress, name,
                                   source, decide, opts.hooks)

@@ -29,7 +29,7 @@ from pipeline.durable.files import write_json
 from pipeline.durable.records import read_json
 from pipeline.errors import PipelineError
 from pipeline.signals import sigint_flag
-from pipeline.sweep import folder, grouping, optuna_search, records, search_source, strategy
+from pipeline.sweep import folder, grouping, optuna_search, plan_rule, records, search_source, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.prepare import prepare
@@ -204,8 +204,10 @@ class RoundLoop:
         if g.id in self.compiled:
             return self.compiled[g.id]
         opts = self.opts
-        vmap = opts.vmap is not False  # a search trains populations; --no-vmap steps members one at a time
         prep = prepare(self.trials[g.trials[0]].cfg, self.store, steps_per_call=g.steps_per_call)
+        saved = read_json(self.sweep_dir / folder.SWEEP_FILE)
+        vmap, plan = plan_rule.fixed_plan(opts, saved.get("plans", {}).get(str(g.id)), prep, self._capacity(g),
+                                          "a search", why="a search trains populations")
         make = vmapped_programs if vmap else solo_programs
         programs = make(prep.spec, g.steps_per_call, stream=prep.reader is not None)
         size = self._capacity(g)
@@ -219,10 +221,8 @@ class RoundLoop:
                        Halving(tuple(opts.rungs), opts.keep), self.interrupted, self.write_trials,
                        self.on_progress, size if seeds else 1, self.sp.name, decide=self.decide, hooks=opts.hooks)
         self.compiled[g.id] = _GroupPrograms(prep, run, size)
-        self.plans[str(g.id)] = {"plan": "population" if vmap else "sequential", "forced": opts.vmap is not None,
-                                 "why": "a search trains populations"}
-        write_json(self.sweep_dir / folder.SWEEP_FILE, {**read_json(self.sweep_dir / folder.SWEEP_FILE),
-                                                         "plans": self.plans})
+        self.plans[str(g.id)] = plan
+        write_json(self.sweep_dir / folder.SWEEP_FILE, {**saved, "plans": {**saved.get("plans", {}), **self.plans}})
         return self.compiled[g.id]
 
     def decide(self, step: int, evals: dict[int, dict]) -> dict[int, str]:

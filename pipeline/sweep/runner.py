@@ -33,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.experiments import experiment_name, load_module
 from pipeline.objectives import resolve
 from pipeline.signals import sigint_flag
-from pipeline.sweep import folder, grouping, plan_probe, records, rounds, strategy
+from pipeline.sweep import folder, grouping, plan_probe, plan_rule, records, rounds, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.refill import run_refill_group
 from pipeline.sweep.space import Space, SpaceError, parse_space
@@ -52,7 +52,8 @@ class SweepOptions:
     search_seed: int = 0
     sweep_dir: Path | None = None
     sweeps_root: Path | None = None
-    vmap: bool | None = None  # None: measure both plans per group (plan_probe.py); False: --no-vmap
+    vmap: bool | None = None  # True/False: a forced plan (--vmap/--no-vmap); None: ``plan`` decides
+    plan: str = "auto"  # auto | auto-measure | population | sequential (plan_rule.py)
     max_population: int | None = None
     population_memory: int = grouping.DEFAULT_POPULATION_BYTES
     rungs: tuple[int, ...] = ()
@@ -297,7 +298,7 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
             size = -(-size // jax.device_count()) * jax.device_count()
         return run, size
 
-    vmap = decided_plan(g, chunks[0], opts, plans)
+    vmap = decided_plan(g, chunks[0], opts, plans, prep)
     first: PopulationRun | None = None  # the first population, already started by the plan probe
     if vmap is None:  # measured on the first population, which goes on when the population wins
         run, size = group_run(True, progress=probe_progress)
@@ -331,21 +332,27 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
         population.forget_metrics()
 
 
-def decided_plan(g: grouping.Group, members: list[int], opts: SweepOptions,
-                 plans: dict[str, dict[str, Any]]) -> bool | None:
-    """Whether group ``g`` runs as vmapped populations, when that is decided without measuring: forced
-    by ``--no-vmap`` (sequential) or ``--vmap``/``--max-population`` (populations), decided before by a
-    resumed sweep, or a single member. None: measure it on the first population (``plan_probe.measure``)."""
+def decided_plan(g: grouping.Group, members: list[int], opts: SweepOptions, plans: dict[str, dict[str, Any]],
+                 prep: Any = None) -> bool | None:
+    """Whether group ``g`` runs as vmapped populations (``plan_rule.py``): the plan a resumed or re-run
+    sweep recorded (a forced ``--plan`` that contradicts it: one line), a forced one (``--plan
+    population|sequential``, ``--vmap``/``--no-vmap``), one member (sequential), or ``--plan auto``'s
+    rule from the hardware and the work. None: ``--plan auto-measure``, timed on the first population."""
     key = str(g.id)
-    if opts.vmap is not None:
-        plans[key] = {"plan": "population" if opts.vmap else "sequential", "forced": True}
-        return opts.vmap
+    asked = plan_rule.requested(opts)
     if key in plans:
+        plan_rule.check_recorded({key: plans[key]}, opts, opts.sweep_dir)
         return plans[key]["plan"] == "population"
+    if asked in plan_rule.FORCED:
+        plans[key] = {"plan": asked, "forced": True}
+        return asked == "population"
     if len(members) == 1:
         plans[key] = {"plan": "sequential", "forced": False, "why": "one member"}
         return False
-    return None
+    if asked == plan_rule.MEASURE:
+        return None
+    vmap, plans[key] = plan_rule.decide_auto(prep, len(members))
+    return vmap
 
 
 def selection(trial: grouping.Trial, infos: dict) -> tuple[str, str, bool]:

@@ -1,4 +1,4 @@
-"""The sweep's plan: a vmapped population or one member at a time, whichever measured faster."""
+"""``--plan auto-measure``: a vmapped population or one member at a time, whichever measured faster."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_a_long_enough_group_probes_both_plans(home, monkeypatch):
     from pipeline.sweep import plan_probe as choose_module
 
     monkeypatch.setattr(choose_module, "REPAY", 0.0)  # any group repays the probe
-    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)", "--json")
+    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2)", "--plan", "auto-measure",
+                 "--json")
     assert r.code == 0, r.err
     plan = json.loads(r.out.strip().splitlines()[-1])["plans"]["0"]
     rates = plan["member_steps_per_s"]
@@ -33,8 +34,9 @@ def test_a_long_enough_group_probes_both_plans(home, monkeypatch):
     assert plan["plan"] == ("population" if rates["population"] >= rates["sequential"] else "sequential")
 
 
-def test_a_default_sweep_measures_its_plan_and_records_its_choice(home):
-    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)", "--json")
+def test_a_measured_sweep_records_its_choice(home):
+    r = pipeline("sweep", "digits_mlp", *TINY, "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)", "--plan",
+                 "auto-measure", "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out.strip().splitlines()[-1])
     plan = summary["plans"]["0"]
@@ -62,7 +64,7 @@ def test_the_probe_is_part_of_the_sweep_whichever_plan_wins(home, monkeypatch, w
     monkeypatch.setattr(choose_module, "choose", lambda rates: winner == "population")
     space = ["steps=200", "eval_every=40", "optimizer.learning_rate=choice(1e-3;1e-2;3e-2)"]
     tiny = [a for a in TINY if not a.startswith(("steps=", "eval_every="))]
-    measured = pipeline("sweep", "digits_mlp", *tiny, *space, "--json")
+    measured = pipeline("sweep", "digits_mlp", *tiny, *space, "--plan", "auto-measure", "--json")
     assert measured.code == 0, measured.err
     summary = json.loads(measured.out.strip().splitlines()[-1])
     assert summary["plans"]["0"]["plan"] == winner
