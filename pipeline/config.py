@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.registry import ModelConfig, family
+from pipeline.registry import ModelConfig, RegisteredNames, family
 
 
 class ConfigError(PipelineError):
@@ -47,10 +47,11 @@ def is_switch(f: dataclasses.Field) -> bool:
 class OptimizerConfig:
     """Optax optimizer, schedule and clipping. Numeric fields are traced hyperparameters."""
 
-    name: str = "adam"  # sgd | momentum | adam | adamw
+    name: str = "adam"  # a registered optimizer (docs/optimizers.md): sgd, momentum, nesterov, adam, adamw, lion, ...
     learning_rate: float = traced(1e-3)
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
+    schedule: str = "constant"  # a registered schedule: constant, cosine, warmup_cosine, linear, onecycle, ...
     warmup_steps: int = 0
+    decay_rate: float = 0.1  # schedule=exponential: the multiplier reached at the last step
     weight_decay: float = traced(0.0, switch=True)
     momentum: float = traced(0.9)
     b1: float = traced(0.9)
@@ -63,11 +64,25 @@ class DataConfig:
     """Which dataset and how it is fed. ``data=NAME`` on the command line sets ``data.name``."""
 
     name: str = "digits"  # a dataset name in the store
-    validation_fraction: float = 0.0  # > 0 carves a seeded validation split from train
+    validation_fraction: float = 0.1  # carved from train when the dataset stores no validation split; 0: none
+    validation_seed: int = 0  # which rows the carve holds out: the dataset's, the same for every trial
     max_device_bytes: int = 2 * 1024**3  # larger training splits stream from disk
     shuffle_buffer: int = 16384  # rows mixed by the streaming reader
     prefetch: int = 4  # batches the streaming reader keeps ready
     normalize: str = "auto"  # standardize features from the training split's statistics: auto | true | false
+    augment: str = ""  # image augmentation in the train step, a comma list: flip, crop:PAD, cutout:N, mixup:ALPHA
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which split the decisions read: the best checkpoint, early stopping, halving rungs, sweep ranking.
+
+    ``split=""`` (the default) is the validation split; a run without one selects nothing (its best is
+    its final step) and refuses what needs a selection. ``split="test"`` selects on test, explicitly:
+    the test metrics are then optimistic, and the run's and the sweep's summaries say so.
+    """
+
+    split: str = ""  # "" (validation) | test
 
 
 @dataclass(frozen=True)
@@ -103,11 +118,13 @@ class Config:
     ema_decay: float = traced(0.0, switch=True)  # > 0 keeps a moving average of the parameters for evaluation
     patience: int = 0  # > 0 stops after that many evaluations without improvement of `best_metric`
     best_metric: str = ""  # evaluation metric that picks the best checkpoint; "" is the task's default
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # selection.split: what decisions read
     checkpoint_every: int = 0  # steps between latest checkpoints; 0: by time (checkpoint_minutes)
     checkpoint_minutes: float = 5.0  # with checkpoint_every=0: the latest is saved this often, at the end, on signals
     checkpoint_keep: int = 3  # latest checkpoints kept, besides the best one
     plot: bool = True  # draw curves.png in a background process once the summary is written
     log: str = ""  # trackers besides Parquet, a comma list: tensorboard, wandb, mlflow
+    mlflow_uri: str = ""  # `log.mlflow_uri=URI`: MLflow tracking URI; "" is MLFLOW_TRACKING_URI, else sqlite:///mlruns.db
     profile: str = ""  # START:STEPS traces those steps with jax.profiler into RUN_DIR/profile/
     mesh: MeshConfig = field(default_factory=MeshConfig)  # mesh.data x mesh.fsdp devices
     model: ModelConfig = field(default_factory=lambda: default_model())
@@ -269,6 +286,8 @@ def split_override(item: str) -> tuple[str, str]:
 
 def resolve_key(cfg: Any, key: str) -> str:
     """``data`` means ``data.name``: a section given a value sets its ``name``."""
+    if key == "log.mlflow_uri":  # `log` is a comma list, its one option a field of its own
+        return "mlflow_uri"
     node: Any = cfg
     for part in key.split("."):
         node = getattr(node, part, None)
@@ -299,8 +318,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 
 _CHOICES = {
     "data.normalize": ("auto", "true", "false"),
-    "optimizer.name": ("sgd", "momentum", "adam", "adamw"),
-    "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
+    "optimizer.name": RegisteredNames("optimizer"),  # pipeline.register_optimizer
+    "optimizer.schedule": RegisteredNames("schedule"),  # pipeline.register_schedule
     "precision": ("fp32", "bf16"),
 }
 
@@ -363,7 +382,7 @@ def validate(cfg: Config) -> None:
     for key, most in _AT_MOST.items():
         if key in flat and flat[key] is not None and flat[key] > most:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must be at most {most:_}")
-    for key in ("seed", "data_seed"):
+    for key in ("seed", "data_seed", "data.validation_seed"):
         if flat[key] is not None and not 0 <= flat[key] < 2**32:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must be between 0 and 4294967295")
     if flat["data.max_device_bytes"] < 0:
@@ -373,6 +392,9 @@ def validate(cfg: Config) -> None:
                 "checkpoint_minutes", "mesh.data"):
         if flat[key] < 0:
             raise ConfigError(f"bad value for '{key}': {flat[key]} must not be negative")
+    if flat["selection.split"] not in ("", "validation", "test"):
+        raise ConfigError(f"bad value for 'selection.split': {flat['selection.split']!r}; choose validation "
+                          "(the default, also spelled as nothing) or test")
     if not 0.0 <= flat["data.validation_fraction"] < 1.0:
         fraction = flat["data.validation_fraction"]
         raise ConfigError(f"bad value for 'data.validation_fraction': {fraction} must be in [0, 1)")

@@ -63,7 +63,8 @@ def test_import_train_json_end_to_end(cli, workdir):
     assert (saved["config"]["data"]["name"], saved["config"]["model"]["hidden"], saved["config"]["steps"]) == (
         "n", [100], 200)
     table = pq.read_table(run_dir / "metrics.parquet").to_pylist()
-    final = {f"test/{row['name']}": row["value"] for row in table if row["split"] == "test" and row["step"] == 200}
+    final = {f"{row['split']}/{row['name']}": row["value"] for row in table
+             if row["split"] in ("test", "val") and row["step"] == 200}
     assert final == summary["metrics"]
     assert sorted(row["step"] for row in table if row["split"] == "train" and row["name"] == "loss") == list(
         range(1, 201))
@@ -112,7 +113,7 @@ def fails(cli, store_root: Path, runs: Path, *args: str) -> str:
     (["digits_mlp", "optimizer.name=rmsprop"], "bad value for 'optimizer.name': 'rmsprop'; choose one of sgd, "),
     (["digits_mlp", "steps"], "override 'steps' is not KEY=VALUE"),
     (["digits_mlp", "data=nope"], "no dataset 'nope' in the store "),
-    (["digits_mlp", "data=n", "batch_size=500"], "bad value for 'batch_size': 500 is more than the 192 training rows"),
+    (["digits_mlp", "data=n", "batch_size=500"], "bad value for 'batch_size': 500 is more than the 173 training rows"),
 ], ids=["unknown-experiment", "missing-experiment-file", "unknown-key", "unknown-nested-key", "bad-int",
         "bad-list", "non-finite-float", "bad-choice", "not-key-value", "missing-dataset", "batch-too-big"])
 def test_bad_input_is_one_line_and_exit_2(cli, store_root, tmp_path, args, message):
@@ -128,7 +129,8 @@ def test_bad_input_is_one_line_and_exit_2(cli, store_root, tmp_path, args, messa
 def test_non_finite_loss_names_the_step(cli, store_root, tmp_path):
     run_dir = tmp_path / "run"
     error = fails(cli, store_root, tmp_path / "runs", "regression_mlp", "data=reg", "optimizer.name=sgd",
-                  "optimizer.learning_rate=1e30", "steps=20", "eval_every=10", "--run-dir", str(run_dir))
+                  "optimizer.learning_rate=1e30", "steps=20", "eval_every=10", "--run-dir", str(run_dir),
+                  "data.validation_fraction=0")  # a batch of 64 needs all 64 training rows
     assert error == (f"non-finite training loss at step 2; the run stopped "
                      f"(metrics up to step 1 are in {run_dir / 'metrics.parquet'})")
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()

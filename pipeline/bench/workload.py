@@ -69,7 +69,8 @@ def point_config(point: Point, data_name: str) -> Config:
     else:
         base = Config(data=data_name, steps=RUN_STEPS, eval_every=RUN_STEPS, batch_size=point.batch,
                       precision=point.precision, steps_per_call=point.steps_per_call)
-    return apply_overrides(base, list(point.model_overrides))
+    # Timed, never evaluated: every training row, no validation carve (a batch may be the whole split).
+    return apply_overrides(base, ["data.validation_fraction=0", *point.model_overrides])
 
 
 def make_workload(point: Point, store: Store) -> Workload:

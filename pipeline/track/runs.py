@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.durable.records import CorruptFile, parquet_files, read_json_object, read_parquet
 from pipeline.errors import PipelineError
+from pipeline.track.hparams import hparams_cells
 from pipeline.track.metrics import read_metrics
 from pipeline.track.run_dir import default_runs_root
 
@@ -81,17 +82,26 @@ def _data_name(config: dict[str, Any]) -> str:
 RUN_COLUMNS = ("run", "experiment", "data", "steps")
 
 
+def _shown(path: Path) -> str:
+    """A run's folder as the listing shows it: relative to the current folder when inside it (shorter)."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def list_runs(root: Path | None = None, warn=None) -> list[dict]:
     """One row per run under ``root``, every row with the same columns in one order.
 
-    The columns are ``RUN_COLUMNS`` then every metric of any run's summary (``test/accuracy``,
-    ``test/r2``, ...), grouped by split; a run without a metric has "" there. ``data`` is the
-    dataset's name. A run that cannot be read is left out; ``warn`` (default: a line on stderr)
-    gets its message.
+    The columns are ``RUN_COLUMNS``, ``hparams`` (the hyperparameters that differ among the runs of
+    the run's experiment: ``pipeline.track.hparams``; only when some do), then every metric of any
+    run's summary (``test/accuracy``, ``test/r2``, ...), grouped by split; a run without a metric has
+    "" there. ``data`` is the dataset's name. A run that cannot be read is left out; ``warn``
+    (default: a line on stderr) gets its message.
     """
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     root = root or default_runs_root()
-    rows = []
+    rows, configs = [], []
     if not root.is_dir():
         return rows
     for path in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
@@ -106,14 +116,18 @@ def list_runs(root: Path | None = None, warn=None) -> list[dict]:
             warn(f"skipped {path}: {exc.filename or path}: {exc.strerror or exc}")
             continue
         rows.append({
-            "run": str(path), "experiment": str(config.get("experiment", "")),
+            "run": _shown(path), "experiment": str(config.get("experiment", "")),
             "data": _data_name(config), "steps": summary.get("steps", "unfinished"),
             **{str(k): v for k, v in summary.get("metrics", {}).items() if str(k) not in RUN_COLUMNS},
         })
+        configs.append(config["config"])
     metrics = list(dict.fromkeys(k for row in rows for k in row if k not in RUN_COLUMNS))
     splits = list(dict.fromkeys(m.partition("/")[0] for m in metrics))
     metrics.sort(key=lambda m: splits.index(m.partition("/")[0]))  # stable: first seen within a split
-    return [{c: row.get(c, "") for c in (*RUN_COLUMNS, *metrics)} for row in rows]
+    cells = hparams_cells([row["experiment"] for row in rows], configs)
+    hparams = ("hparams",) if any(cells) else ()
+    return [{c: row.get(c, "") for c in (*RUN_COLUMNS, *hparams, *metrics)} | dict(zip(hparams, [text]))
+            for row, text in zip(rows, cells)]
 
 
 def _selection_lines(summary: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """The one training engine: K compiled steps a call for P members, a run being P = 1.
 
 The host never waits on the call it just dispatched: it reads back the metrics of call N
-while call N+1 runs. At evaluations and checkpoints it catches up, records every live
+while call N+1 runs. K, the steps of a call, may change between calls (``call_length.py``: about 2 s a
+call at most, so a Ctrl-C is acted on within seconds); it never changes what is computed. At evaluations and checkpoints it catches up, records every live
 member, decides per member (best so far, early stopping, divergence, a halving rung) and
 checkpoints, all through its ``Session`` (records, hooks, the feed, the stop flag).
 ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only in the
@@ -33,6 +34,7 @@ from pipeline import distributed
 from pipeline.config import ConfigError
 from pipeline.errors import PipelineError
 from pipeline.hooks import HookFailed
+from pipeline.train.call_length import CallLength
 from pipeline.train.checkpoint import checkpoint_meta, keep_copy
 from pipeline.train.evaluation import Bookkeeping, finalize
 from pipeline.train.selection import Selection
@@ -102,7 +104,15 @@ class Engine:
         self.members = [s for s in self.slots if s is not None] if start.members is None else list(start.members)
         # The global step at which each slot took its member: a member's own step is ``step - offset``.
         self.offsets = np.array(start.offsets if start.offsets is not None else [0] * len(self.slots), np.int64)
-        self.k = policy.steps_per_call
+        # K per call (``call_length.py``): a run's first call is a short probe, then calls of about 2 s at
+        # most, timed from readback to readback; a K the user set is kept as set.
+        adaptive = not session.prep.cfg.steps_per_call
+        self.length = CallLength(policy.steps_per_call, session.prep.spec.unroll, adaptive,
+                                 probe=policy.single and refill is None, speak=distributed.is_primary())
+        self.k = self.length.k_at(self.step)  # the K of the call dispatched last
+        self.compiled_ks: set[int] = set()  # a dispatch at a new K compiles: the call read back meanwhile is not timed
+        self.last_readback: float | None = None
+        self.reported_start = False
         self.started = self.last_save = self.last_flush = time.time()
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
         self.agree = distributed.CallAgreement("engine")  # a no-op in one process
@@ -121,21 +131,25 @@ class Engine:
         later ``execute()`` goes on exactly as if it had not stopped."""
         p = self.policy
         pending, improved, calls = None, [], 0
+        self._report_start()
         while self._more():
             if max_calls is not None and calls == max_calls:
                 if pending is not None:
                     self._train_metrics(*pending)
                 return
             calls += 1
+            self.k = k = self.length.k_at(self.step)
+            compiles = k not in self.compiled_ks
+            self.compiled_ks.add(k)
             if self.session.profiler is not None:
-                with self.session.profiler.call(self.step, self.k):
-                    handle = self.pop.step()
+                with self.session.profiler.call(self.step, k):
+                    handle = self.pop.step(k)
             else:
-                handle = self.pop.step()
-            self.step += self.k
+                handle = self.pop.step(k)
+            self.step += k
             if pending is not None:
-                self._train_metrics(*pending)  # the previous call's, while this one runs
-            pending = (self.step, handle)
+                self._train_metrics(*pending, timed=not compiles)  # the previous call's, while this one runs
+            pending = (self.step, handle, k, time.perf_counter())
             eval_due = self._eval_due()
             turnover = self.refill is not None and self.step % p.eval_every == 0  # where a free slot is refilled
             # Act on the agreed value only: a signal that lands after the agreement (during this
@@ -174,6 +188,16 @@ class Engine:
         if self.hook_failed is not None:
             self.checkpointer.wait()
             self._raise_hook_failure()
+
+    def _report_start(self) -> None:
+        """Once: the steps the live members had already made before this engine (a resume), so that a
+        progress count that started from the finished work includes theirs too."""
+        if self.reported_start:
+            return
+        self.reported_start = True
+        already = sum(self._own(int(s)) for s in np.flatnonzero(self.live))
+        if already:
+            self.events.on_progress(self.step, already, math.nan)
 
     def _more(self) -> bool:
         """Whether to make another call: the run's steps remain (refill: a member is live, or a trial to come)."""
@@ -234,11 +258,12 @@ class Engine:
         return time.time() - self.last_save >= 60.0 * p.checkpoint_minutes
 
     # -- what the host records between calls ----------------------------------------------------
-    def _train_metrics(self, last_step: int, handle: Any) -> None:
+    def _train_metrics(self, last_step: int, handle: Any, k: int, dispatched: float, timed: bool = True) -> None:
         host = self.pop.fetch(handle)  # {name: (P, K)}
+        self._time_call(last_step, k, dispatched, timed)
         if not host:
             return
-        steps = np.arange(last_step - self.k + 1, last_step + 1)
+        steps = np.arange(last_step - k + 1, last_step + 1)
         live = np.flatnonzero(self.live)
         bad_LxK = ~np.isfinite(host["loss"][live])
         ok, diverged = live[~bad_LxK.any(axis=1)], live[bad_LxK.any(axis=1)]
@@ -265,7 +290,26 @@ class Engine:
             self.books[trial].steps = int(own[0]) - 1
             self._stop([int(slot)], "diverged", at=bad_step)
         if len(ok):
-            self.events.on_progress(last_step, len(ok) * self.k, float(np.mean(host["loss"][ok, -1])))
+            self.events.on_progress(last_step, len(ok) * k, float(np.mean(host["loss"][ok, -1])))
+
+    def _time_call(self, last_step: int, k: int, dispatched: float, timed: bool) -> None:
+        """The call ending at ``last_step`` read back: its time into the next calls' K.
+
+        Dispatch is asynchronous, so a call ran from the later of its dispatch (a compile included) and
+        the previous call's readback until its own readback. Not timed: a call read back while the next
+        call's new K compiled (the readback waited for the compile).
+        """
+        now = time.perf_counter()
+        if timed:
+            self.length.observe(k, now - max(dispatched, self.last_readback or dispatched))
+        self.last_readback = now
+        # One process decides at each readback; several agree on process 0's K at the probe and at evaluations.
+        if not self.length.adaptive:
+            return
+        if distributed.process_count() == 1:
+            self.length.set_target(self.length.decide())
+        elif not self.length.settled or last_step % self.policy.eval_every == 0:
+            self.length.set_target(distributed.share("engine/steps_per_call", self.length.decide()))
 
     def _add(self, trials: list[int], steps: np.ndarray, split: str, values: dict, wall: float) -> None:
         """Rows of ``trials`` x ``steps``: each value (members, steps). A run's table has no trial column."""

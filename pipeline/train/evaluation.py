@@ -52,8 +52,15 @@ class Bookkeeping:
         return self.status == "early_stopped"
 
     def observe(self, step: int, evals: dict[str, dict[str, float]], split: str, metric: str, higher: bool) -> bool:
-        """Record one evaluation of every split; True when ``split/metric`` is the best so far."""
+        """Record one evaluation of every split; True when ``split/metric`` is the best so far.
+
+        ``split=""`` (nothing to select on: no validation split) makes every evaluation the best, so
+        the best is the last one, and ``best_value`` stays None: nothing was compared.
+        """
         self.last_eval = {**self.last_eval, **evals}
+        if not split:
+            self.best_step, self.best_eval, self.evals_since_best = step, evals, 0
+            return True
         value = evals[split][metric]
         if math.isnan(value):
             better = False

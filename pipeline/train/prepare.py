@@ -24,7 +24,7 @@ from pipeline.data.stream import StreamingReader
 from pipeline.sharding import batch_sharding, make_mesh, replicated
 from pipeline.train.checks import check_dataset, check_outputs
 from pipeline.train.programs import StepShardings
-from pipeline.train.selection import Selection, selection
+from pipeline.train.selection import Selection, carves_validation, check_selection, selection
 from pipeline.train.state import StepSpec, TrainState, create_state, place_state, state_shardings
 from pipeline.train.steps_per_call import AUTO_STEPS_PER_CALL, choose_steps_per_call, scan_unroll, target_steps_per_call
 
@@ -62,11 +62,6 @@ def total_steps(cfg: Config, train_rows: int) -> int:
     return cfg.epochs * (train_rows // cfg.batch_size) if cfg.epochs else cfg.steps
 
 
-def carves_validation(cfg: Config, info: DatasetInfo) -> bool:
-    """Whether the validation split is carved from train (the dataset stores none)."""
-    return "validation" not in info.rows and cfg.data.validation_fraction > 0
-
-
 def streaming(cfg: Config, info: DatasetInfo) -> bool:
     """A training split over the device budget is streamed from disk instead of loaded whole."""
     return not fits_on_device(info, cfg.data.max_device_bytes)
@@ -78,6 +73,10 @@ def read_splits(cfg: Config, store: Store, info: DatasetInfo, mesh: Mesh | None 
     Several processes (``mesh`` given): "train" is this process's block of rows (``process_rows``),
     read from the row groups that hold it; with ``data.validation_fraction`` every process reads
     the whole split to carve it (the carve draws from every row) and keeps its block.
+
+    The carve is seeded by ``data.validation_seed``, a property of the dataset: every trial of a
+    sweep, whatever its ``seed`` or ``data_seed``, is judged on the same held-out rows. A streamed
+    training split is never carved (``carves_validation``).
     """
     stream = streaming(cfg, info)
     several = mesh is not None and jax.process_count() > 1
@@ -89,12 +88,9 @@ def read_splits(cfg: Config, store: Store, info: DatasetInfo, mesh: Mesh | None 
         raise DataError(f"dataset '{cfg.data.name}' has no test split")
     if "validation" in info.rows:
         splits["val"] = store.read(cfg.data.name, "validation")
-    elif cfg.data.validation_fraction > 0 and stream:
-        raise ConfigError(f"'data.validation_fraction' cannot carve a split from the streamed dataset "
-                          f"'{cfg.data.name}'; import it with a validation split")
-    elif cfg.data.validation_fraction > 0:
+    elif carve:
         splits["train"], splits["val"] = split_off_test(splits["train"], cfg.data.validation_fraction,
-                                                        cfg.resolved_data_seed)
+                                                        cfg.data.validation_seed)
     if own_rows:  # this process's rows, from its own row groups
         start, stop, _ = process_rows(info.rows["train"], mesh)
         splits["train"] = read_rows(store, cfg.data.name, "train", start, stop)
@@ -130,6 +126,7 @@ def prepare(cfg: Config, store: Store, steps_per_call: int | None = None) -> Pre
     the caller fixes it (a sweep's groups take a K that depends on their inputs alone)."""
     info = ensure_dataset(store, cfg.data.name)
     check_dataset(cfg, info)  # a model or objective that cannot take the dataset fails here, naming it
+    check_selection(cfg, info)  # patience or best_metric without a validation split to select on
     mesh = run_mesh(cfg)
     splits = read_splits(cfg, store, info, mesh)
     train_split, reader = None, None
@@ -148,7 +145,11 @@ def prepare(cfg: Config, store: Store, steps_per_call: int | None = None) -> Pre
     # step compiles once, not twice.
     placement = state_shardings(state, mesh)
     state = place_state(state, placement)
-    evals = {name: eval_batches(splits[name], cfg.eval_batch_size, mesh) for name in ("val", "test") if name in splits}
+    # One batch shape for validation and test (the larger split's, up to eval_batch_size): where both fit
+    # in one batch, as the default 10% carve beside a small test split does, evaluation compiles once.
+    names = [name for name in ("val", "test") if name in splits]
+    batch = min(cfg.eval_batch_size, max(len(splits[name]) for name in names))
+    evals = {name: eval_batches(splits[name], batch, mesh, exact=True) for name in names}
     params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
     spec = replace(spec, unroll=scan_unroll(params, cfg.batch_size, steps))
     target = AUTO_STEPS_PER_CALL

@@ -29,6 +29,7 @@ from pipeline.train.evaluation import Bookkeeping
 from pipeline.train.population import SoloPopulation
 from pipeline.train.prepare import prepare
 from pipeline.train.programs import solo_programs
+from pipeline.train.resume import finished_message, reopen, resumed_line, steps_per_call_from
 from pipeline.train.run_folder import open_run_dir
 from pipeline.train.selection import Selection
 from pipeline.train.session import Session, Start, stop_message
@@ -51,7 +52,7 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
     Every process returns the summary.
     """
     primary = distributed.is_primary()
-    run_hooks = Hooks(trackers(cfg.log) + list(hooks or []) if primary else [])  # a missing extra fails first
+    run_hooks = Hooks(trackers(cfg) + list(hooks or []) if primary else [])  # a missing extra, a bad store fail first
     profiler = Profiler(cfg.profile if primary else "", run_dir / "profile")
     prep = prepare(cfg, store)
     resuming = distributed.primary_does("resuming", lambda: open_run_dir(run_dir, experiment, cfg, prep.info,
@@ -69,14 +70,17 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
             state, meta = restored
             start = Start.from_meta(meta)
             book = start.books[0]
-            if book.status == "done" and start.step < prep.total_steps:  # a finished run extended (more steps)
-                book.status = "running"
+            reopen(book, start.step, prep.total_steps, cfg.patience)  # a finished run extended: it trains on
             start.live = np.array([book.status in ("pending", "running")])
+            prep.steps_per_call = steps_per_call_from(prep.steps_per_call, start.step)  # calls land on evaluations
         feed = session.begin(start)
+        if restored is not None and primary:  # said once the resume holds: state, records and data position
+            print(resumed_line(start.step, prep.total_steps) if start.live[0] else
+                  finished_message(run_dir, start.books[0], start.step, prep.total_steps, cfg), file=sys.stderr)
         programs = solo_programs(prep.spec, prep.steps_per_call, prep.reader is not None, prep.shardings)
         pop = SoloPopulation(programs, [state], np.ones(1, bool), feed, start.step)
         events = Events(on_progress=lambda last, n, loss: progress.update(last, loss),
-                        on_evaluated=lambda at, evals: progress.note(at, evals.get("test", {})))
+                        on_evaluated=lambda at, evals: progress.note(at, evals))
         engine = Engine(pop, session, run_policy(cfg, prep.total_steps, prep.steps_per_call), prep.selection, events)
         try:
             with progress:
@@ -98,17 +102,28 @@ def train(cfg: Config, experiment: str, run_dir: Path, store: Store, show_progre
     return summary
 
 
+def split_metrics(evals: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{"test/accuracy": ..., "val/accuracy": ...}``: one evaluation, test first."""
+    return {f"{split}/{name}": value for split in ("test", "val") for name, value in evals.get(split, {}).items()}
+
+
 def run_summary(run_dir: Path, experiment: str, data: str, book: Bookkeeping, wall: float,
                 select: Selection) -> dict[str, Any]:
-    """``summary.json`` of a run (or of a sweep trial exported as one)."""
+    """``summary.json`` of a run (or of a sweep trial exported as one).
+
+    ``metrics`` are the final step's; ``best`` is the selected step with every split's metrics there
+    (the test metrics of the best checkpoint, for reporting); ``selection`` says what the decisions
+    read: validation, nothing (no validation split: the best is the final step), or test, flagged.
+    """
     return {
         "run_dir": str(run_dir),
         "experiment": experiment,
         "data": data,
         "steps": book.steps,
         "wall_s": round(wall, 3),
-        "metrics": {f"{split}/{name}": value for split in ("test", "val")
-                    for name, value in book.last_eval.get(split, {}).items()},
-        "best": {"split": select.split, "metric": select.metric, "value": book.best_value, "step": book.best_step},
+        "metrics": split_metrics(book.last_eval),
+        "best": {"split": select.split or None, "metric": select.metric,
+                 "value": book.best_value, "step": book.best_step, "metrics": split_metrics(book.best_eval)},
+        "selection": select.record(),
         "stopped_early": book.stopped_early,
     }

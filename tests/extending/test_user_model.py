@@ -28,12 +28,13 @@ def trained(home) -> dict:
 
 
 def test_trains_from_a_file_outside_the_repository_with_its_own_objective(trained):
-    assert set(trained["metrics"]) == {"test/loss", "test/error", "test/accuracy"}
+    assert set(trained["metrics"]) == {f"{split}/{name}" for split in ("test", "val")
+                                       for name in ("loss", "error", "accuracy")}
     assert trained["metrics"]["test/accuracy"] == pytest.approx(1 - trained["metrics"]["test/error"])
     assert trained["metrics"]["test/accuracy"] > 0.8
-    # The objective's own metric, lower is better, picked the best checkpoint.
+    # The objective's own metric, lower is better, picked the best checkpoint (on the validation split).
     t = pq.read_table(Path(trained["run_dir"]) / "metrics.parquet").to_pandas()
-    errors = t[(t.split == "test") & (t.name == "error")].set_index("step")["value"]
+    errors = t[(t.split == "val") & (t.name == "error")].set_index("step")["value"]
     assert trained["best"]["metric"] == "error" and trained["best"]["value"] == pytest.approx(errors.min())
     assert trained["best"]["step"] == int(errors.idxmin())
 

@@ -19,19 +19,19 @@ def test_successive_halving_bookkeeping(home):
     assert sorted(status.values()) == [("done", None, 60), ("stopped", 20, 20), ("stopped", 20, 20),
                                        ("stopped", 40, 40)]
 
-    def accuracy_at(trial: int, step: int) -> float:
-        steps, values = s.curve(trial, "test", "accuracy")
+    def accuracy_at(trial: int, step: int, split: str = "val") -> float:
+        steps, values = s.curve(trial, split, "accuracy")
         return float(values[steps == step][0])
 
     at20 = sorted(status, key=lambda t: (-accuracy_at(t, 20), t))
-    assert [status[t][0] for t in at20[2:]] == ["stopped", "stopped"]  # the worse half, by test accuracy
+    assert [status[t][0] for t in at20[2:]] == ["stopped", "stopped"]  # the worse half, by validation accuracy
     survivors = at20[:2]
     at40 = sorted(survivors, key=lambda t: (-accuracy_at(t, 40), t))
     assert status[at40[1]][:2] == ("stopped", 40) and status[at40[0]][0] == "done"
     for r in s.trials:  # a stopped trial's record is whole up to its rung, and ends there
         steps, _ = s.curve(r["trial"])
         assert steps.max() == r["steps"]
-        assert r["final_test_accuracy"] == accuracy_at(r["trial"], r["steps"])
+        assert r["final_test_accuracy"] == accuracy_at(r["trial"], r["steps"], "test")
     assert s.summary["best"]["trial"] == at40[0]
 
     # The same bookkeeping trial by trial (no vmap, no repacking): the same decisions and numbers.

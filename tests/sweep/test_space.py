@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config, apply_overrides
+from pipeline.data import DatasetInfo
 from pipeline.experiments import load_module
 from pipeline.sweep import grouping, strategy
 from pipeline.sweep.runner import resolve_space
@@ -84,7 +85,7 @@ def test_groups_split_on_the_program_not_on_traced_values():
     points = strategy.trials(space, "grid", None, 0)
     trials = grouping.make_trials(BASE, space, points)
     rows = {"train": 1438, "test": 359}
-    info = type("Info", (), {"rows": rows})()
+    info = DatasetInfo("digits", "classification", (8, 8), "float32", (), "int32", 10, rows=rows)
     groups = grouping.make_groups(trials, {"digits": info})
     # hidden (2) x clipping on/off (2) x dropout on/off (2): learning rate, seed, the dropout
     # rate and the clip norm themselves are traced.
@@ -98,13 +99,11 @@ def test_groups_split_on_the_program_not_on_traced_values():
     assert all(g.total_steps == 2000 and g.steps_per_call == 100 for g in groups)
 
 
-def test_carved_validation_rows_depend_on_the_data_seed():
+def test_carved_validation_rows_depend_on_the_validation_seed_not_the_trial_seed():
     cfg = apply_overrides(BASE, ["data.validation_fraction=0.2"])
-    a = grouping.group_key(apply_overrides(cfg, ["seed=1"]), carves_validation=True)
-    b = grouping.group_key(apply_overrides(cfg, ["seed=2"]), carves_validation=True)
-    assert a != b
-    assert grouping.group_key(apply_overrides(BASE, ["seed=1"]), False) == grouping.group_key(
-        apply_overrides(BASE, ["seed=2"]), False)
+    assert grouping.group_key(apply_overrides(cfg, ["seed=1"])) == grouping.group_key(
+        apply_overrides(cfg, ["seed=2", "data_seed=5"]))
+    assert grouping.group_key(cfg) != grouping.group_key(apply_overrides(cfg, ["data.validation_seed=1"]))
 
 
 def test_chunks_are_even_and_bounded():

@@ -241,6 +241,7 @@ def test_linear_model_converges_to_least_squares(store):
     cfg = load_config("regression_mlp", [
         "data=lin", "model.hidden=", "optimizer.name=sgd", "optimizer.schedule=constant",
         "optimizer.learning_rate=0.2", f"batch_size={N_TRAIN}", "steps=400", "eval_every=400",
+        "data.validation_fraction=0",  # least squares over every training row
     ])
     assert cfg.model.hidden == ()
     prep = prepare(cfg, store)
@@ -283,7 +284,7 @@ def metrics_without_wall_time(store: Store, run_dir, **changes):
 @pytest.mark.slow
 def test_same_seed_same_metrics_different_seed_different(store, tmp_path):
     first = metrics_without_wall_time(store, tmp_path / "a")
-    assert first.num_rows > 0 and set(first.column("split").to_pylist()) == {"train", "test"}
+    assert first.num_rows > 0 and set(first.column("split").to_pylist()) == {"train", "val", "test"}
     assert first.equals(metrics_without_wall_time(store, tmp_path / "b"))
     other = metrics_without_wall_time(store, tmp_path / "c", seed=1)
     assert other.drop_columns(["value"]).equals(first.drop_columns(["value"]))  # same steps and names
