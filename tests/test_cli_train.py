@@ -110,7 +110,7 @@ def fails(cli, store_root: Path, runs: Path, *args: str) -> str:
      "bad value for 'model.hidden': '100,x' is not a comma-separated list of integers"),
     (["digits_mlp", "optimizer.learning_rate=nan"],
      "bad value for 'optimizer.learning_rate': 'nan' is not a finite number"),
-    (["digits_mlp", "optimizer.name=rmsprop"], "bad value for 'optimizer.name': 'rmsprop'; choose one of sgd, "),
+    (["digits_mlp", "optimizer.name=nadamx"], "bad value for 'optimizer.name': 'nadamx'; choose one of adafactor, "),
     (["digits_mlp", "steps"], "override 'steps' is not KEY=VALUE"),
     (["digits_mlp", "data=nope"], "no dataset 'nope' in the store "),
     (["digits_mlp", "data=n", "batch_size=500"], "bad value for 'batch_size': 500 is more than the 173 training rows"),

@@ -165,7 +165,7 @@ def test_pbt_options_parse_and_strip():
 def test_one_compile_over_five_intervals_and_the_lineage(home, traces):
     EXPLOITS.clear()
     s = sweep("digits_mlp", *SPACE, *PBT, "steps=120")
-    assert traces == {"train": 1, "eval": 2}  # one evaluation program per split shape: val and test
+    assert traces == {"train": 1, "eval": 1}  # val and test share one batch shape (prepare pads them alike)
     assert EXPLOITS == {"exploit": 1}
     lineage = pq.read_table(s.folder / "pbt.parquet").to_pylist()
     assert sorted({r["step"] for r in lineage}) == [0, 20, 40, 60, 80, 100]  # five intervals after step 0
