@@ -1,8 +1,8 @@
 """A JAX training pipeline: Flax NNX models, Optax updates, Parquet records.
 
 The Python surface (loaded on first use, so ``import pipeline`` stays light):
-``fit``, ``load_run``, ``sweep``, ``register_model``, ``register_objective``, ``register_optimizer``,
-``register_schedule``, ``Config``, ``ModelConfig``,
+``fit``, ``load_run``, ``sweep``, ``predict``, ``export``, ``register_model``, ``register_objective``,
+``register_optimizer``, ``register_schedule``, ``Config``, ``ModelConfig``,
 ``OptimizerConfig``, ``DataConfig``, ``traced``, ``Objective``, ``Hook``, ``RunInfo``, ``PipelineError``.
 """
 
@@ -22,12 +22,13 @@ _EXPORTS = {
     "Objective": "pipeline.objectives", "PipelineError": "pipeline.errors",
     "Hook": "pipeline.hooks", "RunInfo": "pipeline.hooks",
     "sweep": "pipeline.sweep", "SweepResult": "pipeline.sweep.python",
+    "predict": "pipeline.predict", "export": "pipeline.export_model",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "sweep":  # the subpackage, which is also the function (pipeline/sweep/__init__.py)
+    if name in ("sweep", "predict"):  # a module that is also the function (pipeline/sweep/__init__.py)
         return importlib.import_module(_EXPORTS[name])
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)

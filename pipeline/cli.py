@@ -55,10 +55,17 @@ def _stdout_to_devnull() -> None:
         pass
 
 
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    from pipeline.data.images import parse_image_size
+
+    return None if text is None else parse_image_size(text)
+
+
 @_data_command
 def cmd_data_import(args) -> int:
     from pipeline.data import import_dataset
     from pipeline.data.layout import Layout
+    from pipeline.data.text_import import TextOptions
     from pipeline.launch import refuse_several_processes
     from pipeline.signals import Terminated
 
@@ -68,7 +75,9 @@ def cmd_data_import(args) -> int:
     try:
         info = import_dataset(_store(args), args.source, args.name, target=args.target,
                               test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
-                              layout=layout, features=features, wait=args.wait, task=args.task)
+                              layout=layout, features=features, wait=args.wait, task=args.task,
+                              image_size=_image_size(args.image_size), channels=args.channels,
+                              text=TextOptions(args.tokenizer, args.seq_len, args.text_column))
     except Terminated:
         print(f"error: terminated (SIGTERM): the import of '{args.name}' stopped; nothing partial was left "
               "in the store", file=sys.stderr)
@@ -135,15 +144,33 @@ def cmd_train(args) -> int:
     from pipeline.api import train_in_folder
     from pipeline.experiments import experiment_name, load_experiment
 
-    cfg, experiment_file, hooks = load_experiment(args.experiment, args.overrides)
-    if args.resume and not args.run_dir:
-        raise PipelineError("--resume needs --run-dir of a run")
-    if args.resume and not (Path(args.run_dir) / "config.json").is_file():
-        raise PipelineError(f"--resume: {args.run_dir} is not a run folder (no config.json); give --run-dir of a run")
+    if args.resume:
+        from pipeline.train import resume
+
+        if not args.run_dir:
+            raise PipelineError("--resume needs --run-dir of a run")
+        if args.experiment and "=" in args.experiment and not Path(args.experiment).is_file():
+            args.overrides, args.experiment = [args.experiment, *args.overrides], None  # an override, not a name
+        plan = resume.plan(Path(args.run_dir), args.experiment, args.overrides)
+        if plan.finished:  # nothing to train: say where it ended and how to extend it, change nothing
+            from pipeline import distributed
+
+            summary_file = Path(args.run_dir) / "summary.json"
+            if distributed.is_primary():
+                print(plan.finished)
+                if args.json and summary_file.is_file():
+                    print(json.dumps(json.loads(summary_file.read_text())))
+            return 0
+        cfg, name, experiment_file, hooks = plan.cfg, plan.experiment, plan.experiment_file, plan.hooks
+    elif not args.experiment:
+        raise PipelineError("pipeline train needs an EXPERIMENT (or --run-dir DIR --resume to resume a run)")
+    else:
+        cfg, path, hooks = load_experiment(args.experiment, args.overrides)
+        name, experiment_file = experiment_name(args.experiment), str(path)
     _compile_cache(args)
-    summary = train_in_folder(cfg, experiment_name(args.experiment), args.run_dir, _store(args),
+    summary = train_in_folder(cfg, name, args.run_dir, _store(args),
                               runs_root=Path(args.runs) if args.runs else None, show_progress=not args.no_progress,
-                              experiment_file=str(experiment_file), hooks=hooks)
+                              experiment_file=experiment_file, hooks=hooks)
     from pipeline import distributed
 
     if not distributed.is_primary():  # one of several processes: process 0 reports for all
@@ -188,6 +215,26 @@ def cmd_sweep_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from pipeline.predict import predict
+
+    _compile_cache(args)
+    result = predict(args.run_dir, args.data, out=args.out, split=args.split, which=args.which,
+                     id_column=args.id, store=_store(args), batch_rows=args.batch_rows, progress=not args.no_progress)
+    print(f"wrote {result.rows:,} predictions of {result.source} to {result.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pipeline.export_model import export
+
+    result = export(args.run_dir, format=args.format, out=args.out, which=args.which)
+    shape = ", ".join(map(str, result.input_shape))
+    print(f"wrote {result.format} ({result.bytes:,} bytes; input ({shape}) {result.input_dtype}; "
+          f"runs on {', '.join(result.platforms)}) to {result.out}")
+    return 0
+
+
 def cmd_runs_show(args) -> int:
     from pipeline.sweep.report import is_sweep, show_sweep
     from pipeline.track.runs import show_run
@@ -222,6 +269,50 @@ def cmd_launch(args) -> int:
 
 # Commands that use devices: they join the other processes (pipeline.distributed) before JAX touches a device.
 DEVICE_COMMANDS = ("train", "sweep", "sweep-export", "bench")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what JAX_PLATFORMS may name (``gpu`` is cuda or rocm)
+
+
+def _check_backend() -> None:
+    """A backend ``JAX_PLATFORMS`` names that cannot start here is one line naming those that can,
+    before any folder is made; JAX's own report is a long traceback (a bare AssertionError for
+    ``cuda`` without a GPU). Unset, JAX picks what starts (the CPU at least): nothing to check."""
+    import os
+
+    wanted = os.environ.get("JAX_PLATFORMS", "").strip()
+    if not wanted:
+        return
+    import jax
+
+    try:
+        jax.devices()
+        return
+    except (RuntimeError, AssertionError) as exc:  # AssertionError: nothing it names has a device here
+        reason = str(exc).splitlines()[0].split(" (set JAX_PLATFORMS")[0] if str(exc) else "no such device is visible"
+    starting = _platforms_that_start()
+    raise PipelineError(f"JAX_PLATFORMS={wanted} names a backend that does not start on this machine ({reason}); "
+                        f"backends that start here: {', '.join(starting) or 'none'}; set JAX_PLATFORMS to one of "
+                        "them or unset it (a GPU or TPU needs jax's plugin: pip install 'pipeline[cuda]' or "
+                        "'pipeline[tpu]', see the README's \"Installing for a GPU or TPU\")")
+
+
+def _platforms_that_start() -> list[str]:
+    """The platforms whose backend JAX can start in this process, each tried alone; JAX's platform
+    setting is put back (the command fails next)."""
+    import jax
+    from jax.extend.backend import clear_backends
+
+    wanted, starting = jax.config.jax_platforms, []
+    for platform in PLATFORMS:
+        clear_backends()
+        jax.config.update("jax_platforms", platform)
+        try:
+            jax.devices()
+            starting.append(platform)
+        except (RuntimeError, AssertionError):
+            pass
+    clear_backends()
+    jax.config.update("jax_platforms", wanted)
+    return starting
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="the Parquet data store").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("import", parents=[common],
-                        help="import a .npz, .csv, .parquet (file, folder, glob or URI) or builtin:NAME")
+                        help="import a .npz, .csv, .parquet (file, folder, glob or URI), an image folder "
+                             "(CLASS/IMAGE) or builtin:NAME")
     p.add_argument("source")
     p.add_argument("--name", required=True)
     p.add_argument("--target", default=None, help="label column of a table source")
@@ -251,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("classification", "regression"), default=None,
                    help="what the target is: class labels or numbers (default: decided from the values; "
                         "an integer target with many distinct values must say)")
+    p.add_argument("--image-size", default=None, metavar="H,W",
+                   help="images: center-crop to the aspect ratio of H,W and resize to it (default: keep the size; "
+                        "images of mixed sizes need it)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="images: 1 (grayscale) or 3 (RGB) channels (default: the images' own)")
+    p.add_argument("--tokenizer", default=None, metavar="bytes|bpe:VOCAB|FILE",
+                   help="text: UTF-8 bytes, a byte-level BPE of VOCAB ids trained on the train documents, or a "
+                        "tokenizer.json (default for text files: bytes)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="text: tokens a window (default 128); documents are packed with an end-of-document token")
+    p.add_argument("--text-column", default=None, metavar="COL",
+                   help="text: the column of a Parquet or CSV source that holds one document a row")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--row-group-mb", type=float, default=8.0, help="row group size (uncompressed MiB)")
     p.add_argument("--file-mb", type=float, default=256.0, help="file size (uncompressed MiB)")
@@ -271,10 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_gc)
 
     p = sub.add_parser("train", parents=[common], help="train an experiment")
-    p.add_argument("experiment", help="a name in experiments/ or a path to an experiment file")
+    p.add_argument("experiment", nargs="?", default=None,
+                   help="a name in experiments/ or a path to an experiment file (with --resume: the run's own)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--run-dir", default=None, help="run folder; an existing run of the same config resumes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its latest checkpoint, with its recorded config; "
+                        "KEY=VALUE may only extend it (steps, epochs, patience, eval_every, checkpoint_*, ...)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -291,6 +398,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, required=True)
     p.add_argument("--run-dir", default=None, help="the run folder to write (default: a new one under the runs root)")
     p.set_defaults(func=cmd_sweep_export)
+
+    p = sub.add_parser("predict", parents=[common],
+                       help="a run's model over a stored split or a .csv/.parquet/.npz file, into a Parquet file")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("data", metavar="SOURCE|DATASET", help="a dataset in the store, or a .csv, .parquet or .npz file")
+    p.add_argument("--out", required=True, help="the Parquet file to write (replaced atomically)")
+    p.add_argument("--split", default="test", help="the split of a stored dataset (default %(default)s)")
+    p.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default %(default)s)")
+    p.add_argument("--id", default=None, metavar="COLUMN",
+                   help="a column of a table source written instead of the row number")
+    p.add_argument("--batch-rows", type=int, default=None, help="rows per compiled call (default: by row size)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", parents=[common],
+                       help="a run's model as a StableHLO (jax.export) or ONNX file that runs without pipeline")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=("stablehlo", "onnx"), required=True)
+    p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
+    p.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default %(default)s)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", parents=[common],
                        help="benchmark suites (cpu-small, loop, sweep, data, stream-train, accel, ...) and points")
@@ -404,6 +531,7 @@ def _main(argv: list[str] | None) -> int:
                 from pipeline.distributed import initialize
 
                 initialize()  # a no-op, without JAX, unless the environment asks for several processes
+                _check_backend()  # JAX_PLATFORMS naming a backend that cannot start: one line, nothing made
             code = args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return code

@@ -36,7 +36,7 @@ PACKAGE = "pipeline"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("pipeline.__main__",)),
     ("cli", ("pipeline.cli", "pipeline.launch")),
-    ("api", ("pipeline", "pipeline.api", "pipeline.predictor")),
+    ("api", ("pipeline", "pipeline.api", "pipeline.predictor", "pipeline.predict", "pipeline.export_model")),
     ("drivers", ("pipeline.sweep", "pipeline.bench")),
     ("train", ("pipeline.train",)),
     ("parts", ("pipeline.data", "pipeline.track", "pipeline.models", "pipeline.objectives", "pipeline.optim")),
