@@ -108,13 +108,16 @@ class MetricsTable:
         if not columns["step"]:
             return
         n = sum(len(s) for s in columns["step"])
-        members = {} if trial is None else {"trial": np.tile(np.asarray(trial, np.int32), len(columns["step"]))}
+        # Step by step (each step's names, members, in order): the rows of a call of K steps come in the
+        # order K calls of one step give them, so the table is the same whatever K the engine took.
+        order = np.argsort(np.concatenate(columns["step"]), kind="stable")
+        members = {} if trial is None else {"trial": np.tile(np.asarray(trial, np.int32), len(columns["step"]))[order]}
         self._pending.append(pa.table({
             **members,
-            "step": np.concatenate(columns["step"]),
+            "step": np.concatenate(columns["step"])[order],
             "split": np.full(n, split, dtype=object),
-            "name": np.concatenate(columns["name"]),
-            "value": np.concatenate(columns["value"]),
+            "name": np.concatenate(columns["name"])[order],
+            "value": np.concatenate(columns["value"])[order],
             "wall_s": np.full(n, wall_s),
         }, schema=self.schema))
 

@@ -68,8 +68,9 @@ class VmapPopulation:
         self.step_count = first_step
         self.which = split_members(feed.which, self.mesh)
 
-    def step(self) -> Any:
-        k = self.programs.steps_per_call
+    def step(self, k: int | None = None) -> Any:
+        """One call of ``k`` steps (default: the programs' K) for every member."""
+        k = k or self.programs.steps_per_call
         args = self.feed.population_args(self.step_count, k)
         self.state, metrics, self.live = self.run(self.state, self.live, self.which, *args)
         self.step_count += k
@@ -144,8 +145,9 @@ class SoloPopulation:
     def member(self, i: int) -> TrainState:
         return jax.tree.unflatten(self.treedef, self.leaves[i])
 
-    def step(self) -> Any:
-        handles, k = {}, self.programs.steps_per_call
+    def step(self, k: int | None = None) -> Any:
+        """One call of ``k`` steps (default: the programs' K) for each live member."""
+        handles, k = {}, k or self.programs.steps_per_call
         for i in np.flatnonzero(self.live):
             args = self.feed.member_args(int(i), self.step_count, k)
             self.leaves[i], handles[int(i)] = self.run(self.leaves[i], *args)

@@ -5,9 +5,10 @@ dispatching, reading the previous call's metrics back), measured here on this ma
 step's time is estimated from the model's size: 6 x parameters x batch FLOPs and ~40 bytes
 of memory traffic per parameter (Adam's reads and writes), at a device's best rates, so the
 estimate is a lower bound and K errs on the large side. K is then the smallest count that
-keeps the overhead under ``OVERHEAD_SHARE`` of a call, between ``MIN_K`` and ``MAX_K`` (a call
-stays short enough for progress and Ctrl-C). ``choose_steps_per_call`` then takes the largest K
-up to that target that divides the run, the evaluation and the checkpoint intervals.
+keeps the overhead under ``OVERHEAD_SHARE`` of a call, between ``MIN_K`` and ``MAX_K``.
+``choose_steps_per_call`` then takes the largest K up to that target that divides the run, the
+evaluation and the checkpoint intervals. That K is a ceiling: ``call_length.py`` lowers it while
+the run goes, from measured call times, so that a call lasts about 2 s at most (Ctrl-C).
 
 Inside a call the K steps are a ``lax.scan``, whose every iteration has a cost of its own (the
 loop's condition, copies of part of the carry): about a microsecond on a CPU, a few percent of a

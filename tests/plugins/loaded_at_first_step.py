@@ -11,9 +11,9 @@ from tests.plugins.loaded_modules import SEEN, loaded
 _step = population.SoloPopulation.step  # an AttributeError here when it is renamed: the test fails loudly
 
 
-def _first(self):
+def _first(self, *args, **kwargs):
     SEEN.setdefault("first_step", loaded())
-    return _step(self)
+    return _step(self, *args, **kwargs)
 
 
 population.SoloPopulation.step = _first
