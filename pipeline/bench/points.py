@@ -28,7 +28,7 @@ class BenchError(PipelineError):
 @dataclass(frozen=True)
 class Point:
     name: str
-    family: str  # mlp | cnn | transformer | data
+    family: str  # a model family (mlp, cnn, resnet, vit, transformer, ...) or a way of measuring (data, loop, ...)
     data: str  # a built-in dataset name or a synthetic spec (synthetic.py)
     batch: int
     precision: str = "fp32"
@@ -91,6 +91,18 @@ POINTS: dict[str, Point] = {p.name: p for p in [
     Point("cnn-c64-128-256-b256-bf16", "cnn", "images:32x32x3", 256, "bf16",
           overrides=("model.channels=64,128,256", "model.hidden=256"), steps_per_call=10, budget=ACCEL,
           accelerator=True, cpu_standin="cnn-c8-16-b32"),
+    # Image families beside the CNN: ResNet-20 (0.27M) and a ViT of 2.7M (images_resnet, images_vit), each
+    # with a tiny CPU stand-in of its family.
+    Point("resnet20-b128-bf16", "resnet", "images:32x32x3", 128, "bf16", overrides=("model.depth=20",),
+          steps_per_call=10, budget=ACCEL, accelerator=True, cpu_standin="resnet8-w8-b32"),
+    Point("resnet8-w8-b32", "resnet", "images:32x32x3", 32, overrides=("model.depth=8", "model.width=8"),
+          steps_per_call=10, budget=QUICK),
+    Point("vit-d192-l6-p4-b128-bf16", "vit", "images:32x32x3", 128, "bf16",
+          overrides=("model.patch=4", "model.dim=192", "model.depth=6", "model.heads=3"), steps_per_call=10,
+          budget=ACCEL, accelerator=True, cpu_standin="vit-d32-l1-p8-b32"),
+    Point("vit-d32-l1-p8-b32", "vit", "images:32x32x3", 32,
+          overrides=("model.patch=8", "model.dim=32", "model.depth=1", "model.heads=2"), steps_per_call=10,
+          budget=QUICK),
     # Decoder language models, named by their approximate parameter count.
     _lm("lm-mini-bf16", 128, 2, 4, 128, 512, 8, k=5, budget=QUICK),
     _lm("lm-5m", 256, 6, 4, 256, 256, 8, precision="fp32", k=5),
@@ -129,6 +141,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     # the larger language models last. On a CPU the points sized for accelerators are recorded as
     # skipped and their stand-ins run instead.
     "accel": ("lm-125m", "mlp-h32-b32", "mlp-h4096x3-b1024-bf16", "cnn-c64-128-256-b256-bf16",
+              "resnet20-b128-bf16", "vit-d192-l6-p4-b128-bf16",
               "sweep-mlp-h32-b32-x32", "trace-lm-125m", "lm-350m", "lm-1b"),
 }
 

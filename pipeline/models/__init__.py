@@ -14,15 +14,17 @@ import jax
 from flax import nnx
 
 from pipeline.config import ModelConfig
-from pipeline.models import cnn, mlp, transformer  # noqa: F401 - the built-in families register on import
+from pipeline.models import cnn, mlp, resnet, transformer, vit  # noqa: F401 - the built-in families register on import
 from pipeline.models.cnn import CNNConfig
 from pipeline.models.layers import Dropout, Hyperparameter
 from pipeline.models.mlp import MLPConfig
+from pipeline.models.resnet import ResNetConfig
 from pipeline.models.transformer import TransformerConfig
+from pipeline.models.vit import ViTConfig
 from pipeline.registry import family
 
-__all__ = ["CNNConfig", "Dropout", "Hyperparameter", "MLPConfig", "Model", "ModelBuilder", "TransformerConfig",
-           "build_model", "model_rngs"]
+__all__ = ["CNNConfig", "Dropout", "Hyperparameter", "MLPConfig", "Model", "ModelBuilder", "ResNetConfig",
+           "TransformerConfig", "ViTConfig", "build_model", "model_rngs"]
 
 
 @runtime_checkable

@@ -88,11 +88,12 @@ def rotary(x_BxLxNxH: jax.Array) -> jax.Array:
 
 
 class Block(nnx.Module):
-    """x + attention(norm(x)); x + mlp(norm(x))."""
+    """x + attention(norm(x)); x + mlp(norm(x)). ``causal=False`` lets every position see all others (ViT)."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, position: str, activation: str,
-                 dropout: float = 0.0, *, rngs: nnx.Rngs):
+                 dropout: float = 0.0, *, rngs: nnx.Rngs, causal: bool = True):
         self.n_heads = n_heads
+        self.causal = causal
         self.position = position
         self.activation = activation
         self.norm1 = nnx.LayerNorm(d_model, rngs=rngs)
@@ -110,7 +111,7 @@ class Block(nnx.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.position == "rotary":
             q, k = rotary(q), rotary(k)
-        attn = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, length, d)
+        attn = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal).reshape(b, length, d)
         x_BxLxD = x_BxLxD + self.drop_attn(self.out(attn))
         h = self.down(ACTIVATIONS[self.activation](self.up(self.norm2(x_BxLxD))))
         return x_BxLxD + self.drop_mlp(h)
