@@ -10,6 +10,8 @@ register their own with ``pipeline.register_objective``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pipeline.data.token_bytes import table_of
 from pipeline.errors import PipelineError
 from pipeline.registry import objective as registered_objective
 from pipeline.registry import register_objective
@@ -92,21 +95,44 @@ def _sum_batches(b: Metrics) -> Metrics:
     return jax.tree.map(lambda a: a.sum(0), b)
 
 
-def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, hparams: Metrics) -> tuple[jax.Array, Metrics]:
+# Language modelling. ``bytes_V`` is the UTF-8 byte length of every token id (a text import stores it,
+# pipeline/data/token_bytes.py); without one every token is a byte (builtin:text). Bits per byte is
+# total nats / ln 2 / total bytes of the predicted tokens: comparable across tokenizers.
+def _target_bytes(y_BxL: jax.Array, bytes_V) -> jax.Array:
+    return jnp.ones(y_BxL.shape, jnp.float32) if bytes_V is None else jnp.asarray(bytes_V, jnp.float32)[y_BxL]
+
+
+def _lm_loss(logits_BxLxV: jax.Array, y_BxL: jax.Array, hparams: Metrics, bytes_V=None) -> tuple[jax.Array, Metrics]:
     loss, _ = _smoothed_cross_entropy(logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]), y_BxL.reshape(-1),
                                       hparams.get("label_smoothing"))
-    return loss, {"loss": loss, "bits_per_byte": loss / math.log(2)}
+    if bytes_V is None:
+        return loss, {"loss": loss, "bits_per_byte": loss / math.log(2)}
+    per_byte = loss * y_BxL.size / jnp.maximum(_target_bytes(y_BxL, bytes_V).sum(), 1.0)
+    return loss, {"loss": loss, "bits_per_byte": per_byte / math.log(2)}
 
 
-def _lm_sums(logits_BxLxV: jax.Array, y_BxL: jax.Array, mask_B: jax.Array) -> Metrics:
+def _lm_sums(logits_BxLxV: jax.Array, y_BxL: jax.Array, mask_B: jax.Array, bytes_V=None) -> Metrics:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, y_BxL)  # B x L
     m = mask_B[:, None] * jnp.ones_like(ce)
-    return {"loss": (ce * m).sum(), "count": m.sum()}
+    return {"loss": (ce * m).sum(), "count": m.sum(), "bytes": (_target_bytes(y_BxL, bytes_V) * m).sum()}
 
 
 def _lm_finalize(s: dict[str, float]) -> dict[str, float]:
     loss = s["loss"] / s["count"]
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": loss / math.log(2)}
+    if "bytes" not in s:
+        nats_per_byte = loss
+    else:  # a split whose targets are all end-of-document tokens predicts no byte
+        nats_per_byte = s["loss"] / s["bytes"] if s["bytes"] > 0 else float("nan")
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": nats_per_byte / math.log(2)}
+
+
+def _with_token_bytes(chosen: Objective, info) -> Objective:
+    """The built-in LM objective counting the dataset's bytes per token, when a text import stored them."""
+    bytes_V = table_of(getattr(info, "text", None) or {})
+    if chosen.name != "language_modeling" or chosen.loss is not _lm_loss or bytes_V is None:
+        return chosen
+    return dataclasses.replace(chosen, loss=functools.partial(_lm_loss, bytes_V=bytes_V),
+                               sums=functools.partial(_lm_sums, bytes_V=bytes_V))
 
 
 class ObjectiveError(PipelineError):
@@ -168,11 +194,14 @@ def objective_for(task: str, name: str = "", dataset: str = "") -> Objective:
 
 
 def resolve(cfg, info) -> Objective:
-    """The objective of a run, with its best metric checked: before anything is built or compiled."""
+    """The objective of a run, with its best metric checked: before anything is built or compiled.
+
+    A text dataset's bytes per token are bound into the language-modelling objective here.
+    """
     chosen = objective_for(info.task, cfg.objective, info.name)
     if cfg.best_metric:
         chosen.check_metric(cfg.best_metric)
-    return chosen
+    return _with_token_bytes(chosen, info)
 
 
 def best_metric(cfg, objective: Objective) -> str:

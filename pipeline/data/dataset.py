@@ -62,6 +62,9 @@ class DatasetInfo:
     # columns in stored order, and its target column. Empty for arrays, built-ins and older datasets.
     feature_names: list[str] = field(default_factory=list)
     target: str = ""
+    # Tokenized text (text_import.py): the tokenizer file beside the dataset, its vocabulary, the
+    # end-of-document id, the UTF-8 bytes of every token id, and per-split counts. Empty otherwise.
+    text: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -137,7 +140,7 @@ def _check_field(key: str, value: Any) -> None:
     elif key == "rows":
         if not isinstance(value, dict) or not all(_is_int(v) and v >= 0 for v in value.values()):
             raise bad("an object of row counts")
-    elif key == "feature_stats":
+    elif key in ("feature_stats", "text"):
         if not isinstance(value, dict):
             raise bad("an object")
 

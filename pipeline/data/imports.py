@@ -10,6 +10,9 @@ Images (image_import.py): a folder of ``CLASS/IMAGE`` files (optionally below sp
 or Parquet whose feature column is Hugging Face's image struct ``{bytes, path}``; decoded with
 Pillow into uint8 tensors (H, W, C), resized by ``image_size`` and converted by ``channels``.
 
+Text (text_import.py): text files, or a text column of a table source, tokenized and packed into
+token windows, with the tokenizer stored beside the dataset.
+
 ``task`` (``--task``) says whether the target is class ids or numbers (labels.py); a table
 source's feature column names and target name are stored with the dataset (``feature_names``,
 ``target``), so the trained model can match a frame's columns by name.
@@ -35,6 +38,7 @@ from pipeline.data.sources import load_source, split_off_test, test_mask
 from pipeline.data.store import Store, check_dataset_name
 from pipeline.data.tables import TableFiles, Tables
 from pipeline.data.tensors import to_numpy
+from pipeline.data.text_import import TextOptions, check_text_args, import_text, is_text_import
 from pipeline.data.validate import DataError, check_rows, check_split
 from pipeline.signals import sigterm_as_interrupt
 
@@ -43,7 +47,8 @@ def import_dataset(store: Store, source: str, name: str, target: str | None = No
                    test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
                    layout: Layout | None = None, features: list[str] | None = None,
                    wait: bool = False, task: str | None = None, image_size: tuple[int, int] | None = None,
-                   channels: int | None = None, image_pool: str = "thread") -> DatasetInfo:
+                   channels: int | None = None, image_pool: str = "thread",
+                   text: TextOptions | None = None) -> DatasetInfo:
     """Import ``source`` as dataset ``name``. Nothing is written unless every check passes.
 
     ``features`` picks a table source's feature columns (default: every column but the target).
@@ -51,6 +56,8 @@ def import_dataset(store: Store, source: str, name: str, target: str | None = No
     refuses an integer target that could be either (labels.py).
     ``image_size`` (H, W) and ``channels`` (1 or 3) shape the images of an image source (images.py);
     ``image_pool`` decodes them on "thread"s or "process"es (image_import.py).
+    ``text`` (``--tokenizer``, ``--seq-len``, ``--text-column``) tokenizes text files or a text column
+    (text_import.py); text files are imported as text without it too.
     ``wait``: wait for another writer's store lock instead of failing with its pid and host.
     SIGTERM meanwhile is handled like Ctrl-C (pipeline/signals.py): the staging folder is deleted.
     """
@@ -61,6 +68,10 @@ def import_dataset(store: Store, source: str, name: str, target: str | None = No
     images.check()
     shaped = image_size is not None or channels is not None
     with sigterm_as_interrupt():
+        text = text or TextOptions()
+        if is_text_import(source, text):
+            check_text_args(source, target, features, task, shaped)
+            return import_text(store, source, name, text, test_fraction, seed, overwrite, layout or Layout(), wait)
         if source.startswith("builtin:") or source.lower().endswith(".npz"):
             if features is not None:
                 raise DataError(f"{source}: --features picks columns of a table source (.csv, .parquet), "

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from pipeline.data import fs as fsx
 from pipeline.data.stats import summary
 from pipeline.data.store import Store
+from pipeline.data.text_dataset import show_lines
 from pipeline.data.validate import DataError
 
 
@@ -46,6 +47,7 @@ def show_text(store: Store, name: str) -> str:
     if info.num_classes:
         names = ", ".join(info.class_names[:12]) + (" ..." if len(info.class_names) > 12 else "")
         lines.append(f"classes      {info.num_classes} ({names})")
+    lines += show_lines(info)  # a text dataset's tokenizer and counts (text_dataset.py)
     for split, rows in info.rows.items():
         files = store.files(name, split)
         size = sum(store.file_size(f) for f in files)

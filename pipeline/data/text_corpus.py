@@ -6,7 +6,8 @@ nothing downloaded. Files are split between train and test by a hash of their na
 is wholly in one split and the split does not depend on which other files exist. Each split's
 files are concatenated (sorted) and cut into windows of ``SEQ_LEN + 1`` bytes that overlap by
 one byte: ``x = window[:-1]`` and ``y = window[1:]``, so every byte after the first is a
-target exactly once.
+target exactly once. No end-of-document token: the files run on into each other. Other text is
+imported with ``pipeline data import --tokenizer`` (text_import.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import Loaded, Split
+from pipeline.data.pack import windows as token_windows
 from pipeline.data.validate import DataError
 
 SEQ_LEN = 128  # tokens per example; a model's context must be at least this
@@ -42,12 +44,8 @@ def corpus_files(root: Path | None = None) -> dict[str, list[Path]]:
 
 
 def windows(data: bytes, length: int = SEQ_LEN) -> Split:
-    """Consecutive windows of ``length + 1`` bytes, one byte of overlap; the tail is dropped."""
-    tokens = np.frombuffer(data, np.uint8).astype(np.int32)
-    count = (len(tokens) - 1) // length
-    idx_NxL1 = np.arange(count)[:, None] * length + np.arange(length + 1)[None, :]
-    w = tokens[idx_NxL1]
-    return Split(np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:]))
+    """Consecutive windows of ``length + 1`` bytes, one byte of overlap; the tail is dropped (pack.py)."""
+    return token_windows(np.frombuffer(data, np.uint8), length)
 
 
 def byte_names() -> list[str]:
