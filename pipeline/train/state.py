@@ -19,6 +19,7 @@ from pipeline.models.normalize import Standardized
 from pipeline.objectives import Objective, resolve
 from pipeline.optim import make_optimizer
 from pipeline.registry import family
+from pipeline.train.augment import Augment, augment_plan, parse_augment
 
 
 @struct.dataclass
@@ -43,16 +44,22 @@ class StepSpec:
     compute_dtype: Any  # jnp.float32 or jnp.bfloat16
     key_leaves: tuple[bool, ...] = ()  # which leaves of ``rest`` are PRNG keys (kept as raw data in the state)
     unroll: int = 1  # steps per iteration of a call's scan (``calls.scan_unroll``); the results are the same
+    augment: Augment | None = None  # ``data.augment`` (pipeline/train/augment.py): drawn in the train step only
 
 
 def state_hparams(cfg: Config) -> dict[str, jax.Array]:
     """Every traced float field at the top of the config: what the step reads from ``state.hparams``.
 
     A switch that is off (``label_smoothing=0``, ``ema_decay=0``) is left out: its piece of the
-    program is not built, so nothing reads it.
+    program is not built, so nothing reads it. With ``data.augment`` on, the trial's ``seed`` is
+    here too (uint32): the augmentation key of each update derives from it and the step count, so
+    each member of a population draws from its own stream and no key needs to be carried.
     """
-    return {key: jnp.asarray(getattr(cfg, key), jnp.float32) for key, f in traced_fields(cfg).items()
-            if "." not in key and f.type in (float, "float") and (getattr(cfg, key) or not is_switch(f))}
+    out = {key: jnp.asarray(getattr(cfg, key), jnp.float32) for key, f in traced_fields(cfg).items()
+           if "." not in key and f.type in (float, "float") and (getattr(cfg, key) or not is_switch(f))}
+    if parse_augment(cfg.data.augment) is not None:
+        out["seed"] = jnp.asarray(cfg.seed, jnp.uint32)
+    return out
 
 
 def _is_key(a: Any) -> bool:
@@ -70,20 +77,29 @@ def typed_keys(tree: Any, key_leaves: tuple[bool, ...]) -> Any:
 
 
 def normalization(cfg: Config, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
-    """The (mean, std) that standardize the features, or None: ``data.normalize`` against the dataset."""
-    from pipeline.data.stats import feature_stats
+    """The (mean, std) that standardize the features, or None: ``data.normalize`` against the dataset.
+
+    Images stored as uint8 always become float in the step: standardized per channel (``auto``,
+    ``true``), or scaled to [0, 1] (``false``: mean 0, std 255).
+    """
+    from pipeline.data.stats import feature_stats, is_image
 
     stats = feature_stats(info)
     setting = cfg.data.normalize
+    channels = int(info.feature_shape[-1]) if is_image(info) else 0
+    to_unit = (np.zeros(channels, np.float32), np.full(channels, 255.0, np.float32))
     if setting == "false":
-        return None
+        return to_unit if is_image(info) else None
     if setting == "true":
         if stats is None:
             raise ConfigError(f"bad value for 'data.normalize': dataset '{info.name}' has no feature statistics "
                               f"({info.feature_dtype} features); import it again or use data.normalize=false")
         return stats
-    # auto: tabular float features, where scales differ by feature; not images (already in [0, 1]) or tokens.
+    # auto: tabular float features, where scales differ by feature, and uint8 images (per channel);
+    # not float images (already in [0, 1]) or tokens.
     tabular = len(info.feature_shape) == 1 and np.dtype(info.feature_dtype).kind == "f"
+    if is_image(info):
+        return stats if stats is not None else to_unit
     return stats if tabular else None
 
 
@@ -137,6 +153,7 @@ def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[Step
         batch_size=cfg.batch_size,
         compute_dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32,
         key_leaves=tuple(_is_key(a) for a in jax.tree.leaves(rest)),
+        augment=augment_plan(cfg.data.augment, info.feature_shape, info.name),
     )
     state = TrainState(
         params=params,
@@ -156,7 +173,8 @@ def model_graph(cfg: Config, info: DatasetInfo) -> Any:
 
 def same_program(a: StepSpec, b: StepSpec) -> bool:
     """Whether two specs compile to the same step: what lets states share one vmapped population."""
-    return a.graphdef == b.graphdef and a.eval_graphdef == b.eval_graphdef and a.key_leaves == b.key_leaves
+    return (a.graphdef == b.graphdef and a.eval_graphdef == b.eval_graphdef and a.key_leaves == b.key_leaves
+            and a.augment == b.augment)
 
 
 # -- placement ----------------------------------------------------------------------------------

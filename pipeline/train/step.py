@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pipeline.train.augment import Mix, augment, step_key
 from pipeline.train.state import StepSpec, TrainState, raw_keys, typed_keys
 
 
@@ -33,15 +34,22 @@ def apply_model(spec: StepSpec, params, rest, x, train: bool):
     return out.astype(jnp.float32), raw_keys(new_rest)
 
 
-def loss_fn(params, spec: StepSpec, state: TrainState, x, y):
+def loss_fn(params, spec: StepSpec, state: TrainState, x, y, mix: Mix | None = None):
     out, new_rest = apply_model(spec, params, state.rest, x, train=True)
     loss, metrics = spec.objective.loss(out, y, state.hparams)
+    if mix is not None:  # mixup: the objective's loss (and metrics) on both labels, mixed like the images
+        other_loss, other_metrics = spec.objective.loss(out, mix.y_other, state.hparams)
+        loss = mix.lam * loss + (1.0 - mix.lam) * other_loss
+        metrics = jax.tree.map(lambda a, b: mix.lam * a + (1.0 - mix.lam) * b, metrics, other_metrics)
     return loss, (metrics, new_rest)
 
 
 def train_step(spec: StepSpec, state: TrainState, x, y) -> tuple[TrainState, dict]:
-    """One optimizer update on one batch."""
-    grads, (metrics, new_rest) = jax.grad(loss_fn, has_aux=True)(state.params, spec, state, x, y)
+    """One optimizer update on one batch (augmented first when ``data.augment`` says so)."""
+    mix = None
+    if spec.augment is not None:  # drawn from this member's own seed and update count
+        x, mix = augment(spec.augment, step_key(state.hparams["seed"], state.step), x, y)
+    grads, (metrics, new_rest) = jax.grad(loss_fn, has_aux=True)(state.params, spec, state, x, y, mix)
     if spec.compute_dtype != jnp.float32:
         grads = _cast_floats(grads, jnp.float32)
     updates, opt_state = spec.tx.update(grads, state.opt_state, state.params)
