@@ -162,7 +162,8 @@ def run_search_bench(out: Path, tasks: list[str], strategies: list[str], seeds: 
             for seed in range(seeds):
                 with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
                     result = run_job(task, strategy, seed, Path(tmp))
-                events = result.get("events", [])
+                # What a stopped run evaluated after the signal (its last call finishing) is past the budget.
+                events = [e for e in result.get("events", []) if e[0] <= task.budget_s]
                 row = {"task": name, "strategy": strategy, "seed": seed, "budget_s": task.budget_s,
                        "metric": f"val/{task.metric}", "error": result.get("error") and str(result["error"]),
                        **summarize(task, events)}
