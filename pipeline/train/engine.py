@@ -4,7 +4,8 @@ The host never waits on the call it just dispatched: it reads back the metrics o
 while call N+1 runs. K, the steps of a call, may change between calls (``call_length.py``: about
 2 s a call at most, so a Ctrl-C is acted on within seconds); it never changes what is computed. At
 evaluations and checkpoints it catches up, records every live member, decides per member (best so
-far, early stopping, divergence, a halving rung) and checkpoints, all through its ``Session`` (records, hooks, the feed, the stop flag).
+far, early stopping, divergence, a halving rung) and checkpoints, all through its ``Session``
+(records, hooks, the feed, the stop flag).
 ``pipeline train`` and ``pipeline sweep`` both drive this loop; they differ only in the
 ``Policy`` they hand it and in how they configure the session and the population.
 
