@@ -44,21 +44,30 @@ class Task:
 
 SPACE = {"optimizer.learning_rate": "loguniform(1e-4,3e-1)", "optimizer.b1": "uniform(0.5,0.99)"}
 TASKS = {
-    "mlp": Task("mlp", "digits_mlp", 25.0, ("steps=600", "eval_every=100"), "accuracy", True, 100),
-    "cnn": Task("cnn", "digits_cnn", 40.0, ("steps=300", "eval_every=50"), "accuracy", True, 50),
-    "regression": Task("regression", "regression_mlp", 25.0, ("steps=600", "eval_every=100",
+    "mlp": Task("mlp", "digits_mlp", 20.0, ("steps=600", "eval_every=100"), "accuracy", True, 100),
+    "cnn": Task("cnn", "digits_cnn", 30.0, ("steps=300", "eval_every=50"), "accuracy", True, 50),
+    "regression": Task("regression", "regression_mlp", 20.0, ("steps=600", "eval_every=100",
                                                               "optimizer.schedule=constant"), "r2", True, 100),
 }
 STRATEGIES = ("optuna_sequential", "random", "tpe", "pbt", "refill_asha")
 POPULATION = 8
+TRIALS = 96  # the trial budget of the sweeps: more than any of them reaches within its wall-clock budget
 
 # Run in a fresh process: argv[1] is this job as JSON. Prints one JSON object: the evaluations.
 SCRIPT = r'''
 import json, os, signal, sys, threading, time
 job = json.loads(sys.argv[1])
 started = job["started"]
-threading.Timer(max(0.0, started + job["budget_s"] - time.time()),
-                lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may have left SIGINT ignored
+def deadline():
+    # Again every second: a run that ends between the signal and its next call boundary finishes normally
+    # (the signal only asks it to stop there), and the loop around it would go on.
+    time.sleep(max(0.0, started + job["budget_s"] - time.time()))
+    while True:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+
+threading.Thread(target=deadline, daemon=True).start()
 import pipeline
 from pipeline.hooks import Hook
 events = []
@@ -84,6 +93,7 @@ try:
         def objective(trial):
             lr = trial.suggest_float("lr", 1e-4, 3e-1, log=True)
             b1 = trial.suggest_float("b1", 0.5, 0.99)
+            print(json.dumps({"trial": trial.number, "lr": lr, "b1": b1}), file=sys.stderr, flush=True)
             result = pipeline.fit(job["experiment"], overrides=fixed + [f"optimizer.learning_rate={lr}",
                                   f"optimizer.b1={b1}", "plot=false"], hooks=[Record(trial.number)],
                                   run_dir=os.path.join(job["work"], f"t{trial.number}"))
@@ -92,7 +102,7 @@ try:
         study.optimize(objective, catch=())
     else:
         options = dict(search_seed=job["seed"], max_population=job["population"], no_vmap=False)
-        strategy, trials = job["strategy"], 100000
+        strategy, trials = job["strategy"], job["trials"]  # more than the budget has time for
         if strategy == "pbt":
             fixed = fixed + [f"pbt.interval={job['pbt_interval']}"]
             fixed = [f for f in fixed if not f.startswith("steps=")] + [f"steps={job['pbt_steps']}"]
@@ -119,7 +129,7 @@ def run_job(task: Task, strategy: str, seed: int, work: Path) -> dict[str, Any]:
     job = {"started": time.time(), "budget_s": task.budget_s, "metric": task.metric, "higher": task.higher,
            "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides), "strategy": strategy,
            "seed": seed, "population": POPULATION, "work": str(work), "pbt_interval": task.pbt_interval,
-           "pbt_steps": steps * 20, "rungs": [every, 2 * every]}
+           "pbt_steps": steps * 20, "rungs": [every, 2 * every], "trials": TRIALS}
     env = {**os.environ, "PIPELINE_RUNS": str(work / "runs"), "PIPELINE_SWEEPS": str(work / "sweeps")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env,
                          timeout=task.budget_s + 600)
