@@ -117,15 +117,9 @@ def check_close(format: str, got: np.ndarray, expected: np.ndarray) -> None:
 
 
 def write_file(out: Path, data: bytes) -> None:
-    from pipeline.durable.files import make_folders, remove_path, write_bytes
+    from pipeline.durable.files import write_into_new_folders
 
-    made = make_folders(out.parent)
-    try:
-        write_bytes(out, data)
-    except BaseException:
-        for folder in reversed(made):
-            remove_path(folder)
-        raise
+    write_into_new_folders(out, lambda handle: handle.write(data))
 
 
 # -- StableHLO --------------------------------------------------------------------------------------

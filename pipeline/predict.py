@@ -404,7 +404,7 @@ def write_predictions(out: Path, tables: Iterator[Any], metadata: dict[bytes, by
     """
     import pyarrow.parquet as pq
 
-    from pipeline.durable.files import make_folders, remove_path, write_with
+    from pipeline.durable.files import write_into_new_folders
 
     rows = 0
 
@@ -423,13 +423,7 @@ def write_predictions(out: Path, tables: Iterator[Any], metadata: dict[bytes, by
         if writer is None:
             raise ModelInputError("no rows to predict")
 
-    made = make_folders(out.parent)
-    try:
-        write_with(out, write)
-    except BaseException:
-        for folder in reversed(made):
-            remove_path(folder)
-        raise
+    write_into_new_folders(out, write)
     return rows
 
 

@@ -37,7 +37,7 @@ from pipeline.data.images import ImageOptions, decode, peek
 from pipeline.data.labels import LabelPlan
 from pipeline.data.layout import Layout
 from pipeline.data.progress import ImportProgress
-from pipeline.data.sources import test_mask
+from pipeline.data.sources import append_rows, test_mask
 from pipeline.data.tables import Tables
 from pipeline.data.tensors import to_numpy
 from pipeline.data.validate import DataError, check_rows
@@ -124,16 +124,6 @@ def decoded(pool: Executor, work: Callable, chunks: Iterator[tuple[list, list[st
         yield images, names_, extra_
 
 
-def _append(writer, split: str, x: np.ndarray, y: np.ndarray, is_test: np.ndarray | None, row: int) -> None:
-    """Train rows of a source without a test split go to train or test by the seeded mask."""
-    if split == "train" and is_test is not None:
-        mask = is_test[row:row + len(x)]
-        writer.append("train", x[~mask], y[~mask])
-        writer.append("test", x[mask], y[mask])
-    else:
-        writer.append(split, x, y)
-
-
 def _template(name: str, source: str, shape: tuple[int, int, int], plan: LabelPlan,
               target: str = "") -> DatasetInfo:
     return DatasetInfo(name=name, task=plan.task, feature_shape=shape, feature_dtype="uint8", label_shape=(),
@@ -167,7 +157,7 @@ def import_image_folder(store, folder: ImageFolder, name: str, options: ImageOpt
             for split in ("train", "test", *folder.splits):
                 writer.add_split(split)
             for images, names, (split, start, labels) in decoded(executor, work, chunks(), progress):
-                _append(writer, split, check.stack(images, names), np.asarray(labels, np.int32), is_test, start)
+                append_rows(writer, split, check.stack(images, names), np.asarray(labels, np.int32), is_test, start)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
         return writer.commit()
@@ -250,7 +240,7 @@ def import_image_table(store, tables: Tables, name: str, column: str, target: st
             for images, names, (split, path, first_row, labels) in decoded(executor, work, chunks(), progress):
                 x = check.stack(images, names)
                 check_rows(path, x, labels, plan.task, plan.num_classes, first_row)
-                _append(writer, split, x, labels, is_test, found[split])
+                append_rows(writer, split, x, labels, is_test, found[split])
                 found[split] += len(x)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)

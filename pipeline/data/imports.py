@@ -34,7 +34,7 @@ from pipeline.data.image_import import image_columns, import_image_folder, impor
 from pipeline.data.images import ImageOptions
 from pipeline.data.labels import LabelPlan, LabelScan, check_task_choice, settle_loaded_task
 from pipeline.data.layout import Layout
-from pipeline.data.sources import load_source, split_off_test, test_mask
+from pipeline.data.sources import append_rows, load_source, split_off_test, test_mask
 from pipeline.data.store import Store, check_dataset_name
 from pipeline.data.tables import TableFiles, Tables
 from pipeline.data.tensors import to_numpy
@@ -220,12 +220,7 @@ def import_tables(store: Store, tables: Tables, name: str, target: str | None, f
                 label = chunk.batch.column(chunk.batch.schema.get_field_index(target))
                 y = to_numpy(label).astype(template.label_dtype) if as_stored else plan.encode(label)
                 check_rows(chunk.path, x, y, plan.task, plan.num_classes, chunk.first_row)
-                if split == "train" and is_test is not None:
-                    mask = is_test[row:row + len(x)]
-                    writer.append("train", x[~mask], y[~mask])
-                    writer.append("test", x[mask], y[mask])
-                else:
-                    writer.append(split, x, y)
+                append_rows(writer, split, x, y, is_test, row)
                 row += len(x)
             if row != rows[split]:
                 raise DataError(f"{source}: {row} {split} rows on the second read but {rows[split]} on the first "

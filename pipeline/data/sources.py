@@ -121,6 +121,17 @@ def test_mask(rows: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def append_rows(writer, split: str, x: np.ndarray, y: np.ndarray, is_test: np.ndarray | None, row: int) -> None:
+    """Rows ``row...`` of ``split``; a source without a test split sends its train rows to train or test by
+    the seeded mask (``test_mask``)."""
+    if split == "train" and is_test is not None:
+        mask = is_test[row:row + len(x)]
+        writer.append("train", x[~mask], y[~mask])
+        writer.append("test", x[mask], y[mask])
+    else:
+        writer.append(split, x, y)
+
+
 def split_off_test(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """A seeded random split: ``fraction`` of the rows go to the test split, both keep row order."""
     mask = test_mask(len(split), fraction, seed)

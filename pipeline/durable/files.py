@@ -108,6 +108,18 @@ def write_with(path: Path, write: Callable[[Any], None]) -> None:
     fsync_dir(path.parent)
 
 
+def write_into_new_folders(path: Path, write: Callable[[Any], None]) -> None:
+    """``write_with`` into ``path``, making its missing folders first; on failure the folders this call
+    made are removed again, so a failed write leaves nothing behind."""
+    made = make_folders(path.parent)
+    try:
+        write_with(path, write)
+    except BaseException:
+        for folder in reversed(made):
+            remove_path(folder)
+        raise
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     write_with(path, lambda handle: handle.write(data))
 

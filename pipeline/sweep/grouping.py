@@ -57,6 +57,17 @@ def make_trials(base: Config, space: Space, points: list[dict[str, Any]]) -> lis
     return out
 
 
+def asked_trial(base: Config, space: Space, trial_id: int, values: dict[str, Any], next_id: int) -> Trial:
+    """The trial a search asked for (its id is the study's trial number, the next in order)."""
+    try:
+        t = make_trials(base, space, [values])[0]
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("trial 0 ", f"trial {trial_id} ", 1)) from None
+    t.id = trial_id
+    assert t.id == next_id, f"trial {t.id} asked out of order"
+    return t
+
+
 def group_key(cfg: Config) -> str:
     """The config with its traced fields (marked on the config classes) blanked, switches kept as on/off.
 

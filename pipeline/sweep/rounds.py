@@ -136,12 +136,7 @@ class RoundLoop:
     def _add(self, r: int, points: list[Any], saved: dict[int, records.TrialRecord]) -> None:
         new = []
         for p in points:
-            try:
-                t = grouping.make_trials(self.sp.base, self.sp.space, [p.values])[0]
-            except ConfigError as exc:
-                raise ConfigError(str(exc).replace("trial 0 ", f"trial {p.trial} ", 1)) from None
-            t.id = p.trial
-            assert t.id == len(self.trials), f"trial {t.id} asked out of order"
+            t = grouping.asked_trial(self.sp.base, self.sp.space, p.trial, p.values, len(self.trials))
             self.trials.append(t)
             self.recs[t.id] = saved.get(t.id, records.TrialRecord())
             self.round_of[t.id] = r

@@ -88,12 +88,7 @@ class SearchSource:
             self._add(self.search.ask(1)[0])
 
     def _add(self, point: Any) -> None:
-        try:
-            t = grouping.make_trials(self.sp.base, self.sp.space, [point.values])[0]
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("trial 0 ", f"trial {point.trial} ", 1)) from None
-        t.id = point.trial
-        assert t.id == len(self.trials), f"trial {t.id} asked out of order"
+        t = grouping.asked_trial(self.sp.base, self.sp.space, point.trial, point.values, len(self.trials))
         self.trials.append(t)
         self.recs.setdefault(t.id, Bookkeeping())
         name = t.cfg.data.name
