@@ -156,7 +156,8 @@ def _fixture_defs(item):
 def pytest_collection_modifyitems(config, items):
     """The tiers of the suite, as markers (registered in pyproject.toml).
 
-    ``scripts/test`` runs ``-m "not subprocess or contract"``: every test that stays in this process,
+    ``scripts/test`` runs ``-m "not (subprocess or heavy) or contract"``: every test that stays in this
+    process and is not marked ``heavy`` by hand (a long one: a model family trained, a whole search),
     plus the few subprocess tests marked ``contract`` by hand (the command line as a shell meets it:
     exit codes, one-line errors, ``--json``, signals). ``scripts/test --all`` runs everything.
 

@@ -28,6 +28,8 @@ import pipeline
 from pipeline.data import Store
 from tests.conftest import records_under, run_cli
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 TINY = {"steps": 20, "eval_every": 10, "plot": False}
 FEATURES = [f"f{i}" for i in range(8)]
 

@@ -9,6 +9,8 @@ import pytest
 from pipeline.bench import grain_stream, image_training
 from pipeline.data import Store
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 torch = pytest.importorskip("torch")
 
 

@@ -22,6 +22,8 @@ from pipeline.bench.run import run_bench
 from pipeline.bench.timing import Budget
 from pipeline.registry import is_registered
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPERS = {"bench_loop": "loop", "bench_sweep": "sweep", "bench_data": "data",
             "bench_stream_train": "stream-train", "bench_accel": "accel"}

@@ -24,6 +24,8 @@ from pipeline.models.normalize import Standardized
 from pipeline.train.state import normalization
 from tests.data.test_import_cli import expect_error
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits

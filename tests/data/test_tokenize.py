@@ -22,6 +22,8 @@ from pipeline.data.tokenize import EOD, TextTokenizer, build_tokenizer, from_jso
 from pipeline.track.metrics import read_metrics
 from tests.data.test_import_cli import expect_error
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 UNICODE = ["Grüße aus Köln — naïve café, ½ × π ≈ 1.57", "日本語のテキスト、絵文字 🙂🚀 and tabs\tand\r\nCRLF",
            "plain ascii <|endoftext|> inside a document", "Ελληνικά καὶ русский текст; emoji 👩‍👩‍👧 zwj"]
 

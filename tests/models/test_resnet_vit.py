@@ -28,6 +28,8 @@ from pipeline.train.step import train_step
 from tests.conftest import records_under, run_cli
 from tests.sweep.conftest import sweep
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 TINY_RESNET = ResNetConfig(depth=8, width=4)
 TINY_VIT = ViTConfig(patch=4, dim=16, depth=2, heads=2)
 DATA = "tinyimages"

@@ -33,6 +33,8 @@ from pipeline.train.state import create_state
 from tests.conftest import ROOT
 from tests.sweep.conftest import pipeline, read_sweep, sweep
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 # Four members over a learning rate and a dropout rate, exploited at every evaluation.
 SPACE = ["optimizer.learning_rate=loguniform(1e-3,1e-1)", "model.dropout=uniform(0.05,0.3)"]
 PBT = ["--strategy", "pbt", "--trials", "4", "pbt.interval=20", "model.hidden=16", "batch_size=32",

@@ -13,6 +13,8 @@ from pipeline.sweep import plan_probe, plan_rule
 from pipeline.sweep.population_run import PopulationRun
 from tests.sweep.conftest import TINY, pipeline
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 # One group of four trials in two populations of two; 200 steps leave the probe calls to time.
 TINY_200 = [a for a in TINY if not a.startswith(("steps=", "eval_every="))]
 ARGS = ["digits_mlp", *TINY_200, "steps=200", "eval_every=40",

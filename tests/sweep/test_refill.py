@@ -25,6 +25,8 @@ from pipeline.train.prepare import prepare
 from pipeline.train.state import create_state
 from tests.sweep.conftest import TRACES, pipeline
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 BASE = ["model.hidden=16", "steps=40", "eval_every=20", "batch_size=32", "steps_per_call=10"]
 # Random learning rates, seeds and data seeds: every refilled trial brings its own state and batch order.
 SPACE = ["optimizer.learning_rate=loguniform(1e-3,3e-2)", "seed=range(100)", "data_seed=range(3)"]

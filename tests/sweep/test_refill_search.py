@@ -30,6 +30,8 @@ from pipeline.train.prepare import prepare
 from pipeline.train.state import create_state
 from tests.sweep.conftest import TRACES, read_sweep, sweep
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 SPACE = {"optimizer.learning_rate": "loguniform(1e-3,1e-1)", "seed": "range(100)"}
 FIXED = ["model.hidden=16", "steps=40", "eval_every=10", "batch_size=32", "checkpoint_every=10"]
 OPTIONS = ["--strategy", "tpe", "--trials", "6", "--max-population", "2", "--refill", "--vmap", "--no-progress"]

@@ -19,6 +19,8 @@ from pipeline.sweep.space import parse_space
 from tests.conftest import ROOT
 from tests.sweep.conftest import TINY, TRACES, pipeline, read_sweep, sweep
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 LR = "optimizer.learning_rate=loguniform(1e-4,1e-1)"
 SEARCH = [LR, "--strategy", "tpe", "--trials", "8", "--max-population", "4"]
 

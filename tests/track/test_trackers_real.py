@@ -31,6 +31,8 @@ from pipeline.track.mlflow_tracker import MLflowTracker  # noqa: E402  (after th
 from pipeline.track.tensorboard_tracker import TensorBoardTracker  # noqa: E402
 from pipeline.track.wandb_tracker import WandbTracker, wandb_mode  # noqa: E402
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 QUICK = ["steps=20", "eval_every=10", "batch_size=32", "model.hidden=16", "plot=false"]
 POINTS = [{"optimizer.learning_rate": lr, "seed": seed} for lr in (0.01, 0.1) for seed in (0, 1)]
 

@@ -22,6 +22,8 @@ from pipeline.train.parts import prepare, stack, vmapped_programs
 from pipeline.train.step import apply_model, eval_sums, train_step
 from tests.conftest import records_under, run_cli
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 H, W, C, B = 8, 8, 3, 64
 FULL = "flip,crop:2,cutout:3,mixup:0.4"
 CNN = ["data=tiny_images", "model.channels=4", "model.hidden=8", "batch_size=16"]
