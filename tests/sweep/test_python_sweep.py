@@ -21,13 +21,13 @@ def comparable(summary: dict) -> dict:
 
 
 def test_the_python_sweep_returns_what_the_command_prints(cli, tmp_path):
-    printed = cli("sweep", "digits_mlp", *(f"{k}={v}" for k, v in SPACE.items()), *FIXED, "--strategy", "tpe",
+    printed = cli("sweep", "digits_mlp", *(f"{k}={v}" for k, v in SPACE.items()), *FIXED, "--strategy", "random",
                   "--trials", "4", "--max-population", "2", "--sweep-dir", str(tmp_path / "cli"), "--json",
                   "--no-progress")
     assert printed.code == 0, printed.err
     from_cli = json.loads(printed.out.strip().splitlines()[-1])
 
-    result = pipeline.sweep("digits_mlp", SPACE, strategy="tpe", trials=4, max_population=2, overrides=FIXED,
+    result = pipeline.sweep("digits_mlp", SPACE, strategy="random", trials=4, max_population=2, overrides=FIXED,
                             sweep_dir=tmp_path / "py")
     assert comparable(result.summary) == comparable(from_cli)
     assert result.best == from_cli["best"] and result.best["metrics"]["val/accuracy"] > 0.5
