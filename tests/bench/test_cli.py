@@ -33,6 +33,7 @@ def test_list(cli):
     assert r.code == 0 and "cpu-small: mlp-h32-b32, cnn-c8-16-b32" in r.out and "lm-1b" in r.out
 
 
+@pytest.mark.heavy
 def test_tiny_suite_end_to_end(cli, tmp_path, monkeypatch):
     # A model that cannot fit comes first: it is recorded as out of memory and the run goes on.
     huge = Point("huge-mlp", "mlp", "images:16x16x1", 16, overrides=("model.hidden=2097152,2097152",), budget=SMOKE)

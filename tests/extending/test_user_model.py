@@ -74,6 +74,7 @@ def test_overrides_reach_the_models_own_fields_and_unknown_ones_list_them(home):
     assert pipeline.load_run(summary["run_dir"]).embed.kernel.shape == (64, 16)
 
 
+@pytest.mark.heavy
 def test_a_vmapped_population_of_the_user_model_equals_no_vmap(home):
     swept = [run_cli("sweep", str(home / "resmlp.py"), "steps=40", "eval_every=20", "--no-progress", "--json",
                      *flag) for flag in (["--vmap"], ["--no-vmap"])]
@@ -88,6 +89,7 @@ def test_a_vmapped_population_of_the_user_model_equals_no_vmap(home):
     np.testing.assert_allclose(a.curve(3)[1], b.curve(3)[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_benchmarks_with_flops_from_xlas_cost_analysis(home):
     out = home / "bench"
     r = run_cli("bench", str(home / "resmlp.py"), "--peers", "pipeline,jax_bare,torch_eager", "--out", str(out))

@@ -56,6 +56,7 @@ def store(tmp_path_factory) -> Store:
     return store
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the canonical form is what XLA:CPU needs")
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_every_convolution_of_the_scanned_cnn_step_is_canonical(store, norm):

@@ -138,6 +138,7 @@ def test_loss_decreases_on_a_tiny_run():
     assert losses[-1] < 0.25 * losses[0]
 
 
+@pytest.mark.heavy
 def test_bf16_stays_close_to_fp32():
     spec32, state32 = _lm_state("fp32")
     spec16, state16 = _lm_state("bf16")

@@ -11,7 +11,6 @@ import contextlib
 
 import jax
 import numpy as np
-import optuna
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,6 +28,8 @@ from pipeline.sweep.search_source import SearchSource
 from pipeline.train.prepare import prepare
 from pipeline.train.state import create_state
 from tests.sweep.conftest import TRACES, read_sweep, sweep
+
+optuna = pytest.importorskip("optuna")  # the optuna extra (CI installs it)
 
 pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
 

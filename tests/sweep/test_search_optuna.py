@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import optuna
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +17,8 @@ from pipeline.sweep.rounds import round_size
 from pipeline.sweep.space import parse_space
 from tests.conftest import ROOT
 from tests.sweep.conftest import TINY, TRACES, pipeline, read_sweep, sweep
+
+optuna = pytest.importorskip("optuna")  # the optuna extra (CI installs it)
 
 pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
 
