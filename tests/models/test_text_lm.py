@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from pipeline.data import Store
 from pipeline.data.dataset import describe
@@ -48,6 +49,7 @@ def _tiny_text(workdir, length: int = 16) -> None:
     Store(workdir / "data").write(info, splits)
 
 
+@pytest.mark.heavy
 def test_text_lm_learns_a_tiny_corpus_and_reports_bits_per_byte(cli, workdir):
     _tiny_text(workdir)
     result = cli("train", "text_lm", "data=tinytext", "steps=150", "eval_every=150", "batch_size=16",

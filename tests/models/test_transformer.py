@@ -131,6 +131,7 @@ def _batch():
     return seq[:, :-1].astype(jnp.int32), seq[:, 1:].astype(jnp.int32)
 
 
+@pytest.mark.heavy
 def test_loss_decreases_on_a_tiny_run():
     spec, state = _lm_state("fp32", dropout=0.1)
     losses = _run(spec, state, *_batch(), steps=40)

@@ -9,6 +9,8 @@ import pytest
 
 from tests.sweep.conftest import TINY, pipeline, sweep
 
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
+
 
 @pytest.mark.parametrize(("experiment", "metric"), [("digits_mlp", "accuracy"), ("regression_mlp", "loss")])
 def test_the_exported_best_is_the_trials_record(home, tmp_path, experiment, metric):

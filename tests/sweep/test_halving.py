@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.sweep.conftest import TRACES, sweep
 
@@ -10,6 +11,7 @@ ARGS = ["model.hidden=16", "steps=60", "eval_every=20", "batch_size=32", "--no-p
         "optimizer.learning_rate=choice(1e-4;1e-3;1e-2;3e-2)", "--rungs", "20,40", "--keep", "0.5"]
 
 
+@pytest.mark.heavy
 def test_successive_halving_bookkeeping(home):
     TRACES.clear()
     s = sweep("digits_mlp", *ARGS)

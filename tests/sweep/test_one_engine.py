@@ -98,6 +98,7 @@ def test_export_refuses_bad_input_in_one_line(one, home, tmp_path):
     assert r.code != 0 and "is not a sweep folder" in r.err
 
 
+@pytest.mark.heavy
 def test_a_streamed_population_equals_its_members_run_alone(home):
     # A streamed split is not carved and digits stores no validation split: the sweep ranks on test, explicitly.
     space = ["optimizer.learning_rate=choice(0.003;0.01;0.03)", STREAMED, "selection.split=test"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.track.hparams import WIDTH, cell, differing_keys
 from tests.test_runs_list import table_of
+
+pytestmark = pytest.mark.heavy  # long: `scripts/test --all` (CI) runs it, the default tier does not
 
 QUICK = ["steps=20", "eval_every=10", "plot=false", "--no-progress"]
 
