@@ -188,8 +188,8 @@ def test_a_killed_process_is_one_line_and_its_joined_peer_stops_at_once_quietly(
     # The run folder keeps its last complete checkpoint, and resumes from it.
     assert (run_dir / "checkpoints" / "20").is_dir() and not (run_dir / "summary.json").exists()
     if victim_rank == 1:
-        resumed = pipeline("train", "digits_mlp", *RUN, "--run-dir", str(run_dir), "--resume", "--store",
-                           str(store.root))
+        # The run's own experiment and config (it was trained as the plugin's experiment, not digits_mlp).
+        resumed = pipeline("train", "--run-dir", str(run_dir), "--resume", "--store", str(store.root))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (run_dir / "summary.json").is_file()
 
