@@ -74,7 +74,7 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_result(home):
     got = pq.read_table(folder / "curves.parquet")
     want = pq.read_table(reference.folder / "curves.parquet")
     assert sorted((r["status"], r["steps"]) for r in resumed.trials) == [("done", 2000)] * 2 + [("stopped", 100)] * 2
-    # Train loss and accuracy at every step, test loss and accuracy every 20: no row lost or doubled.
-    assert got.num_rows == want.num_rows == sum(2 * r["steps"] + 2 * (r["steps"] // 20) for r in resumed.trials)
+    # Train loss and accuracy at every step, val and test loss and accuracy every 20: no row lost or doubled.
+    assert got.num_rows == want.num_rows == sum(2 * r["steps"] + 4 * (r["steps"] // 20) for r in resumed.trials)
     assert got.equals(want)
     np.testing.assert_array_equal(np.asarray(got.column("value")), np.asarray(want.column("value")))
