@@ -27,6 +27,14 @@ def members_split(count: int) -> bool:
     return jax.device_count() > 1 and count % jax.device_count() == 0
 
 
+def place_population_indices(idx: np.ndarray, members: int, mesh: Mesh) -> jax.Array:
+    """A population call's row indices on the devices: whole on every device when the members are
+    split over the devices, else with the batch split, as a run splits it."""
+    if members_split(members):
+        return jax.device_put(idx, replicated(mesh))
+    return place_indices(idx, mesh)
+
+
 class ResidentFeed:
     """Batches of the device-resident split, as row indices: one ``EpochOrder`` per distinct seed.
 
@@ -43,18 +51,10 @@ class ResidentFeed:
         self.which = np.array([distinct.index(seed) for seed in self.seeds], np.int32)
 
     def population_args(self, first_step: int, k: int) -> tuple:
-        """``(x, y, idx)``: idx (max(slots, distinct seeds), K, batch) row indices on the devices.
-
-        Every device holds them whole when the members are split over the devices; otherwise
-        the batch is split, as a run splits it.
-        """
+        """``(x, y, idx)``: idx (max(slots, distinct seeds), K, batch) row indices on the devices."""
         idx = [order.indices(first_step, k) for order in self.orders]
         idx = np.stack(idx + [idx[0]] * (self.slots - len(idx)))
-        if members_split(len(self.seeds)):
-            placed = jax.device_put(idx, replicated(self.mesh))
-        else:
-            placed = place_indices(idx, self.mesh)
-        return self.train.x, self.train.y, placed
+        return self.train.x, self.train.y, place_population_indices(idx, len(self.seeds), self.mesh)
 
     def member_args(self, i: int, first_step: int, k: int) -> tuple:
         """``(x, y, idx)`` of member ``i``: its (K, batch) row indices, the batch split over the devices."""
@@ -96,11 +96,7 @@ class SlotFeed:
     def population_args(self, first_step: int, k: int) -> tuple:
         """``(x, y, idx)``: idx (slots, K, batch) row indices, each slot's at its own step."""
         idx = np.stack([self._indices(i, first_step, k) for i in range(len(self.seeds))])
-        if members_split(len(self.seeds)):
-            placed = jax.device_put(idx, replicated(self.mesh))
-        else:
-            placed = place_indices(idx, self.mesh)
-        return self.train.x, self.train.y, placed
+        return self.train.x, self.train.y, place_population_indices(idx, len(self.seeds), self.mesh)
 
     def member_args(self, i: int, first_step: int, k: int) -> tuple:
         """``(x, y, idx)`` of slot ``i``: its (K, batch) row indices, the batch split over the devices."""
