@@ -22,6 +22,7 @@ from pipeline.config import Config, ConfigError, apply_overrides
 from pipeline.data.from_python import DEFAULT_TEST_FRACTION, dataset_name
 from pipeline.errors import PipelineError, one_line_errors
 from pipeline.predictor import ModelInputError, Surface, with_surface
+from pipeline.signals import raise_unheard
 from pipeline.sweep.space import override_list
 
 __all__ = ["FitResult", "ModelInputError", "fit", "load_run", "train_in_folder"]
@@ -88,7 +89,9 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     summary = train_in_folder(cfg, name, run_dir, store, show_progress=progress, experiment_file=source,
                               hooks=file_hooks + list(hooks or []))
     folder = Path(summary["run_dir"])
-    return FitResult(folder, summary, load_run(folder, which="latest"))
+    result = FitResult(folder, summary, load_run(folder, which="latest"))
+    raise_unheard()  # a Ctrl-C after the run's last boundary stops the caller's loop here (all is recorded)
+    return result
 
 
 def train_in_folder(cfg: Config, name: str, run_dir: str | Path | None, store: Any, *,

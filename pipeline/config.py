@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import types
@@ -182,6 +183,7 @@ def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.cache  # get_type_hints evaluates every annotation: a sweep of thousands of trials asks it for each key
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _last: list[int] = []  # the last signal a flag caught, or that raised Terminated, in this process
+_unheard: list[int] = []  # a signal a flag caught that no loop acted on (it came after the last boundary)
 
 
 class Terminated(KeyboardInterrupt):
@@ -47,6 +48,18 @@ def interrupted_exit_code() -> int:
 def forget() -> None:
     """Clear the record of the last signal (each command starts without one)."""
     _last.clear()
+    _unheard.clear()
+
+
+def raise_unheard() -> None:
+    """Raise, now, a signal a flag caught after its loop's last call boundary: the run finished and
+    recorded everything, and the signal is delivered as the Python API returns (``KeyboardInterrupt``
+    for SIGINT, ``Terminated`` for SIGTERM), so a loop of ``pipeline.fit`` calls (an Optuna
+    objective) stops at Ctrl-C instead of going on to the next trial."""
+    if _unheard:
+        signum = _unheard[-1]
+        _unheard.clear()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -76,6 +89,8 @@ def sigint_flag(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> I
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    if flag["set"]:  # the block ended normally with a signal caught: no loop acted on it
+        _unheard.append(flag["signal"])
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -36,22 +36,43 @@ class Task:
     name: str
     experiment: str
     budget_s: float
-    overrides: tuple[str, ...]  # every trial's fixed keys (short trials: the budget holds many)
+    overrides: tuple[str, ...]  # every trial's fixed keys
     metric: str  # the validation metric the search is judged by
     higher: bool
     pbt_interval: int
+    rungs: tuple[int, ...]  # refill+ASHA's rungs (each member's own steps)
 
 
-SPACE = {"optimizer.learning_rate": "loguniform(1e-4,3e-1)", "optimizer.b1": "uniform(0.5,0.99)"}
+# Three decades of learning rate too many, a momentum and a weight decay: a space where most points are
+# poor, as a user's first search space is, so that a strategy that learns where the good ones are shows it.
+SPACE = {"optimizer.learning_rate": "loguniform(1e-5,1)", "optimizer.b1": "uniform(0.5,0.99)",
+         "optimizer.weight_decay": "loguniform(1e-6,1e-1)"}
+# Judged by validation loss (cross-entropy, or mean squared error): it keeps improving where accuracy on
+# 144 validation rows moves in steps of 0.7% and saturates within seconds.
 TASKS = {
-    "mlp": Task("mlp", "digits_mlp", 20.0, ("steps=600", "eval_every=100"), "accuracy", True, 100),
-    "cnn": Task("cnn", "digits_cnn", 30.0, ("steps=300", "eval_every=50"), "accuracy", True, 50),
-    "regression": Task("regression", "regression_mlp", 20.0, ("steps=600", "eval_every=100",
-                                                              "optimizer.schedule=constant"), "r2", True, 100),
+    "mlp": Task("mlp", "digits_mlp", 40.0, ("steps=1200", "eval_every=100", "best_metric=loss"), "loss", False,
+                200, (100, 400)),
+    "cnn": Task("cnn", "digits_cnn", 60.0, ("steps=600", "eval_every=100", "best_metric=loss"), "loss", False,
+                100, (100, 300)),
+    "regression": Task("regression", "regression_mlp", 40.0, ("steps=1200", "eval_every=100", "best_metric=loss",
+                                                              "optimizer.schedule=constant"), "loss", False,
+                       200, (100, 400)),
 }
 STRATEGIES = ("optuna_sequential", "random", "tpe", "pbt", "refill_asha")
 POPULATION = 8
-TRIALS = 96  # the trial budget of the sweeps: more than any of them reaches within its wall-clock budget
+KEEP = 0.5  # the sweep's default --keep: each rung keeps the better half of the members recorded there
+TRIALS = 3000  # the trial budget of the sweeps: more than any of them reaches within its wall-clock budget
+
+
+def optuna_space(space: dict[str, str]) -> list[list]:
+    """``[key, low, high, log]`` of each dimension: what the anchor's objective suggests."""
+    out = []
+    for key, text in space.items():
+        kind, args = text.split("(", 1)
+        low, high = (float(a) for a in args.rstrip(")").split(","))
+        out.append([key, low, high, kind == "loguniform"])
+    return out
+
 
 # Run in a fresh process: argv[1] is this job as JSON. Prints one JSON object: the evaluations.
 SCRIPT = r'''
@@ -60,8 +81,10 @@ job = json.loads(sys.argv[1])
 started = job["started"]
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may have left SIGINT ignored
 def deadline():
-    # Again every second: a run that ends between the signal and its next call boundary finishes normally
-    # (the signal only asks it to stop there), and the loop around it would go on.
+    if job["budget_s"] is None:  # run to the end (the bookkeeping figures are in the finished summary)
+        return
+    # Again every second, in case a signal lands while no handler of the pipeline's is installed (between
+    # two trials of the anchor's loop a run's late signal is raised as fit returns: pipeline.signals).
     time.sleep(max(0.0, started + job["budget_s"] - time.time()))
     while True:
         os.kill(os.getpid(), signal.SIGINT)
@@ -79,8 +102,9 @@ class Record(Hook):
         events.append([time.time() - started, str(self.trial), int(step),
                        metrics.get("val", {}).get(job["metric"]), metrics.get("test", {}).get(job["metric"])])
 
+timing = None
 def done():
-    print(json.dumps({"events": events}), flush=True)
+    print(json.dumps({"events": events, "timing": timing}), flush=True)
     os._exit(0)
 
 space, fixed = job["space"], job["overrides"]
@@ -91,14 +115,12 @@ try:
         sampler = optuna.samplers.TPESampler(seed=job["seed"])
         study = optuna.create_study(direction="maximize" if job["higher"] else "minimize", sampler=sampler)
         def objective(trial):
-            lr = trial.suggest_float("lr", 1e-4, 3e-1, log=True)
-            b1 = trial.suggest_float("b1", 0.5, 0.99)
-            print(json.dumps({"trial": trial.number, "lr": lr, "b1": b1}), file=sys.stderr, flush=True)
-            result = pipeline.fit(job["experiment"], overrides=fixed + [f"optimizer.learning_rate={lr}",
-                                  f"optimizer.b1={b1}", "plot=false"], hooks=[Record(trial.number)],
-                                  run_dir=os.path.join(job["work"], f"t{trial.number}"))
-            best = result.summary["best"]["value"]
-            return best
+            values = [f"{key}={trial.suggest_float(key, low, high, log=log)!r}"
+                      for key, low, high, log in job["optuna_space"]]
+            result = pipeline.fit(job["experiment"], overrides=fixed + values + ["plot=false"],
+                                  hooks=[Record(trial.number)], run_dir=os.path.join(job["work"], f"t{trial.number}"))
+            best = result.summary["best"]
+            return best["value"] if best else float("nan")  # a diverged trial: Optuna records it failed
         study.optimize(objective, catch=())
     else:
         options = dict(search_seed=job["seed"], max_population=job["population"], no_vmap=False)
@@ -107,11 +129,14 @@ try:
             fixed = fixed + [f"pbt.interval={job['pbt_interval']}"]
             fixed = [f for f in fixed if not f.startswith("steps=")] + [f"steps={job['pbt_steps']}"]
             trials = job["population"]
+        if job["trials_override"]:
+            trials = job["trials_override"]
         if strategy == "refill_asha":
-            strategy, options["refill"], options["rungs"] = "random", True, job["rungs"]
-        pipeline.sweep(job["experiment"], space, strategy=strategy, trials=trials,
-                       overrides=fixed + ["plot=false"], sweep_dir=os.path.join(job["work"], "sweep"),
-                       hooks=lambda trial: [Record(trial)], **options)
+            strategy, options["refill"], options["rungs"], options["keep"] = "random", True, job["rungs"], job["keep"]
+        result = pipeline.sweep(job["experiment"], space, strategy=strategy, trials=trials,
+                                overrides=fixed + ["plot=false"], sweep_dir=os.path.join(job["work"], "sweep"),
+                                hooks=lambda trial: [Record(trial)], **options)
+        timing = {**result.summary["timing"], "wall_s": result.summary["wall_s"]}
 except KeyboardInterrupt:
     pass
 except pipeline.PipelineError as exc:
@@ -122,17 +147,19 @@ done()
 '''
 
 
-def run_job(task: Task, strategy: str, seed: int, work: Path) -> dict[str, Any]:
-    """One strategy on one task for the task's budget, in a fresh process; its evaluations."""
+def run_job(task: Task, strategy: str, seed: int, work: Path, to_the_end: dict | None = None) -> dict[str, Any]:
+    """One strategy on one task for the task's budget, in a fresh process; its evaluations. ``to_the_end``
+    (``{"trials": N, "pbt_steps": S}``): a sweep of that size run to its end instead, for its timing."""
     steps = int(next(o for o in task.overrides if o.startswith("steps=")).split("=")[1])
-    every = int(next(o for o in task.overrides if o.startswith("eval_every=")).split("=")[1])
-    job = {"started": time.time(), "budget_s": task.budget_s, "metric": task.metric, "higher": task.higher,
-           "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides), "strategy": strategy,
-           "seed": seed, "population": POPULATION, "work": str(work), "pbt_interval": task.pbt_interval,
-           "pbt_steps": steps * 20, "rungs": [every, 2 * every], "trials": TRIALS}
+    end = to_the_end or {}
+    job = {"started": time.time(), "budget_s": None if to_the_end else task.budget_s, "metric": task.metric,
+           "higher": task.higher, "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides),
+           "strategy": strategy, "seed": seed, "population": POPULATION, "work": str(work),
+           "pbt_interval": task.pbt_interval, "pbt_steps": end.get("pbt_steps", steps * 20), "rungs": list(task.rungs),
+           "keep": KEEP, "trials": TRIALS, "trials_override": end.get("trials"), "optuna_space": optuna_space(SPACE)}
     env = {**os.environ, "PIPELINE_RUNS": str(work / "runs"), "PIPELINE_SWEEPS": str(work / "sweeps")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env,
-                         timeout=task.budget_s + 600)
+                         timeout=task.budget_s + 900)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"error": out.stderr.strip().splitlines()[-1:] or ["no output"]}
     return result
@@ -183,13 +210,37 @@ def run_search_bench(out: Path, tasks: list[str], strategies: list[str], seeds: 
                 print(f"{name:10s} {strategy:18s} seed {seed}: best val {row['best_val']:.4f} "
                       f"at {row['time_to_best_s']:.1f}s, test {row['test_of_chosen']:.4f}"
                       + (f"  ERROR {row['error']}" if row["error"] else ""), flush=True)
+    costs = [measure_bookkeeping(TASKS[name], strategy) for name in tasks for strategy in BOOKKEEPING
+             if strategy in strategies]
     out.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
     pq.write_table(table, out / "search.parquet")
     pq.write_table(pa.Table.from_pylist(curves), out / "search-curves.parquet")
+    if costs:
+        pq.write_table(pa.Table.from_pylist(costs), out / "search-bookkeeping.parquet")
     if docs is not None:
-        write_report(docs, rows, curves, tasks, strategies)
+        write_report(docs, rows, curves, tasks, strategies, costs)
     return table
+
+
+# The searches whose bookkeeping is measured, each run to its end on the task: TPE 8 rounds of a population,
+# PBT 10 times the task's steps (an exploit every pbt_interval), refill+ASHA 64 trials.
+BOOKKEEPING = ("tpe", "pbt", "refill_asha")
+
+
+def measure_bookkeeping(task: Task, strategy: str) -> dict[str, Any]:
+    """One finished sweep's ``timing`` (``pipeline.sweep.timing``): its bookkeeping and its share of the wall."""
+    steps = int(next(o for o in task.overrides if o.startswith("steps=")).split("=")[1])
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        result = run_job(task, strategy, 0, Path(tmp), {"trials": 8 * POPULATION if strategy != "pbt" else None,
+                                                        "pbt_steps": 10 * steps})
+    timing = result.get("timing") or {}
+    row = {"task": task.name, "strategy": strategy, "error": result.get("error") and str(result["error"]),
+           **{k: timing.get(k, math.nan) for k in ("wall_s", "between_populations_s", "at_boundaries_s",
+                                                  "bookkeeping_s", "bookkeeping_share")}}
+    print(f"{task.name:10s} {strategy:18s} bookkeeping {row['bookkeeping_s']:.2f} s of {row['wall_s']:.1f} s "
+          f"({100 * row['bookkeeping_share']:.1f}%)" + (f"  ERROR {row['error']}" if row["error"] else ""), flush=True)
+    return row
 
 
 def _median(values: list[float]) -> float:
@@ -197,7 +248,8 @@ def _median(values: list[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[str], strategies: list[str]) -> None:
+def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[str], strategies: list[str],
+                 costs: list[dict] = ()) -> None:
     """docs/benchmarks/search.md (the medians over seeds) and search.png (best so far against time)."""
     import matplotlib
 
@@ -237,9 +289,27 @@ def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[s
     fig.savefig(docs / "search.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     seeds = len({r["seed"] for r in rows})
+    described = "; ".join(f"{name}: `{TASKS[name].experiment}` {' '.join(TASKS[name].overrides)}, "
+                          f"{TASKS[name].budget_s:.0f} s" for name in tasks)
     text = ["# Search benchmark", "",
             f"`pipeline bench search`: {seeds} search seeds per strategy, medians shown; each run a fresh process "
             "stopped by SIGINT at the task's wall-clock budget (imports and compiles included). The anchor, "
             "`optuna_sequential`, is Optuna's `study.optimize` with TPE calling `pipeline.fit` one trial at a time.",
+            "", f"Space: {', '.join(f'`{k}={v}`' for k, v in SPACE.items())}. Populations of {POPULATION}; PBT one "
+            f"population for 20 times the task's steps; refill+ASHA rungs per task, keep {KEEP}. Tasks ({described}) "
+            "are judged by the validation " + ", ".join(sorted({TASKS[n].metric for n in tasks})) + " ("
+            + ("higher" if TASKS[tasks[0]].higher else "lower") + " is better); the test value is the chosen "
+            "trial's, at its selected step.",
             "", *lines, "", "![best validation metric so far against wall time](search.png)", ""]
+    if costs:
+        text += ["## Bookkeeping", "",
+                 "Each search run to its end once more (TPE: 8 rounds of 8; PBT: 10 times the task's steps, an "
+                 "exploit every `pbt.interval`; refill+ASHA: 64 trials), and its `timing` read from `summary.json`: "
+                 "the wall time between populations and at evaluation boundaries spent by the search itself "
+                 "(asks, tells, fresh states, exploit and explore, refills, the records).", "",
+                 "| task | strategy | wall (s) | between populations (s) | at boundaries (s) | share of wall |",
+                 "|---|---|---|---|---|---|"]
+        text += [f"| {c['task']} | {c['strategy']} | {c['wall_s']:.1f} | {c['between_populations_s']:.2f} | "
+                 f"{c['at_boundaries_s']:.2f} | {100 * c['bookkeeping_share']:.1f}% |" for c in costs]
+        text.append("")
     (docs / "search.md").write_text("\n".join(text))

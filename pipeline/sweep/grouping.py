@@ -102,12 +102,14 @@ def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Grou
     return list(groups.values())
 
 
-def check_programs(groups: list[Group], trials: list[Trial], infos: dict[str, DatasetInfo]) -> None:
+def check_programs(groups: list[Group], trials: list[Trial], infos: dict[str, DatasetInfo],
+                   seen: dict[tuple, Any] | None = None) -> None:
     """Refuse, before anything runs, a traced model field whose values change the model's structure.
 
     ``traced()`` promises that a field's value lives in the state, so trials differing in it
     share one program; a model that keeps it as a static attribute (``nnx.Dropout``'s rate)
-    breaks that promise. One abstract build per distinct set of the model's traced values.
+    breaks that promise. One abstract build per distinct set of the model's traced values
+    (``seen``: the builds of earlier calls, by group and values, so a search's rounds build each once).
     """
     from pipeline.train.state import model_graph
 
@@ -116,7 +118,7 @@ def check_programs(groups: list[Group], trials: list[Trial], infos: dict[str, Da
         model_keys = [k for k in traced_fields(first) if k.startswith("model.")]
         if not model_keys:
             continue
-        graphs: dict[tuple, Any] = {}
+        graphs = seen.setdefault(g.key, {}) if seen is not None else {}
         for t in (trials[i] for i in g.trials):
             values = tuple(flat_keys(t.cfg)[k] for k in model_keys)
             if values not in graphs:

@@ -148,6 +148,9 @@ class OptunaSearch:
             storage=self.storage, study_name=STUDY, direction="maximize" if higher else "minimize",
             sampler=self._sampler(0), pruner=pruner(optuna, pruner_name, eval_every), load_if_exists=True)
         self.study_id = self.storage.get_study_id_from_name(STUDY)
+        # The steps each trial has reported (a killed attempt's included): a report is written once.
+        self.reported = {t.number: set(t.intermediate_values) for t in self._trials()}
+        self.ids: dict[int, int] = {}
 
     def _sampler(self, number: int) -> Any:
         seed = self.seed if self.strategy == "qmc" else int(np.random.SeedSequence([self.seed, number])
@@ -181,12 +184,16 @@ class OptunaSearch:
         return self.storage.get_trial(self._trial_id(number))
 
     def _trial_id(self, number: int) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        if number not in self.ids:  # never changes: asked once of the storage (which reads the journal)
+            self.ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self.ids[number]
 
     def report(self, trial: int, step: int, value: float) -> None:
         """An evaluation's value; one a killed attempt reported already (the same value) is kept."""
-        if step not in self._frozen(trial).intermediate_values:
+        steps = self.reported.setdefault(trial, set())
+        if step not in steps:
             self.storage.set_trial_intermediate_value(self._trial_id(trial), step, float(value))
+            steps.add(step)
 
     def should_prune(self, trial: int, step: int) -> bool:
         """The pruner's verdict at ``step``, from the values reported up to that step."""

@@ -23,6 +23,7 @@ from pipeline.signals import sigint_flag
 from pipeline.sweep import folder, grouping, plan_rule, records, runner
 from pipeline.sweep.pbt import PBT, PBTOptions, getattr_dotted, split_pbt_args
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
+from pipeline.sweep.timing import SweepClock
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.exploit import INHERITED, hyperparameter_leaves
@@ -122,15 +123,16 @@ def run_pbt(experiment: str, args: list[str], store: Store, opts: runner.SweepOp
     if not unfinished:
         controller.final_from_lineage()
     write_trials()
+    clock = SweepClock()
     try:
         if unfinished:
-            _run_population(g, prep, trials, recs, sweep_dir, opts, controller, vmap, write_trials, sp.name)
+            _run_population(g, prep, trials, recs, sweep_dir, opts, controller, vmap, write_trials, sp.name, clock)
     finally:
         if prep.reader is not None:
             prep.reader.close()
-    summary = runner.summarize(sweep_dir, sp.name, trials, recs, sp.swept, sp.groups, time.time() - started, vmap,
-                               sp.infos)
-    summary["plans"] = plans
+    wall = time.time() - started
+    summary = runner.summarize(sweep_dir, sp.name, trials, recs, sp.swept, sp.groups, wall, vmap, sp.infos)
+    summary["plans"], summary["timing"] = plans, clock.record(wall)
     summary["pbt"] = {**pbt_opts.record(), "lineage": str(sweep_dir / "pbt.parquet")}
     write_json(sweep_dir / "summary.json", summary)
     if sp.base.plot:
@@ -139,7 +141,8 @@ def run_pbt(experiment: str, args: list[str], store: Store, opts: runner.SweepOp
 
 
 def _run_population(g: grouping.Group, prep, trials: list[grouping.Trial], recs: dict, sweep_dir: Path,
-                    opts: runner.SweepOptions, controller: PBT, vmap: bool, write_trials, name: str) -> None:
+                    opts: runner.SweepOptions, controller: PBT, vmap: bool, write_trials, name: str,
+                    clock: SweepClock) -> None:
     import jax
 
     members = list(g.trials)
@@ -161,6 +164,7 @@ def _run_population(g: grouping.Group, prep, trials: list[grouping.Trial], recs:
                        hooks=opts.hooks)
         population = PopulationRun(run, 0, members, size)
         population.execute()
+        clock.population_ended(population.engine)
     controller.write()
     records.merge_curves(sweep_dir / "curves.parquet", population.curves(), population.folder.name)
     write_trials()

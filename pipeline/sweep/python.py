@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from pipeline.config import Config, ConfigError, to_json
 from pipeline.errors import PipelineError, one_line_errors
+from pipeline.signals import raise_unheard
 from pipeline.sweep.space import override_list
 
 
@@ -139,4 +140,5 @@ def sweep(experiment_or_config: str | Path | Config, space: dict[str, Any] | Non
     if unknown:
         raise PipelineError(f"sweep(): unknown option {unknown[0]!r}")
     summary = one_line_errors(sweep_from_args)(args, store, None, hooks)
+    raise_unheard()  # a Ctrl-C after the sweep's last boundary stops the caller's loop here (all is recorded)
     return SweepResult(Path(summary["sweep_dir"]), summary, store)

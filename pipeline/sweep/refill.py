@@ -27,6 +27,7 @@ from pipeline.hooks import Hook
 from pipeline.sweep import plan_rule, records
 from pipeline.sweep.grouping import Group, Trial
 from pipeline.sweep.population_run import population_folder, trial_hooks
+from pipeline.sweep.timing import SweepClock
 from pipeline.train.engine import Engine, Events, Policy
 from pipeline.train.evaluation import Bookkeeping
 from pipeline.train.population import SoloPopulation, VmapPopulation, stack, unstack
@@ -34,7 +35,7 @@ from pipeline.train.prepare import Prepared
 from pipeline.train.programs import solo_programs, vmapped_programs
 from pipeline.train.session import Session, Start, stop_message
 from pipeline.train.slots import Refill
-from pipeline.train.state import create_state, same_program
+from pipeline.train.state import InitialStates, same_program
 
 
 class TrialList:
@@ -81,6 +82,7 @@ class RefillPopulation:
         self.group, self.prep, self.trials, self.recs, self.experiment = g, prep, trials, recs, experiment
         self.sweep_dir, self.write_trials = sweep_dir, write_trials
         self.source = source if source is not None else TrialList(g.trials)
+        self.initial = InitialStates(prep.info, g.total_steps)
         self.folder = population_folder(sweep_dir / "checkpoints", g.id, 0)
         self.session = session = Session(
             prep, self.folder, self.folder.with_name(self.folder.name + ".metrics"), keep=1, members=True,
@@ -119,7 +121,7 @@ class RefillPopulation:
 
     def fresh_state(self, trial: int) -> Any:
         """The trial's initial state, exactly as its solo run makes it (``create_state``)."""
-        spec, state = create_state(self.trials[trial].cfg, self.prep.info, self.group.total_steps)
+        spec, state = self.initial(self.trials[trial].cfg)
         # grouping.check_programs refused this before the sweep began; a member must never run another program.
         assert same_program(spec, self.prep.spec), f"trial {trial} does not fit its population's program"
         return state
@@ -180,7 +182,7 @@ def population_size(g: Group, vmap: bool) -> int:
 def run_refill_group(g: Group, prep: Prepared, trials: list[Trial], recs: dict[int, Bookkeeping], sweep_dir: Path,
                      opts: Any, plans: dict[str, dict[str, Any]], interrupted: dict,
                      write_trials: Callable[[], None], on_progress: Callable[[int, float], None], name: str = "",
-                     source: Any = None, decide: Callable | None = None) -> None:
+                     source: Any = None, decide: Callable | None = None, clock: SweepClock | None = None) -> None:
     """Group ``g`` as one refill population (``opts``: ``SweepOptions``; its ``vmap`` False runs the members
     one at a time, True vmapped, else ``plan_rule.fixed_plan``: no plan probe), then its curves merged into
     ``curves.parquet`` and the trials table written. ``plans[str(g.id)]`` says how it ran."""
@@ -190,6 +192,8 @@ def run_refill_group(g: Group, prep: Prepared, trials: list[Trial], recs: dict[i
                                   tuple(opts.rungs), opts.keep, interrupted, write_trials, on_progress, name,
                                   source, decide, opts.hooks)
     population.execute()
+    if clock is not None:
+        clock.population_ended(population.engine)
     records.merge_curves(sweep_dir / "curves.parquet", population.session.metrics.table(), population.folder.name)
     write_trials()
     remove_path(population.session.metrics.path)

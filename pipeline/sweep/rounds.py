@@ -31,6 +31,7 @@ from pipeline.errors import PipelineError
 from pipeline.signals import sigint_flag
 from pipeline.sweep import folder, grouping, optuna_search, plan_rule, records, search_source, strategy
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
+from pipeline.sweep.timing import SweepClock
 from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.prepare import prepare
 from pipeline.train.programs import solo_programs, vmapped_programs
@@ -65,6 +66,7 @@ class Searched:
     plans: dict[str, dict[str, Any]]
     infos: dict[str, Any]
     rounds: int
+    clock: SweepClock
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class RoundLoop:
     compiled: dict[int, _GroupPrograms] = field(default_factory=dict)
     capacity: dict[int, int] = field(default_factory=dict)
     populations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # round -> [(group, chunk)]
+    clock: SweepClock = field(default_factory=SweepClock)
+    graphs: dict[str, dict] = field(default_factory=dict)  # the model builds check_programs made
 
     def run(self) -> int:
         """Every round to the end of the budget; returns the number of rounds."""
@@ -152,7 +156,7 @@ class RoundLoop:
         this_round = [grouping.Group(g.id, g.key, [g.trials[0], *ids], total_steps=g.total_steps,
                                      steps_per_call=g.steps_per_call) for g, ids in mine]
         self.rules.check_halving(self.opts, this_round, self.trials)
-        grouping.check_programs(this_round, self.trials, self.infos)
+        grouping.check_programs(this_round, self.trials, self.infos, self.graphs)
         self.populations[r] = []
         for g, ids in mine:
             for members in grouping.chunk(ids, self._capacity(g)):
@@ -178,7 +182,9 @@ class RoundLoop:
             if any(self.recs[t].status not in records.FINISHED for t in members):
                 compiled = self._compiled(g)
                 population = PopulationRun(compiled.run, index, members, compiled.size)
+                self.clock.population_starts()
                 population.execute()
+                self.clock.population_ended(population.engine)
                 records.merge_curves(self.sweep_dir / "curves.parquet", population.curves(), population.folder.name)
                 self.write_trials()
                 population.forget_metrics()
@@ -285,11 +291,13 @@ def run_search(sp: Any, store: Store, opts: Any, rules: Rules) -> Searched:
             progress.update(done[0], loss)
 
         if opts.refill:  # no rounds: one population whose freed slots ask the study (search_source.py)
+            clock = SweepClock()
             ran = search_source.run_refill_search(sp, store, opts, sweep_dir, search, size, budget, split, metric,
-                                                  interrupted, on_progress)
-            return Searched(sweep_dir, *ran, rounds=1)
+                                                  interrupted, on_progress, clock)
+            return Searched(sweep_dir, *ran, rounds=1, clock=clock)
         loop = RoundLoop(sp, store, opts, sweep_dir, search, size, budget, split, metric, interrupted, on_progress,
                          rules)
         rounds = loop.run()
     loop.write_trials()
-    return Searched(sweep_dir, loop.trials, loop.recs, loop.groups, loop.plans, loop.infos or infos, rounds)
+    return Searched(sweep_dir, loop.trials, loop.recs, loop.groups, loop.plans, loop.infos or infos, rounds,
+                    loop.clock)

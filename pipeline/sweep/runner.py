@@ -37,6 +37,7 @@ from pipeline.sweep import folder, grouping, plan_probe, plan_rule, records, rou
 from pipeline.sweep.population_run import GroupRun, Halving, PopulationRun
 from pipeline.sweep.refill import run_refill_group
 from pipeline.sweep.space import Space, SpaceError, parse_space
+from pipeline.sweep.timing import SweepClock
 from pipeline.track.background import plot_later
 from pipeline.track.progress import Progress, sweep_work
 from pipeline.train.prepare import prepare
@@ -207,6 +208,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     # Member-steps: finished trials' count on both sides; a resumed population adds its members' steps so far.
     todo, done = sweep_work((g.total_steps, recs[t].steps, recs[t].status in records.FINISHED)
                             for g in groups for t in g.trials)
+    clock = SweepClock()
     with Progress(todo, enabled=opts.show_progress, done=done) as progress, sigint_flag() as interrupted:
         done_steps = [done]
 
@@ -226,17 +228,20 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
             try:
                 if opts.refill:  # the whole group as one population whose stopped slots take the next trials
                     run_refill_group(g, prep, trials, recs, sweep_dir, opts, plans, interrupted, write_trials,
-                                     on_progress, name)
+                                     on_progress, name, clock=clock)
                     record_plans(sweep_dir, plans)
                 else:
                     run_group(g, prep, trials, chunks, recs, sweep_dir, opts, plans, saved_plans, interrupted,
-                              write_trials, on_progress, name)
+                              write_trials, on_progress, name, clock=clock)
             finally:
                 if prep.reader is not None:
                     prep.reader.close()
     vmapped = any(p["plan"] == "population" for p in plans.values())
-    summary = summarize(sweep_dir, name, trials, recs, swept, groups, time.time() - started, vmapped, infos)
+    wall = time.time() - started
+    summary = summarize(sweep_dir, name, trials, recs, swept, groups, wall, vmapped, infos)
     summary["plans"] = plans
+    if ray is None:
+        summary["timing"] = clock.record(wall)
     write_json(sweep_dir / "summary.json", summary)
     if base.plot:
         plot_later(sweep_dir)
@@ -247,9 +252,10 @@ def run_search(sp: ResolvedSweep, store: Store, opts: SweepOptions, started: flo
     """A search (``--strategy tpe|gp|cmaes|qmc``): asked, trained and told round by round (``rounds.py``)."""
     done = rounds.run_search(sp, store, opts, rounds.Rules(selection, check_halving))
     vmapped = any(p["plan"] == "population" for p in done.plans.values())
-    summary = summarize(done.sweep_dir, sp.name, done.trials, done.recs, sp.swept, done.groups,
-                        time.time() - started, vmapped, done.infos)
-    summary["plans"], summary["rounds"] = done.plans, done.rounds
+    wall = time.time() - started
+    summary = summarize(done.sweep_dir, sp.name, done.trials, done.recs, sp.swept, done.groups, wall, vmapped,
+                        done.infos)
+    summary["plans"], summary["rounds"], summary["timing"] = done.plans, done.rounds, done.clock.record(wall)
     write_json(done.sweep_dir / "summary.json", summary)
     if sp.base.plot:
         plot_later(done.sweep_dir)
@@ -271,7 +277,7 @@ def record_plans(sweep_dir: Path, plans: dict[str, dict[str, Any]]) -> None:
 def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: list[list[int]], recs: dict,
               sweep_dir: Path, opts: SweepOptions, plans: dict, saved_plans: dict, interrupted: dict,
               write_trials, on_progress, name: str,
-              on_population: Callable[[Any], None] | None = None) -> None:
+              on_population: Callable[[Any], None] | None = None, clock: SweepClock | None = None) -> None:
     """Every unfinished population of group ``g``, one after another, with one compiled program.
 
     ``on_population(population)`` is called as each one ends (default: its curves merged and the
@@ -319,11 +325,14 @@ def run_group(g: grouping.Group, prep, trials: list[grouping.Trial], chunks: lis
         run, size = group_run(vmap)
     if on_population is None and str(g.id) not in saved_plans:
         record_plans(sweep_dir, plans)
+    clock = clock or SweepClock()  # (a Ray task's: not reported)
     for index, members in enumerate(g.chunks):
         if members not in chunks:
             continue
         population = first if first is not None and members == chunks[0] else PopulationRun(run, index, members, size)
+        clock.population_starts()
         population.execute()
+        clock.population_ended(population.engine)
         if on_population is not None:
             on_population(population)
             continue

@@ -32,6 +32,7 @@ from pipeline.durable.files import write_json
 from pipeline.durable.records import read_json
 from pipeline.sweep import folder, grouping, records
 from pipeline.sweep.refill import run_refill_group
+from pipeline.sweep.timing import SweepClock
 from pipeline.train.evaluation import FINISHED, Bookkeeping
 from pipeline.train.prepare import prepare
 
@@ -146,7 +147,8 @@ class SearchSource:
 
 
 def run_refill_search(sp: Any, store: Store, opts: Any, sweep_dir: Path, search: Any, size: int, budget: int,
-                      split: str, metric: str, interrupted: dict, on_progress: Callable[[int, float], None]
+                      split: str, metric: str, interrupted: dict, on_progress: Callable[[int, float], None],
+                      clock: SweepClock | None = None
                       ) -> tuple[list[grouping.Trial], dict[int, Bookkeeping], list[grouping.Group],
                                  dict[str, dict[str, Any]], dict[str, Any]]:
     """Run (or resume) the search as one refill population of ``size`` slots; returns its trials, records,
@@ -169,7 +171,7 @@ def run_refill_search(sp: Any, store: Store, opts: Any, sweep_dir: Path, search:
     prep = prepare(trials[0].cfg, store, steps_per_call=g.steps_per_call)
     try:
         run_refill_group(g, prep, trials, recs, sweep_dir, opts, plans, interrupted, write_trials, on_progress,
-                         sp.name, source=source, decide=source.decide)
+                         sp.name, source=source, decide=source.decide, clock=clock)
     finally:
         if prep.reader is not None:
             prep.reader.close()

@@ -118,6 +118,7 @@ class Engine:
         self.held_best: tuple[int, Any, dict] | None = None  # a run's best state not yet written
         self.agree = distributed.CallAgreement("engine")  # a no-op in one process
         self.hook_failed: HookFailed | None = None  # a hook that raised: the loop stops at the next boundary
+        self.search_s = 0.0  # wall time of a search's own work at boundaries (``pipeline.sweep.timing``)
         for t in self.members:
             if self.books[t].status == "pending":
                 self.books[t].status = "running"
@@ -165,7 +166,9 @@ class Engine:
                 pending = None
                 improved = self._evaluate() if eval_due else []
                 if self.refill is not None:
+                    began = time.perf_counter()
                     self._turn_over()
+                    self.search_s += time.perf_counter() - began
                 if self._ended():
                     break  # the final save follows the loop
                 if save_due or stop:
@@ -344,6 +347,7 @@ class Engine:
             self._stop([int(s) for s in live if self.books[self.slots[s]].evals_since_best >= self.policy.patience],
                        "early_stopped")
         live = [s for s in live if self.live[s]]
+        began = time.perf_counter()
         # A search's verdicts, asked once per own step of the members evaluated (once, without refill).
         for offset, group in self._by_offset(live) or [(0, np.array([], np.int64))]:
             group = [int(s) for s in group]
@@ -356,6 +360,7 @@ class Engine:
         elif self.step in self.policy.rungs and self.step < self.policy.total:
             self._halve()
         self.events.at_evaluation(self)
+        self.search_s += time.perf_counter() - began
         return improved
 
     def _agree_on_evaluation(self, improved: list[int]) -> list[int]:

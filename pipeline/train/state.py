@@ -140,10 +140,45 @@ def build(cfg: Config, info: DatasetInfo) -> nnx.Module:
 def create_state(cfg: Config, info: DatasetInfo, total_steps: int) -> tuple[StepSpec, TrainState]:
     """Build the model, split it once (train and eval views), and initialise the optimizer."""
     objective = resolve(cfg, info)
+    return _assemble(cfg, info, total_steps, objective, _model_parts(cfg, info))
+
+
+class InitialStates:
+    """``create_state`` for the many trials of a sweep, equal to it leaf for leaf, in less time.
+
+    A model's initial values depend on its config, the seed and the data's normalization alone, so
+    trials that differ only in other keys (the optimizer's, the loss's) share one built model;
+    each trial's optimizer state, hyperparameters and spec are its own. The shared arrays are
+    never written: every population copies its members' states (``stack``, ``put``).
+    """
+
+    def __init__(self, info: DatasetInfo, total_steps: int):
+        self.info, self.total_steps = info, total_steps
+        self.models: dict[tuple, tuple] = {}
+
+    def __call__(self, cfg: Config) -> tuple[StepSpec, TrainState]:
+        objective = resolve(cfg, self.info)
+        key = (cfg.seed, repr(cfg.model), cfg.data.normalize)
+        if key not in self.models:
+            self.models[key] = _model_parts(cfg, self.info)
+        graphdef, eval_graphdef, params, rest = self.models[key]
+        # Each trial its own containers (the leaves, immutable arrays, are shared).
+        parts = (graphdef, eval_graphdef, jax.tree.map(lambda a: a, params), jax.tree.map(lambda a: a, rest))
+        return _assemble(cfg, self.info, self.total_steps, objective, parts)
+
+
+def _model_parts(cfg: Config, info: DatasetInfo) -> tuple[Any, Any, Any, Any]:
+    """The model's train and eval graphdefs, its parameters and the rest of its variables."""
     model = build(cfg, info)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    return graphdef, eval_graphdef, params, rest
+
+
+def _assemble(cfg: Config, info: DatasetInfo, total_steps: int, objective: Objective,
+              parts: tuple) -> tuple[StepSpec, TrainState]:
+    graphdef, eval_graphdef, params, rest = parts
     tx = make_optimizer(cfg.optimizer, total_steps, cfg.grad_accum)
     spec = StepSpec(
         graphdef=graphdef,

@@ -174,6 +174,8 @@ def test_one_compile_over_five_intervals_and_the_lineage(home, traces):
     assert all(len([r for r in lineage if r["step"] == step]) == 4 for step in (0, 20, 40, 60, 80, 100))
     copied = [r for r in lineage if r["parent"] != r["trial"]]
     assert len(copied) == 5  # one of four members (the bottom quarter) at each interval
+    # One population: no gaps between populations; the exploits are the search's time at boundaries.
+    assert s.summary["timing"]["between_populations_s"] == 0 and s.summary["timing"]["at_boundaries_s"] > 0
     for r in lineage:
         assert 1e-3 <= r["optimizer.learning_rate"] <= 1e-1 and 0.05 <= r["model.dropout"] <= 0.3
     # trials.parquet keeps each member's final hyperparameters: its last row of the lineage.

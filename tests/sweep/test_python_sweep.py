@@ -16,8 +16,8 @@ FIXED = ["model.hidden=16", "steps=40", "eval_every=20", "batch_size=32", "plot=
 
 
 def comparable(summary: dict) -> dict:
-    """A summary without what differs between two runs of one sweep: its folder and its clock."""
-    return {k: v for k, v in summary.items() if k not in ("sweep_dir", "wall_s")}
+    """A summary without what differs between two runs of one sweep: its folder and its clocks."""
+    return {k: v for k, v in summary.items() if k not in ("sweep_dir", "wall_s", "timing")}
 
 
 def test_the_python_sweep_returns_what_the_command_prints(cli, tmp_path):

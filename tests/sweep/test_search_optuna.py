@@ -53,6 +53,11 @@ def test_rounds_of_distinct_points_compile_once(tpe):
     # (a new batch of the same group, padded to the same size) compiles nothing.
     assert traces == {"train": 1, "eval": 1}  # val and test share one batch shape (prepare pads them alike)
     assert sorted(p.name for p in swept.folder.glob("checkpoints/*")) == ["g0-c0", "g0-c1"]
+    # The search's own time: the gap between the two rounds (tell, ask, fresh states) and the reports
+    # to the study at each evaluation, within the sweep's wall time.
+    timing = swept.summary["timing"]
+    assert timing["between_populations_s"] > 0 and timing["at_boundaries_s"] > 0
+    assert timing["bookkeeping_s"] < swept.summary["wall_s"]
 
 
 def test_values_told_are_the_trials_table(tpe):

@@ -1,0 +1,40 @@
+"""What a sweep spends outside its training programs: its bookkeeping, as a share of its wall time.
+
+Two parts, both wall time in the sweep's process:
+- between populations: from one population's last call to the next one's first (telling the
+  search, asking the next round, fresh states, the checkpoint folder, the trials table);
+- inside a population, at its evaluation boundaries: what the search does there (a pruner's
+  verdicts, PBT's exploit and explore, a freed slot refilled), counted by the engine
+  (``Engine.search_s``).
+
+Start-up (imports, the dataset, the first compile) and the training calls themselves are not
+bookkeeping. ``summary.json`` keeps the figures under ``timing``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SweepClock:
+    between_populations_s: float = 0.0
+    at_boundaries_s: float = 0.0
+    _ended: float | None = None
+
+    def population_starts(self) -> None:
+        if self._ended is not None:
+            self.between_populations_s += time.perf_counter() - self._ended
+            self._ended = None
+
+    def population_ended(self, engine: Any) -> None:
+        self._ended = time.perf_counter()
+        self.at_boundaries_s += getattr(engine, "search_s", 0.0)
+
+    def record(self, wall_s: float) -> dict[str, float]:
+        spent = self.between_populations_s + self.at_boundaries_s
+        return {"between_populations_s": round(self.between_populations_s, 3),
+                "at_boundaries_s": round(self.at_boundaries_s, 3), "bookkeeping_s": round(spent, 3),
+                "bookkeeping_share": round(spent / wall_s, 4) if wall_s > 0 else 0.0}
