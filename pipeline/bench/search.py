@@ -290,13 +290,14 @@ def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[s
     plt.close(fig)
     seeds = len({r["seed"] for r in rows})
     described = "; ".join(f"{name}: `{TASKS[name].experiment}` {' '.join(TASKS[name].overrides)}, "
-                          f"{TASKS[name].budget_s:.0f} s" for name in tasks)
+                          f"{TASKS[name].budget_s:.0f} s, rungs {','.join(map(str, TASKS[name].rungs))}"
+                          for name in tasks)
     text = ["# Search benchmark", "",
             f"`pipeline bench search`: {seeds} search seeds per strategy, medians shown; each run a fresh process "
             "stopped by SIGINT at the task's wall-clock budget (imports and compiles included). The anchor, "
             "`optuna_sequential`, is Optuna's `study.optimize` with TPE calling `pipeline.fit` one trial at a time.",
             "", f"Space: {', '.join(f'`{k}={v}`' for k, v in SPACE.items())}. Populations of {POPULATION}; PBT one "
-            f"population for 20 times the task's steps; refill+ASHA rungs per task, keep {KEEP}. Tasks ({described}) "
+            f"population for 20 times the task's steps; refill+ASHA keeps {KEEP} at each rung. Tasks ({described}) "
             "are judged by the validation " + ", ".join(sorted({TASKS[n].metric for n in tasks})) + " ("
             + ("higher" if TASKS[tasks[0]].higher else "lower") + " is better); the test value is the chosen "
             "trial's, at its selected step.",
