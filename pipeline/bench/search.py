@@ -119,8 +119,8 @@ try:
                       for key, low, high, log in job["optuna_space"]]
             result = pipeline.fit(job["experiment"], overrides=fixed + values + ["plot=false"],
                                   hooks=[Record(trial.number)], run_dir=os.path.join(job["work"], f"t{trial.number}"))
-            best = result.summary["best"]
-            return best["value"] if best else float("nan")  # a diverged trial: Optuna records it failed
+            value = (result.summary["best"] or {}).get("value")
+            return float("nan") if value is None else value  # a diverged trial: Optuna records it failed
         study.optimize(objective, catch=())
     else:
         options = dict(search_seed=job["seed"], max_population=job["population"], no_vmap=False)

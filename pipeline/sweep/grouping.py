@@ -103,7 +103,7 @@ def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Grou
 
 
 def check_programs(groups: list[Group], trials: list[Trial], infos: dict[str, DatasetInfo],
-                   seen: dict[tuple, Any] | None = None) -> None:
+                   seen: dict[str, dict[tuple, Any]] | None = None) -> None:
     """Refuse, before anything runs, a traced model field whose values change the model's structure.
 
     ``traced()`` promises that a field's value lives in the state, so trials differing in it
