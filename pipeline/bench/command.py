@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of this repository's checkout when run from one; an installed package copies it only here)")
     p.add_argument("--no-docs", action="store_true", help="do not copy the accel suite's report")
     p.add_argument("--seeds", type=int, default=3, help="search seeds per strategy of the search suite (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the search suite's first search seed (default 0): another run's seeds follow on")
     p.add_argument("--list", action="store_true", help="list the suites and points, measure nothing")
     p.add_argument("--json", action="store_true", help="print the new rows' summary as JSON on the last line")
 
@@ -118,7 +120,7 @@ def refuse_unmeasurable(rows: list[dict]) -> None:
 
 
 def search_from_args(args: argparse.Namespace) -> int:
-    """``pipeline bench search [TASK ...] [--peers STRATEGY,...] [--seeds N]`` (``bench/search.py``)."""
+    """``pipeline bench search [TASK ...] [--peers STRATEGY,...] [--seeds N] [--first-seed S]`` (bench/search.py)."""
     from pipeline.bench.search import STRATEGIES, TASKS, run_search_bench
     from pipeline.errors import PipelineError
 
@@ -129,8 +131,10 @@ def search_from_args(args: argparse.Namespace) -> int:
             raise PipelineError(f"unknown search benchmark {what} '{name}'; choose from {', '.join(known)}")
     if args.seeds < 1:
         raise PipelineError(f"bad value for '--seeds': {args.seeds} must be at least 1")
+    if args.first_seed < 0:
+        raise PipelineError(f"bad value for '--first-seed': {args.first_seed} must be at least 0")
     out = Path(args.out) if args.out else Path("bench-results")
     docs = Path(args.docs) if args.docs and not args.no_docs else None  # the report only where asked
-    run_search_bench(out, tasks, strategies, args.seeds, docs)
+    run_search_bench(out, tasks, strategies, range(args.first_seed, args.first_seed + args.seeds), docs)
     print(f"results: {out / 'search.parquet'}" + (f"; report: {docs / 'search.md'}" if docs else ""))
     return 0

@@ -190,13 +190,13 @@ def time_to_reach(task: Task, events: list[list], target: float) -> float:
     return math.nan
 
 
-def run_search_bench(out: Path, tasks: list[str], strategies: list[str], seeds: int,
+def run_search_bench(out: Path, tasks: list[str], strategies: list[str], seeds: range,
                      docs: Path | None) -> pa.Table:
     rows, curves = [], []
     for name in tasks:
         task = TASKS[name]
         for strategy in strategies:
-            for seed in range(seeds):
+            for seed in seeds:
                 with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
                     result = run_job(task, strategy, seed, Path(tmp))
                 # What a stopped run evaluated after the signal (its last call finishing) is past the budget.

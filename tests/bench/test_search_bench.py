@@ -76,3 +76,9 @@ def test_the_report_has_the_medians_and_the_bookkeeping_table(tmp_path):
     assert "| mlp | tpe | 0.0300 | 0.0400 | 6.0 |" in text
     assert "| mlp | tpe | 12.0 | 0.30 | 0.06 | 3.0% |" in text
     assert (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_a_negative_first_seed_is_one_line(cli):
+    result = cli("bench", "search", "mlp", "--first-seed", "-1")
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        "error: bad value for '--first-seed': -1 must be at least 0"]
