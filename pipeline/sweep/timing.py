@@ -1,8 +1,9 @@
 """What a sweep spends outside its training programs: its bookkeeping, as a share of its wall time.
 
 Two parts, both wall time in the sweep's process:
-- between populations: from one population's last call to the next one's first (telling the
-  search, asking the next round, fresh states, the checkpoint folder, the trials table);
+- between populations: from the end of one population (its final checkpoint written) to the start
+  of the next (telling the search, asking the next round, fresh states, the checkpoint folder, the
+  curves and the trials table);
 - inside a population, at its evaluation boundaries: what the search does there (a pruner's
   verdicts, PBT's exploit and explore, a freed slot refilled), counted by the engine
   (``Engine.search_s``).
