@@ -42,6 +42,11 @@ class Task:
     pbt_interval: int
     rungs: tuple[int, ...]  # refill+ASHA's rungs (each member's own steps)
 
+    @property
+    def steps(self) -> int:
+        """A trial's steps (its ``steps=`` override)."""
+        return int(next(o for o in self.overrides if o.startswith("steps=")).split("=")[1])
+
 
 # Three decades of learning rate too many, a momentum and a weight decay: a space where most points are
 # poor, as a user's first search space is, so that a strategy that learns where the good ones are shows it.
@@ -150,13 +155,13 @@ done()
 def run_job(task: Task, strategy: str, seed: int, work: Path, to_the_end: dict | None = None) -> dict[str, Any]:
     """One strategy on one task for the task's budget, in a fresh process; its evaluations. ``to_the_end``
     (``{"trials": N, "pbt_steps": S}``): a sweep of that size run to its end instead, for its timing."""
-    steps = int(next(o for o in task.overrides if o.startswith("steps=")).split("=")[1])
     end = to_the_end or {}
     job = {"started": time.time(), "budget_s": None if to_the_end else task.budget_s, "metric": task.metric,
            "higher": task.higher, "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides),
            "strategy": strategy, "seed": seed, "population": POPULATION, "work": str(work),
-           "pbt_interval": task.pbt_interval, "pbt_steps": end.get("pbt_steps", steps * 20), "rungs": list(task.rungs),
-           "keep": KEEP, "trials": TRIALS, "trials_override": end.get("trials"), "optuna_space": optuna_space(SPACE)}
+           "pbt_interval": task.pbt_interval, "pbt_steps": end.get("pbt_steps", task.steps * 20),
+           "rungs": list(task.rungs), "keep": KEEP, "trials": TRIALS, "trials_override": end.get("trials"),
+           "optuna_space": optuna_space(SPACE)}
     env = {**os.environ, "PIPELINE_RUNS": str(work / "runs"), "PIPELINE_SWEEPS": str(work / "sweeps")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env,
                          timeout=task.budget_s + 900)
@@ -230,10 +235,9 @@ BOOKKEEPING = ("tpe", "pbt", "refill_asha")
 
 def measure_bookkeeping(task: Task, strategy: str) -> dict[str, Any]:
     """One finished sweep's ``timing`` (``pipeline.sweep.timing``): its bookkeeping and its share of the wall."""
-    steps = int(next(o for o in task.overrides if o.startswith("steps=")).split("=")[1])
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         result = run_job(task, strategy, 0, Path(tmp), {"trials": 8 * POPULATION if strategy != "pbt" else None,
-                                                        "pbt_steps": 10 * steps})
+                                                        "pbt_steps": 10 * task.steps})
     timing = result.get("timing") or {}
     row = {"task": task.name, "strategy": strategy, "error": result.get("error") and str(result["error"]),
            **{k: timing.get(k, math.nan) for k in ("wall_s", "between_populations_s", "at_boundaries_s",

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.train.engine import Engine
 
 
 @dataclass
@@ -30,9 +33,9 @@ class SweepClock:
             self.between_populations_s += time.perf_counter() - self._ended
             self._ended = None
 
-    def population_ended(self, engine: Any) -> None:
+    def population_ended(self, engine: Engine) -> None:
         self._ended = time.perf_counter()
-        self.at_boundaries_s += getattr(engine, "search_s", 0.0)
+        self.at_boundaries_s += engine.search_s
 
     def record(self, wall_s: float) -> dict[str, float]:
         spent = self.between_populations_s + self.at_boundaries_s
