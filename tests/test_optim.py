@@ -149,3 +149,42 @@ def test_gradient_accumulation_averages_k_batches(params):
         np.testing.assert_allclose(np.asarray(u[1]), -LR * (g[0] + g[1]) / 2, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(np.asarray(u[3]), -LR * (g[2] + g[3]) / 2, rtol=1e-5, atol=1e-7)
     assert float(hyperparams(tx.init(params))["learning_rate"]) == pytest.approx(LR)
+
+
+
+def _adamw_clipped(**hp):
+    return optax.chain(optax.clip_by_global_norm(hp["clip_norm"]),
+                       optax.add_decayed_weights(hp["weight_decay"], mask=decay_mask),
+                       optax.adam(hp["learning_rate"], b1=hp["b1"]))
+
+
+def test_the_compiled_initial_state_is_the_one_made_operation_by_operation(params):
+    """The optimizer state a sweep starts each trial from (one compiled call per optimizer shape, shared by
+    every optimizer of that shape whatever its values) equals, leaf for leaf and in dtype, the state made
+    an operation at a time."""
+    from pipeline.optim.traced import traced_hyperparams
+
+    shape = ("test", "adam, coupled decay, clipped")
+    for values in (dict(learning_rate=0.3, b1=0.7, weight_decay=WD, clip_norm=2.5),
+                   dict(learning_rate=1e-4, b1=0.95, weight_decay=0.0, clip_norm=1.0)):  # the first's compiled init
+        build = lambda **hp: _adamw_clipped(**hp)  # noqa: E731 - a new closure each time, as make_optimizer's
+        compiled = traced_hyperparams(build, shape, **values).init(params)
+        by_hand = traced_hyperparams(build, None, **values).init(params)
+        assert jax.tree.structure(compiled) == jax.tree.structure(by_hand)
+        for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(by_hand), strict=True):
+            assert (a.dtype, a.shape, a.weak_type) == (b.dtype, b.shape, b.weak_type)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert {k: float(v) for k, v in hyperparams(compiled).items()} == {k: float(np.float32(v))
+                                                                          for k, v in values.items()}
+
+
+def test_the_optimizers_of_a_sweep_share_one_compiled_initial_state():
+    from pipeline.optim import traced
+
+    _, params, _ = nnx.split(build_model(MLPConfig(hidden=(5, 3)), (7,), 2, seed=0), nnx.Param, ...)  # new shapes
+    before = {k: f._cache_size() for k, f in traced._INITS.items()}
+    made = [make_optimizer(OptimizerConfig(name="adamw", learning_rate=lr, b1=b1), TOTAL).init(params)
+            for lr, b1 in ((1e-3, 0.9), (0.2, 0.6), (3e-5, 0.99))]
+    compiles = sum(f._cache_size() - before.get(k, 0) for k, f in traced._INITS.items())
+    assert compiles == 1  # three optimizers of one shape: one compile
+    assert [float(hyperparams(s)["learning_rate"]) for s in made] == [float(np.float32(v)) for v in (1e-3, 0.2, 3e-5)]

@@ -49,7 +49,13 @@ def _injected(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransform
             parts.append(optax.scale_by_schedule(multiplier))
         return optax.chain(*parts)
 
-    return traced_hyperparams(build, **values)
+    # What build makes, apart from the values: its initial state is then one compiled call (``traced.py``).
+    shape: tuple | None = (entry.factory, tuple(entry.traced), clip, coupled_decay, multiplier is not None)
+    try:
+        hash(shape)
+    except TypeError:  # a factory object that cannot be a key: initialised operation by operation
+        shape = None
+    return traced_hyperparams(build, shape, **values)
 
 
 def _check_entry(entry: OptimizerEntry, values: dict[str, float]) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -15,21 +16,44 @@ class TracedHyperparams(NamedTuple):
     inner_state: Any
 
 
-def traced_hyperparams(build: Callable[..., optax.GradientTransformation],
+def traced_hyperparams(build: Callable[..., optax.GradientTransformation], shape: Hashable | None = None,
                        **values: float) -> optax.GradientTransformation:
     """``build(**values)`` with ``values`` kept as float32 arrays of the state, read at every update.
 
     ``optax.inject_hyperparams`` does the same and also counts steps for hyperparameters that
     are schedules; ours are constants (the schedule is a multiplier of its own), and that
     counter is one more operation on the state at every step, which a small model feels.
+
+    ``shape``: a key naming what ``build`` makes apart from the values (equal keys, the same
+    transformations in the same order). The initial state is then made by one compiled call,
+    shared by every optimizer of that shape, instead of an operation per leaf: a sweep makes
+    hundreds of them. Compiling it is safe because ``update`` already builds with traced values.
     """
 
     def init(params) -> TracedHyperparams:
-        hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
-        return TracedHyperparams(hyperparams, build(**hyperparams).init(params))
+        if shape is None:
+            hyperparams = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+            return TracedHyperparams(hyperparams, build(**hyperparams).init(params))
+        return _compiled_init(shape, build)({k: np.float32(v) for k, v in values.items()}, params)
 
     def update(updates, state: TracedHyperparams, params=None):
         updates, inner = build(**state.hyperparams).update(updates, state.inner_state, params)
         return updates, TracedHyperparams(state.hyperparams, inner)
 
     return optax.GradientTransformation(init, update)
+
+
+_INITS: dict[Hashable, Callable] = {}
+
+
+def _compiled_init(shape: Hashable, build: Callable[..., optax.GradientTransformation]) -> Callable:
+    """The initial state of the optimizers of ``shape``, compiled once, with the first one's ``build``
+    (the others of that shape differ only in the values, which are its arguments)."""
+    if shape not in _INITS:
+
+        @jax.jit
+        def init(hyperparams: dict[str, Any], params: Any) -> TracedHyperparams:
+            return TracedHyperparams(hyperparams, build(**hyperparams).init(params))
+
+        _INITS[shape] = init
+    return _INITS[shape]

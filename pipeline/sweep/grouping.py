@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import jax
@@ -32,6 +33,11 @@ class Trial:
     overrides: list[str]  # fixed then swept: `pipeline train EXPERIMENT *overrides` re-runs this trial
     cfg: Config
     group: int = -1
+
+    @cached_property
+    def program_key(self) -> str:
+        """``group_key`` of its config: made once (a search regroups every trial each round)."""
+        return group_key(self.cfg)
 
 
 @dataclass
@@ -89,7 +95,7 @@ def make_groups(trials: list[Trial], infos: dict[str, DatasetInfo]) -> list[Grou
     split to rank on is refused here, before anything runs (``check_ranking``)."""
     groups: dict[str, Group] = {}
     for t in trials:
-        key = group_key(t.cfg)
+        key = t.program_key
         g = groups.setdefault(key, Group(len(groups), key))
         g.trials.append(t.id)
         t.group = g.id

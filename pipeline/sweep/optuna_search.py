@@ -4,8 +4,9 @@ The study lives in the sweep folder (``study.journal``, Optuna's file journal), 
 finds every trial it asked, with its parameters, intermediate values and result. Trial ids are
 Optuna's trial numbers.
 
-Reproducible across a resume: a fresh sampler is made for every ask, seeded by ``--search-seed``
-and the trial's number (QMC keeps one seed: its sequence position is kept in the study), so
+Reproducible across a resume: a fresh sampler is made for every batch asked, seeded by
+``--search-seed`` and the number of its first trial (QMC keeps one seed: its sequence position is
+kept in the study), and a batch reaches the journal whole or not at all (``optuna_journal``), so
 what a trial is asked depends on the study's history alone, not on the process that asks it. A
 pruner judges a member from the values it reported up to the step being decided, so values a
 killed attempt reported past its checkpoint do not change the resumed decisions.
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.sweep.optuna_journal import held_journal
 from pipeline.sweep.space import Dimension, Space, SpaceError, format_value
 
 EXTRA = "pip install 'pipeline[optuna]'"
@@ -142,8 +144,8 @@ class OptunaSearch:
         optuna = self.optuna = require(strategy)
         self.strategy, self.seed, self.startup = strategy, seed, startup
         self.encoding = Encoding(optuna, space)
-        journal = optuna.storages.journal
-        self.storage = optuna.storages.JournalStorage(journal.JournalFileBackend(str(sweep_dir / JOURNAL)))
+        self.journal = held_journal(optuna, sweep_dir / JOURNAL)
+        self.storage = optuna.storages.JournalStorage(self.journal)
         self.study = optuna.create_study(
             storage=self.storage, study_name=STUDY, direction="maximize" if higher else "minimize",
             sampler=self._sampler(0), pruner=pruner(optuna, pruner_name, eval_every), load_if_exists=True)
@@ -172,12 +174,15 @@ class OptunaSearch:
         return [self._point(t) for t in self._trials((self.optuna.trial.TrialState.RUNNING,))]
 
     def ask(self, n: int, round: int = 0) -> list[Point]:
+        """``n`` new trials, asked by one sampler seeded by the number of the first, and written to the
+        journal together: a kill leaves all of them or none, so a resumed sweep asks the same."""
         points = []
-        for _ in range(n):
+        with self.together():
             self.study.sampler = self._sampler(len(self._trials()))
-            trial = self.study.ask(self.encoding.distributions)
-            trial.set_user_attr("round", round)
-            points.append(Point(trial.number, self.encoding.decode(trial.params), round))
+            for _ in range(n):
+                trial = self.study.ask(self.encoding.distributions)
+                trial.set_user_attr("round", round)
+                points.append(Point(trial.number, self.encoding.decode(trial.params), round))
         return points
 
     def _frozen(self, number: int) -> Any:
@@ -188,12 +193,15 @@ class OptunaSearch:
             self.ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         return self.ids[number]
 
-    def report(self, trial: int, step: int, value: float) -> None:
-        """An evaluation's value; one a killed attempt reported already (the same value) is kept."""
-        steps = self.reported.setdefault(trial, set())
-        if step not in steps:
-            self.storage.set_trial_intermediate_value(self._trial_id(trial), step, float(value))
-            steps.add(step)
+    def report(self, step: int, values: dict[int, float]) -> None:
+        """One evaluation boundary's values (trial -> value at ``step``), written in one append; a value a
+        killed attempt reported already (the same value) is kept."""
+        with self.together():
+            for trial, value in values.items():
+                steps = self.reported.setdefault(trial, set())
+                if step not in steps:
+                    self.storage.set_trial_intermediate_value(self._trial_id(trial), step, float(value))
+                    steps.add(step)
 
     def should_prune(self, trial: int, step: int) -> bool:
         """The pruner's verdict at ``step``, from the values reported up to that step."""
@@ -205,6 +213,10 @@ class OptunaSearch:
             user_attrs=frozen.user_attrs, system_attrs=frozen.system_attrs, intermediate_values=seen,
             trial_id=self._trial_id(trial))
         return bool(self.study.pruner.prune(self.study, view))
+
+    def together(self) -> Any:
+        """A block whose changes to the study reach the journal in one append (``optuna_journal``)."""
+        return self.journal.hold()
 
     def tell(self, trial: int, value: float | None, pruned: bool = False) -> None:
         """A result: the selection metric at the member's selected step; ``pruned`` for a stopped member;

@@ -6,8 +6,9 @@ one population size, and tells every trial's result before the next round is ask
 data and compiled programs are made once and reused by every later round: a new batch of the
 same group compiles nothing.
 
-The loop talks to its search through ``ask(n, round)``, ``report(trial, step, value)``,
-``should_prune(trial, step)``, ``tell(trial, value, pruned)``, ``asked()`` and ``running()``
+The loop talks to its search through ``ask(n, round)``, ``report(step, {trial: value})``,
+``should_prune(trial, step)``, ``tell(trial, value, pruned)``, ``together()`` (a block whose
+changes land at once), ``asked()`` and ``running()``
 (``optuna_search.OptunaSearch``). A killed sweep resumes exactly: the trials the journal holds are
 the trials, grouped and chunked again as before (so each population finds its checkpoint), and the
 round it was in goes on; trials recorded finished but not yet told are told first.
@@ -192,13 +193,14 @@ class RoundLoop:
 
     def _tell(self, members: list[int]) -> None:
         """Finished members' results, once: the selection metric at each one's selected step."""
-        for t in members:
-            rec = self.recs[t]
-            if t in self.told or rec.status not in records.FINISHED:
-                continue
-            value = rec.best_eval.get(self.split, {}).get(self.metric)
-            self.search.tell(t, value, pruned=rec.status in STOPPED)
-            self.told.add(t)
+        with self.search.together():
+            for t in members:
+                rec = self.recs[t]
+                if t in self.told or rec.status not in records.FINISHED:
+                    continue
+                value = rec.best_eval.get(self.split, {}).get(self.metric)
+                self.search.tell(t, value, pruned=rec.status in STOPPED)
+                self.told.add(t)
 
     def _compiled(self, g: grouping.Group) -> _GroupPrograms:
         """Group ``g``'s data, programs and population run: made once, reused by every round."""
@@ -228,8 +230,7 @@ class RoundLoop:
 
     def decide(self, step: int, evals: dict[int, dict]) -> dict[int, str]:
         """At each evaluation: every live member's value reported; the pruner's verdicts back (``Events.decide``)."""
-        for t, last in evals.items():
-            self.search.report(t, step, last.get(self.split, {}).get(self.metric, math.nan))
+        self.search.report(step, {t: last.get(self.split, {}).get(self.metric, math.nan) for t, last in evals.items()})
         if self.opts.pruner is None:
             return {}
         return {t: "pruned" for t in evals if self.search.should_prune(t, step)}

@@ -99,7 +99,7 @@ class SearchSource:
             (self.group,) = grouping.make_groups([t], self.infos)
             return
         # check_one_program refused the space's keys one by one; a combination of them is caught here.
-        if grouping.group_key(t.cfg) != self.group.key:
+        if t.program_key != self.group.key:
             raise ConfigError(f"trial {t.id} ({' '.join(t.overrides[-len(t.values):])}) needs another compiled "
                               "program than the population's; --refill runs one: run without --refill")
         grouping.check_programs([grouping.Group(0, "", [self.group.trials[0], t.id])], self.trials, self.infos)
@@ -133,8 +133,7 @@ class SearchSource:
     # -- the pruner (Events.decide) ----------------------------------------------------------------
     def decide(self, step: int, evals: dict[int, dict]) -> dict[int, str]:
         """Every evaluated member's value reported at its own ``step``; the pruner's verdicts back."""
-        for t, last in evals.items():
-            self.search.report(t, step, last.get(self.split, {}).get(self.metric, math.nan))
+        self.search.report(step, {t: last.get(self.split, {}).get(self.metric, math.nan) for t, last in evals.items()})
         if not self.prunes:
             return {}
         return {t: "pruned" for t in evals if self.search.should_prune(t, step)}
