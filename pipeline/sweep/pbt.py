@@ -153,6 +153,7 @@ class PBT:
         self.opts, self.space, self.base, self.trials, self.members = opts, space, base, trials, members
         self.leaves, self.select, self.total = leaves, select, total_steps
         self.interval = opts.interval
+        self.ahead = False  # the exploit program compiled ahead (at the first evaluation that is not an exploit)
         self.seed, self.path = seed, sweep_dir / LINEAGE_FILE
         self.dims = {d.key: d for d in space.dimensions}
         traced = traced_fields(base)
@@ -228,6 +229,10 @@ class PBT:
 
     def at_evaluation(self, engine: Engine) -> None:
         if not self.due(engine.step):
+            if not self.ahead and hasattr(engine.pop, "exploit_ahead"):
+                # The first exploit compiled beside the calls up to it, not at it (``compile_ahead``).
+                engine.pop.exploit_ahead(np.arange(len(engine.slots)), self.hparams(engine.slots))
+                self.ahead = True
             return
         slots = engine.slots
         parents = self.parents(engine)

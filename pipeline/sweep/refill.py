@@ -109,6 +109,8 @@ class RefillPopulation:
         programs = (vmapped_programs if vmap else solo_programs)(prep.spec, g.steps_per_call)
         if vmap:
             pop = VmapPopulation(programs, state, start.live, feed, start.step)
+            if not self.source.spent():  # a slot will be refilled: its put compiled beside the first calls
+                pop.put_ahead(like)
         else:
             pop = SoloPopulation(programs, unstack(state, len(start.slots)), start.live, feed, start.step)
         session.hooks = {t: self._trackers(t) for t in start.members}

@@ -8,8 +8,9 @@ Two parts, both wall time in the sweep's process:
   verdicts, PBT's exploit and explore, a freed slot refilled), counted by the engine
   (``Engine.search_s``).
 
-Start-up (imports, the dataset, the first compile) and the training calls themselves are not
-bookkeeping. ``summary.json`` keeps the figures under ``timing``.
+Start-up (imports, the dataset, the compiles) and the training calls themselves are not
+bookkeeping; the small programs a search runs at boundaries are compiled beside the first calls
+(``pipeline.train.compile_ahead``), not at a boundary. ``summary.json`` keeps the figures under ``timing``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from pipeline.data.device import EvalBatches
 from pipeline.sharding import batch_sharding, replicated
+from pipeline.train.compile_ahead import CompileAhead, like
 from pipeline.train.exploit import make_exploit
 from pipeline.train.feeds import Feed
 from pipeline.train.programs import Programs
@@ -67,6 +68,7 @@ class VmapPopulation:
         self.live = split_members(np.asarray(live), self.mesh)
         self.step_count = first_step
         self.which = split_members(feed.which, self.mesh)
+        self.ahead: dict[str, CompileAhead] = {}  # small programs being compiled beside the calls
 
     def step(self, k: int | None = None) -> Any:
         """One call of ``k`` steps (default: the programs' K) for every member."""
@@ -90,9 +92,18 @@ class VmapPopulation:
         mask[slots] = False
         self.live = self.live & jnp.asarray(mask)
 
+    def put_ahead(self, member: TrainState) -> None:
+        """Compile ``put`` for members like ``member`` now, beside the next calls (``compile_ahead``)."""
+        placed = like(member)
+        placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type,
+                                                             sharding=replicated(self.mesh)), placed)
+        self.ahead["put"] = CompileAhead(_put_member, like(self.state), like(self.live), placed, like(np.int32(0)))
+
     def put(self, slot: int, state: TrainState) -> None:
         """A new member's state into ``slot``, live from the next call (a refill: no shape changes)."""
-        member = jax.device_put(jax.device_get(state), replicated(self.mesh))
+        if "put" in self.ahead:
+            self.ahead.pop("put").wait()
+        member = jax.device_put(state, replicated(self.mesh))
         state, live = _put_member(self.state, self.live, member, np.int32(slot))
         self.state, self.live = split_members(state, self.mesh), split_members(live, self.mesh)
 
@@ -108,14 +119,29 @@ class VmapPopulation:
         """The members' states stacked, on the devices (what a checkpoint saves)."""
         return self.state
 
+    def _exploit_program(self, order: tuple[int, ...]) -> Any:
+        if getattr(self, "exploit_program", (None,))[0] != order:
+            self.exploit_program = (order, make_exploit(tuple((i,) for i in order)))
+        return self.exploit_program[1]
+
+    @staticmethod
+    def _exploit_args(parents: np.ndarray, hparams: dict[int, np.ndarray]) -> tuple:
+        order = tuple(sorted(hparams))
+        return jnp.asarray(parents, jnp.int32), tuple(jnp.asarray(hparams[i]) for i in order)
+
+    def exploit_ahead(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
+        """Compile ``exploit`` for arguments like these now, beside the next calls (``compile_ahead``)."""
+        program = self._exploit_program(tuple(sorted(hparams)))
+        self.ahead["exploit"] = CompileAhead(program, like(self.state), like(self.which),
+                                             *like(self._exploit_args(parents, hparams)))
+
     def exploit(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
         """PBT: member i becomes a copy of member ``parents[i]`` (its whole state and data order), then
         takes the values ``hparams`` ({leaf index: (P,) values}); one compiled gather, whoever copies whom."""
-        order = tuple(sorted(hparams))
-        if getattr(self, "exploit_program", (None,))[0] != order:
-            self.exploit_program = (order, make_exploit(tuple((i,) for i in order)))
-        state, which = self.exploit_program[1](self.state, self.which, jnp.asarray(parents, jnp.int32),
-                                               tuple(jnp.asarray(hparams[i]) for i in order))
+        if "exploit" in self.ahead:
+            self.ahead.pop("exploit").wait()
+        program = self._exploit_program(tuple(sorted(hparams)))
+        state, which = program(self.state, self.which, *self._exploit_args(parents, hparams))
         self.state, self.which = split_members(state, self.mesh), split_members(which, self.mesh)
         self.feed = inherit_order(self.feed, parents)
 
