@@ -67,6 +67,7 @@ STRATEGIES = ("optuna_sequential", "random", "tpe", "pbt", "refill_asha")
 POPULATION = 8
 KEEP = 0.5  # the sweep's default --keep: each rung keeps the better half of the members recorded there
 TRIALS = 3000  # the trial budget of the sweeps: more than any of them reaches within its wall-clock budget
+PBT_LENGTH = 100  # PBT's one population trains this many times a trial's steps: more than its budget has time for
 
 
 def optuna_space(space: dict[str, str]) -> list[list]:
@@ -159,7 +160,7 @@ def run_job(task: Task, strategy: str, seed: int, work: Path, to_the_end: dict |
     job = {"started": time.time(), "budget_s": None if to_the_end else task.budget_s, "metric": task.metric,
            "higher": task.higher, "experiment": task.experiment, "space": SPACE, "overrides": list(task.overrides),
            "strategy": strategy, "seed": seed, "population": POPULATION, "work": str(work),
-           "pbt_interval": task.pbt_interval, "pbt_steps": end.get("pbt_steps", task.steps * 20),
+           "pbt_interval": task.pbt_interval, "pbt_steps": end.get("pbt_steps", task.steps * PBT_LENGTH),
            "rungs": list(task.rungs), "keep": KEEP, "trials": TRIALS, "trials_override": end.get("trials"),
            "optuna_space": optuna_space(SPACE)}
     env = {**os.environ, "PIPELINE_RUNS": str(work / "runs"), "PIPELINE_SWEEPS": str(work / "sweeps")}
@@ -301,7 +302,8 @@ def write_report(docs: Path, rows: list[dict], curves: list[dict], tasks: list[s
             "stopped by SIGINT at the task's wall-clock budget (imports and compiles included). The anchor, "
             "`optuna_sequential`, is Optuna's `study.optimize` with TPE calling `pipeline.fit` one trial at a time.",
             "", f"Space: {', '.join(f'`{k}={v}`' for k, v in SPACE.items())}. Populations of {POPULATION}; PBT one "
-            f"population for 20 times the task's steps; refill+ASHA keeps {KEEP} at each rung. Tasks ({described}) "
+            f"population trained for the whole budget ({PBT_LENGTH} times the task's steps, more than it has time "
+            f"for); refill+ASHA keeps {KEEP} at each rung. Tasks ({described}) "
             "are judged by the validation " + ", ".join(sorted({TASKS[n].metric for n in tasks})) + " ("
             + ("higher" if TASKS[tasks[0]].higher else "lower") + " is better); the test value is the chosen "
             "trial's, at its selected step.",

@@ -114,6 +114,7 @@ class RoundLoop:
     populations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # round -> [(group, chunk)]
     clock: SweepClock = field(default_factory=SweepClock)
     graphs: dict[str, dict] = field(default_factory=dict)  # the model builds check_programs made
+    written: Any = None  # the trials table last written
 
     def run(self) -> int:
         """Every round to the end of the budget; returns the number of rounds."""
@@ -236,8 +237,13 @@ class RoundLoop:
         return {t: "pruned" for t in evals if self.search.should_prune(t, step)}
 
     def write_trials(self) -> None:
+        """The trials table, when it differs from the one last written (a population's last checkpoint
+        and its end record the same rows)."""
         table = records.trials_table(self.trials, self.recs, self.sp.swept, self.round_of)
+        if self.written is not None and table.equals(self.written):
+            return
         records.write_parquet(table, self.sweep_dir / "trials.parquet")
+        self.written = table
 
 
 def _probe(sp: Any, store: Store) -> tuple[grouping.Trial, dict[str, Any], int]:

@@ -75,6 +75,9 @@ def test_the_report_has_the_medians_and_the_bookkeeping_table(tmp_path):
     assert "| mlp | optuna_sequential | 0.0500 | 0.0600 | 20.0 |" in text
     assert "| mlp | tpe | 0.0300 | 0.0400 | 6.0 |" in text
     assert "| mlp | tpe | 12.0 | 0.30 | 0.06 | 3.0% |" in text
+    # The setup as run, spelled out (no placeholder left unfilled).
+    assert "PBT one population trained for the whole budget (100 times the task's steps" in text
+    assert "refill+ASHA keeps 0.5 at each rung. Tasks (mlp: `digits_mlp` steps=1200" in text and "{" not in text
     assert (tmp_path / "search.png").stat().st_size > 0
 
 
