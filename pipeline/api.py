@@ -86,6 +86,9 @@ def fit(experiment_or_config: str | Path | Config, data: Any = None, *, target: 
     else:
         raise ConfigError(f"fit() takes an experiment name, an experiment file or a Config, "
                           f"not {type(experiment_or_config).__name__}")
+    from pipeline.compile_cache import enable_unless_configured
+
+    enable_unless_configured()  # as the command line: a loop of fits compiles once
     summary = train_in_folder(cfg, name, run_dir, store, show_progress=progress, experiment_file=source,
                               hooks=file_hooks + list(hooks or []))
     folder = Path(summary["run_dir"])

@@ -139,6 +139,8 @@ def sweep(experiment_or_config: str | Path | Config, space: dict[str, Any] | Non
         raise PipelineError(f"sweep(): {exc}") from None
     if unknown:
         raise PipelineError(f"sweep(): unknown option {unknown[0]!r}")
-    summary = one_line_errors(sweep_from_args)(args, store, None, hooks)
+    from pipeline.compile_cache import enable_unless_configured
+
+    summary = one_line_errors(sweep_from_args)(args, store, lambda args: enable_unless_configured(), hooks)
     raise_unheard()  # a Ctrl-C after the sweep's last boundary stops the caller's loop here (all is recorded)
     return SweepResult(Path(summary["sweep_dir"]), summary, store)
