@@ -85,3 +85,11 @@ def test_a_negative_first_seed_is_one_line(cli):
     result = cli("bench", "search", "mlp", "--first-seed", "-1")
     assert result.code == 2 and result.err.strip().splitlines() == [
         "error: bad value for '--first-seed': -1 must be at least 0"]
+
+
+def test_a_seed_that_never_reached_counts_as_the_longest():
+    from pipeline.bench.search import _median_time
+
+    assert _median_time([4.0, math.nan, 9.0]) == 9.0  # not 6.5: the seed that never got there is not dropped
+    assert math.isnan(_median_time([4.0, math.nan, math.nan])) and math.isnan(_median_time([]))
+    assert _median_time([3.0, 5.0]) == 4.0
