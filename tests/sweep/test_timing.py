@@ -22,6 +22,7 @@ def test_a_sweep_of_three_populations_records_the_gaps_between_them(home):
     timing = s.summary["timing"]
     assert timing["between_populations_s"] > 0  # two gaps: the next population's states and folders
     assert timing["at_boundaries_s"] == 0  # a grid sweep does nothing at its boundaries
-    assert timing["bookkeeping_s"] == pytest.approx(timing["between_populations_s"], abs=1e-3)
+    # Each figure is rounded to the millisecond on its own: the sum may differ from its parts by one.
+    assert timing["bookkeeping_s"] == pytest.approx(timing["between_populations_s"], abs=1.5e-3)
     assert 0 < timing["bookkeeping_share"] < 1
     assert timing["bookkeeping_share"] == pytest.approx(timing["bookkeeping_s"] / s.summary["wall_s"], abs=1e-3)

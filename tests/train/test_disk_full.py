@@ -85,7 +85,8 @@ def test_a_full_disk_during_a_run_is_one_line_and_the_run_resumes(workdir):
 def test_a_full_disk_during_a_sweep_is_one_line_and_the_sweep_continues(workdir):
     with tmpfs(workdir / "small", "200k") as disk:
         folder = disk / "sweep"
-        command = ["sweep", "digits_mlp", *TINY, "steps=400", "checkpoint_every=10",
+        # plot=false: the plot is drawn by a detached process that may still be writing when the sweep exits
+        command = ["sweep", "digits_mlp", *TINY, "steps=400", "checkpoint_every=10", "plot=false",
                    "optimizer.learning_rate=choice(0.01;0.03)", "--sweep-dir", str(folder)]
         one_line_disk_full(run_subprocess(command))
         assert temporaries(disk) == []
