@@ -9,6 +9,7 @@ import inspect
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # out of the user's cache, in one folder per test session (set before pytest-xdist starts its
 # workers, so they share it).
 os.environ.setdefault("PIPELINE_COMPILE_CACHE", tempfile.mkdtemp(prefix="pipeline-test-cache-"))
+
+# A shell that starts the tests in the background (`scripts/test &`) leaves SIGINT ignored, and Python
+# then keeps it ignored: the tests of Ctrl-C would see nothing, and their child processes inherit the
+# ignore. Ctrl-C is what they test, so it gets Python's own handler, as in a terminal.
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
