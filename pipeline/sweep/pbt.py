@@ -229,7 +229,7 @@ class PBT:
 
     def at_evaluation(self, engine: Engine) -> None:
         if not self.due(engine.step):
-            if not self.ahead and hasattr(engine.pop, "exploit_ahead"):
+            if not self.ahead:
                 # The first exploit compiled beside the calls up to it, not at it (``compile_ahead``).
                 engine.pop.exploit_ahead(np.arange(len(engine.slots)), self.hparams(engine.slots))
                 self.ahead = True

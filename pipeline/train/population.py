@@ -69,6 +69,7 @@ class VmapPopulation:
         self.step_count = first_step
         self.which = split_members(feed.which, self.mesh)
         self.ahead: dict[str, CompileAhead] = {}  # small programs being compiled beside the calls
+        self.exploit_program: tuple[tuple[int, ...] | None, Any] = (None, None)  # (leaf order, program)
 
     def step(self, k: int | None = None) -> Any:
         """One call of ``k`` steps (default: the programs' K) for every member."""
@@ -92,17 +93,20 @@ class VmapPopulation:
         mask[slots] = False
         self.live = self.live & jnp.asarray(mask)
 
+    def _wait_ahead(self, name: str) -> None:
+        """A program compiled ahead is done compiling before its first call (never compiled twice)."""
+        ahead = self.ahead.pop(name, None)
+        if ahead is not None:
+            ahead.wait()
+
     def put_ahead(self, member: TrainState) -> None:
         """Compile ``put`` for members like ``member`` now, beside the next calls (``compile_ahead``)."""
-        placed = like(member)
-        placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type,
-                                                             sharding=replicated(self.mesh)), placed)
-        self.ahead["put"] = CompileAhead(_put_member, like(self.state), like(self.live), placed, like(np.int32(0)))
+        self.ahead["put"] = CompileAhead(_put_member, like(self.state), like(self.live),
+                                         like(member, replicated(self.mesh)), like(np.int32(0)))
 
     def put(self, slot: int, state: TrainState) -> None:
         """A new member's state into ``slot``, live from the next call (a refill: no shape changes)."""
-        if "put" in self.ahead:
-            self.ahead.pop("put").wait()
+        self._wait_ahead("put")
         member = jax.device_put(state, replicated(self.mesh))
         state, live = _put_member(self.state, self.live, member, np.int32(slot))
         self.state, self.live = split_members(state, self.mesh), split_members(live, self.mesh)
@@ -120,7 +124,7 @@ class VmapPopulation:
         return self.state
 
     def _exploit_program(self, order: tuple[int, ...]) -> Any:
-        if getattr(self, "exploit_program", (None,))[0] != order:
+        if self.exploit_program[0] != order:
             self.exploit_program = (order, make_exploit(tuple((i,) for i in order)))
         return self.exploit_program[1]
 
@@ -138,8 +142,7 @@ class VmapPopulation:
     def exploit(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
         """PBT: member i becomes a copy of member ``parents[i]`` (its whole state and data order), then
         takes the values ``hparams`` ({leaf index: (P,) values}); one compiled gather, whoever copies whom."""
-        if "exploit" in self.ahead:
-            self.ahead.pop("exploit").wait()
+        self._wait_ahead("exploit")
         program = self._exploit_program(tuple(sorted(hparams)))
         state, which = program(self.state, self.which, *self._exploit_args(parents, hparams))
         self.state, self.which = split_members(state, self.mesh), split_members(which, self.mesh)
@@ -225,6 +228,9 @@ class SoloPopulation:
     def states(self) -> Any:
         """The members' states stacked (on the host)."""
         return stack(self.members)
+
+    def exploit_ahead(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
+        """Nothing to compile ahead: a member's exploit is a copy of its buffers, no program."""
 
     def exploit(self, parents: np.ndarray, hparams: dict[int, np.ndarray]) -> None:
         """What ``VmapPopulation.exploit`` does, member by member: a copied member gets its own buffers
