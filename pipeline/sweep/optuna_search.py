@@ -198,10 +198,19 @@ class OptunaSearch:
         killed attempt reported already (the same value) is kept."""
         with self.together():
             for trial, value in values.items():
-                steps = self.reported.setdefault(trial, set())
-                if step not in steps:
-                    self.storage.set_trial_intermediate_value(self._trial_id(trial), step, float(value))
-                    steps.add(step)
+                self._report(trial, step, value)
+
+    def report_curve(self, trial: int, values: dict[int, float]) -> None:
+        """One trial's values at each of its evaluations (step -> value), in one append."""
+        with self.together():
+            for step, value in sorted(values.items()):
+                self._report(trial, step, value)
+
+    def _report(self, trial: int, step: int, value: float) -> None:
+        steps = self.reported.setdefault(trial, set())
+        if step not in steps:
+            self.storage.set_trial_intermediate_value(self._trial_id(trial), step, float(value))
+            steps.add(step)
 
     def should_prune(self, trial: int, step: int) -> bool:
         """The pruner's verdict at ``step``, from the values reported up to that step."""

@@ -72,6 +72,16 @@ def read_curves(path: Path) -> pa.Table:
     return read_parquet_files(parquet_files(path), CURVES_SCHEMA)
 
 
+def metric_curves(curves: pa.Table, split: str, name: str, trials: list[int]) -> dict[int, dict[int, float]]:
+    """``trials``' values of ``split``/``name`` at each step they were evaluated: {trial: {step: value}}."""
+    picked = curves.filter(pc.and_(pc.equal(curves.column("split"), split), pc.equal(curves.column("name"), name)))
+    picked = picked.filter(pc.is_in(picked.column("trial"), value_set=pa.array(trials, pa.int32())))
+    out: dict[int, dict[int, float]] = {}
+    for trial, step, value in zip(*(picked.column(c).to_pylist() for c in ("trial", "step", "value"))):
+        out.setdefault(trial, {})[step] = value
+    return out
+
+
 def _hp_column(values: list[Any]) -> pa.Array:
     if all(isinstance(v, tuple) for v in values):  # model.hidden=64,64: spelled as on the command line
         return pa.array([format_value(v) for v in values], pa.string())

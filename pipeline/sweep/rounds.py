@@ -6,8 +6,9 @@ one population size, and tells every trial's result before the next round is ask
 data and compiled programs are made once and reused by every later round: a new batch of the
 same group compiles nothing.
 
-The loop talks to its search through ``ask(n, round)``, ``report(step, {trial: value})``,
-``should_prune(trial, step)``, ``tell(trial, value, pruned)``, ``together()`` (a block whose
+The loop talks to its search through ``ask(n, round)``, ``report(step, {trial: value})`` (at each
+evaluation, when a pruner reads it), ``report_curve(trial, {step: value})`` (with the result, when
+none does), ``should_prune(trial, step)``, ``tell(trial, value, pruned)``, ``together()`` (a block whose
 changes land at once), ``asked()`` and ``running()``
 (``optuna_search.OptunaSearch``). A killed sweep resumes exactly: the trials the journal holds are
 the trials, grouped and chunked again as before (so each population finds its checkpoint), and the
@@ -181,26 +182,35 @@ class RoundLoop:
         for gid, index in self.populations[r]:
             g = self.groups[gid]
             members = g.chunks[index]
+            curves = None
             if any(self.recs[t].status not in records.FINISHED for t in members):
                 compiled = self._compiled(g)
                 population = PopulationRun(compiled.run, index, members, compiled.size)
                 self.clock.population_starts()
                 population.execute()
                 self.clock.population_ended(population.engine)
-                records.merge_curves(self.sweep_dir / "curves.parquet", population.curves(), population.folder.name)
+                curves = population.curves()
+                records.merge_curves(self.sweep_dir / "curves.parquet", curves, population.folder.name)
                 self.write_trials()
                 population.forget_metrics()
-            self._tell(members)
+            self._tell(members, curves)
 
-    def _tell(self, members: list[int]) -> None:
-        """Finished members' results, once: the selection metric at each one's selected step."""
+    def _tell(self, members: list[int], curves: Any = None) -> None:
+        """Finished members' results, once: the selection metric at each one's selected step. Without a
+        pruner, each one's values at its evaluations (``curves``: its population's; None: read from
+        ``curves.parquet``) go with its result, in the same append (``decide`` wrote none)."""
+        untold = [t for t in members if t not in self.told and self.recs[t].status in records.FINISHED]
+        if not untold:
+            return
+        if self.opts.pruner is None:
+            curves = curves if curves is not None else records.read_curves(self.sweep_dir / "curves.parquet")
+            values = records.metric_curves(curves, self.split, self.metric, untold)
         with self.search.together():
-            for t in members:
+            for t in untold:
                 rec = self.recs[t]
-                if t in self.told or rec.status not in records.FINISHED:
-                    continue
-                value = rec.best_eval.get(self.split, {}).get(self.metric)
-                self.search.tell(t, value, pruned=rec.status in STOPPED)
+                if self.opts.pruner is None:
+                    self.search.report_curve(t, values.get(t, {}))
+                self.search.tell(t, rec.best_eval.get(self.split, {}).get(self.metric), pruned=rec.status in STOPPED)
                 self.told.add(t)
 
     def _compiled(self, g: grouping.Group) -> _GroupPrograms:
@@ -230,10 +240,12 @@ class RoundLoop:
         return self.compiled[g.id]
 
     def decide(self, step: int, evals: dict[int, dict]) -> dict[int, str]:
-        """At each evaluation: every live member's value reported; the pruner's verdicts back (``Events.decide``)."""
-        self.search.report(step, {t: last.get(self.split, {}).get(self.metric, math.nan) for t, last in evals.items()})
+        """At each evaluation, with a pruner: every live member's value reported, the pruner's verdicts back
+        (``Events.decide``). Without one, nothing reads the values before the result: they go with it
+        (``_tell``), one append a population instead of one an evaluation."""
         if self.opts.pruner is None:
             return {}
+        self.search.report(step, {t: last.get(self.split, {}).get(self.metric, math.nan) for t, last in evals.items()})
         return {t: "pruned" for t in evals if self.search.should_prune(t, step)}
 
     def write_trials(self) -> None:

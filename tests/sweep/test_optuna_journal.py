@@ -73,6 +73,21 @@ def test_a_round_a_report_and_its_results_are_one_append_each(tmp_path):
         [(t.number, t.params, t.intermediate_values, t.value, t.user_attrs) for t in s.study.trials]
 
 
+def test_without_a_pruner_a_population_s_curves_go_with_its_results_in_one_append(tmp_path):
+    s = search(tmp_path)
+    points = s.ask(4, 0)
+    sizes = appends(s)
+    with s.together():
+        for p in points:
+            s.report_curve(p.trial, {20: 0.3, 10: 0.5})
+            s.tell(p.trial, 0.3)
+    assert sizes == [4 * 3]  # two values and a result for each of four trials: one append
+    trials = s.study.get_trials(deepcopy=False)
+    assert [t.intermediate_values for t in trials] == [{10: 0.5, 20: 0.3}] * 4
+    s.report_curve(points[0].trial, {10: 0.5, 20: 0.3})  # already reported (a killed attempt's): kept, not rewritten
+    assert sizes == [12]
+
+
 def test_a_kill_inside_an_ask_leaves_none_of_it_and_the_resumed_search_asks_the_same(tmp_path):
     reference = play(search(tmp_path / "reference"), 3)
 
