@@ -41,11 +41,20 @@ def stack(states: list[TrainState]) -> TrainState:
     return jax.tree.map(lambda *leaves: np.stack(leaves), *jax.device_get(states))
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
 def _put_member(state: Any, live: jax.Array, member: Any, slot: jax.Array) -> tuple[Any, jax.Array]:
     """``member`` into row ``slot`` of the stacked ``state``, and that slot live: one program, whatever the slot."""
     state = jax.tree.map(lambda a, m: jax.lax.dynamic_update_index_in_dim(a, m.astype(a.dtype), slot, 0), state, member)
     return state, jax.lax.dynamic_update_index_in_dim(live, jnp.ones((), live.dtype), slot, 0)
+
+
+@functools.cache
+def _placed_put(treedef: Any, state_shardings: tuple, live_sharding: Any, member_sharding: Any) -> Any:
+    """``_put_member`` compiled to leave the population where it was (its outputs placed as its inputs)
+    and to place the new member itself: no placement calls around it. One per placement, so every
+    population of a group (and the compile ahead of its first put) shares it."""
+    placed = jax.tree.unflatten(treedef, state_shardings)
+    return jax.jit(_put_member, donate_argnums=(0, 1), in_shardings=(placed, live_sharding, member_sharding, None),
+                   out_shardings=(placed, live_sharding))
 
 
 def unstack(state: Any, size: int) -> list[Any]:
@@ -99,17 +108,19 @@ class VmapPopulation:
         if ahead is not None:
             ahead.wait()
 
+    def _put_program(self) -> Any:
+        shardings, treedef = jax.tree.flatten(jax.tree.map(lambda a: a.sharding, self.state))
+        return _placed_put(treedef, tuple(shardings), self.live.sharding, replicated(self.mesh))
+
     def put_ahead(self, member: TrainState) -> None:
         """Compile ``put`` for members like ``member`` now, beside the next calls (``compile_ahead``)."""
-        self.ahead["put"] = CompileAhead(_put_member, like(self.state), like(self.live),
-                                         like(member, replicated(self.mesh)), like(np.int32(0)))
+        self.ahead["put"] = CompileAhead(self._put_program(), like(self.state), like(self.live), like(member),
+                                         like(np.int32(0)))
 
     def put(self, slot: int, state: TrainState) -> None:
         """A new member's state into ``slot``, live from the next call (a refill: no shape changes)."""
         self._wait_ahead("put")
-        member = jax.device_put(state, replicated(self.mesh))
-        state, live = _put_member(self.state, self.live, member, np.int32(slot))
-        self.state, self.live = split_members(state, self.mesh), split_members(live, self.mesh)
+        self.state, self.live = self._put_program()(self.state, self.live, state, np.int32(slot))
 
     def keep_only(self, slots: list[int]) -> None:
         """Repack to the given slots (successive halving frees the stopped members' compute)."""
