@@ -162,6 +162,7 @@ class PBT:
         self.on = {k: (bool(getattr_dotted(first, k) > 0) if is_switch(traced[k]) else None) for k in self.dims}
         self.rng = np.random.default_rng([seed, 0x9B7])
         self.rows: list[dict[str, Any]] = []
+        self.written: dict[str, Any] | None = None  # the last row on disk
 
     # -- resume ---------------------------------------------------------------------------------
     def on_start(self, meta: dict | None) -> None:
@@ -181,6 +182,11 @@ class PBT:
         self.rows = [r for r in read_parquet(self.path).to_pylist() if r["step"] <= step] if self.path.is_file() else []
 
     def search_state(self) -> dict:
+        """What a checkpoint's meta holds, asked as it is taken: the lineage up to its step is written
+        first, so a resume from it finds every row it needs (not at every interval: rewriting the
+        whole table there made a long run's exploits cost more and more)."""
+        if self.rows and self.rows[-1] is not self.written:
+            self.write()
         return {"pbt": {"rng": _rng_json(self.rng),
                         "values": {str(t): dict(self.trials[t].values) for t in self.members}}}
 
@@ -246,7 +252,6 @@ class PBT:
             self._set(slots[slot], values)
         engine.pop.exploit(parents, self.hparams(slots))
         self._record(engine.step, slots, [int(p) for p in parents])
-        self.write()
 
     def hparams(self, slots: list[int | None]) -> dict[int, np.ndarray]:
         """{leaf index: every slot's value} of each key with a home in the state (padding repeats the
@@ -289,6 +294,7 @@ class PBT:
 
     def write(self) -> None:
         write_parquet(self.table(), self.path)
+        self.written = self.rows[-1] if self.rows else None
 
 
 def getattr_dotted(cfg: Any, key: str) -> Any:

@@ -109,8 +109,11 @@ class VmapPopulation:
             ahead.wait()
 
     def _put_program(self) -> Any:
-        shardings, treedef = jax.tree.flatten(jax.tree.map(lambda a: a.sharding, self.state))
+        shardings, treedef = jax.tree.flatten(self._state_shardings())
         return _placed_put(treedef, tuple(shardings), self.live.sharding, replicated(self.mesh))
+
+    def _state_shardings(self) -> Any:
+        return jax.tree.map(lambda a: a.sharding, self.state)
 
     def put_ahead(self, member: TrainState) -> None:
         """Compile ``put`` for members like ``member`` now, beside the next calls (``compile_ahead``)."""
@@ -136,7 +139,8 @@ class VmapPopulation:
 
     def _exploit_program(self, order: tuple[int, ...]) -> Any:
         if self.exploit_program[0] != order:
-            self.exploit_program = (order, make_exploit(tuple((i,) for i in order)))
+            placed = (self._state_shardings(), self.which.sharding)
+            self.exploit_program = (order, make_exploit(tuple((i,) for i in order), placed))
         return self.exploit_program[1]
 
     @staticmethod
@@ -155,8 +159,7 @@ class VmapPopulation:
         takes the values ``hparams`` ({leaf index: (P,) values}); one compiled gather, whoever copies whom."""
         self._wait_ahead("exploit")
         program = self._exploit_program(tuple(sorted(hparams)))
-        state, which = program(self.state, self.which, *self._exploit_args(parents, hparams))
-        self.state, self.which = split_members(state, self.mesh), split_members(which, self.mesh)
+        self.state, self.which = program(self.state, self.which, *self._exploit_args(parents, hparams))
         self.feed = inherit_order(self.feed, parents)
 
 
