@@ -324,11 +324,19 @@ class Engine:
         self.metrics.add(np.tile(steps, len(trials)), split, values, wall,
                          trial=np.repeat(np.asarray(trials, np.int32), len(steps)))
 
+    def _add_evaluated(self, split: str, trials: list[int], steps: list[int], values: list[dict], wall: float) -> None:
+        """One evaluation's rows of ``split``: each member's values at its own step, in one table (a table a
+        member and split made a population's evaluations cost more than their programs)."""
+        columns = {n: np.array([v[n] for v in values], np.float64) for n in values[0]}
+        members = {} if self.policy.single else {"trial": np.asarray(trials, np.int32)}
+        self.metrics.add(np.asarray(steps, np.int64), split, columns, wall, **members)
+
     def _evaluate(self) -> list[int]:
         """Evaluate every live member; returns the slots whose selection metric improved."""
         sums = self.pop.eval_sums(self.evals)
         sel, wall = self.select, self.wall()
         improved, live = [], self._due()
+        rows: dict[str, tuple[list[int], list[int], list[dict]]] = {}  # split -> the members' trials, steps, values
         for slot in live:
             evals = {s: finalize(self.objective, {n: v[slot] for n, v in per.items()}) for s, per in sums.items()}
             if sel.metric not in evals[sel.split or "test"]:  # split "": no validation, nothing selected
@@ -338,8 +346,11 @@ class Engine:
             if self.books[trial].observe(own, evals, sel.split, sel.metric, sel.higher):
                 improved.append(int(slot))
             for s, values in evals.items():
-                self._add([trial], np.array([own]), s, values, wall)
+                for column, value in zip(rows.setdefault(s, ([], [], [])), (trial, own, values), strict=True):
+                    column.append(value)
             self._hook(trial, "on_eval", own, evals)
+        for s, (trials, owns, values) in rows.items():
+            self._add_evaluated(s, trials, owns, values, wall)
         improved = self._agree_on_evaluation(improved)
         if len(live):
             self.events.on_evaluated(self._own(live[0]), self.books[self.slots[live[0]]].last_eval)

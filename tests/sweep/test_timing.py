@@ -21,8 +21,11 @@ def test_a_sweep_of_three_populations_records_the_gaps_between_them(home):
     assert s.summary["populations"] == 3
     timing = s.summary["timing"]
     assert timing["between_populations_s"] > 0  # two gaps: the next population's states and folders
-    assert timing["at_boundaries_s"] == 0  # a grid sweep does nothing at its boundaries
+    # A grid sweep does nothing at its boundaries: what is timed there is an empty span, near 0 (not exactly:
+    # on a busy machine a thread switch, such as Orbax's writer taking the interpreter, can land inside it).
+    assert 0 <= timing["at_boundaries_s"] < 0.1 * s.summary["wall_s"]
     # Each figure is rounded to the millisecond on its own: the sum may differ from its parts by one.
-    assert timing["bookkeeping_s"] == pytest.approx(timing["between_populations_s"], abs=1.5e-3)
+    assert timing["bookkeeping_s"] == pytest.approx(timing["between_populations_s"] + timing["at_boundaries_s"],
+                                                    abs=1.5e-3)
     assert 0 < timing["bookkeeping_share"] < 1
     assert timing["bookkeeping_share"] == pytest.approx(timing["bookkeeping_s"] / s.summary["wall_s"], abs=1e-3)
