@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import pyarrow as pa
 
 from pipeline.config import ConfigError
 from pipeline.data import Store, ensure_dataset
@@ -195,7 +196,7 @@ class RoundLoop:
                 population.forget_metrics()
             self._tell(members, curves)
 
-    def _tell(self, members: list[int], curves: Any = None) -> None:
+    def _tell(self, members: list[int], curves: pa.Table | None = None) -> None:
         """Finished members' results, once: the selection metric at each one's selected step. Without a
         pruner, each one's values at its evaluations (``curves``: its population's; None: read from
         ``curves.parquet``) go with its result, in the same append (``decide`` wrote none)."""

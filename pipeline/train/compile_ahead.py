@@ -18,17 +18,17 @@ import jax
 import numpy as np
 
 
-def like(tree: Any, sharding: Any = None) -> Any:
+def like(tree: Any) -> Any:
     """Each leaf as the abstract value a call would see: shape, dtype, weak type, and its placement
-    when it is committed to one (an uncommitted array or a host array goes where the call puts it);
-    with ``sharding``, placed there instead (what a ``device_put`` before the call does)."""
+    when it is committed to one (an uncommitted array or a host array goes where the call puts it:
+    a program with ``in_shardings`` places it itself)."""
 
     def one(leaf: Any) -> jax.ShapeDtypeStruct:
         if isinstance(leaf, jax.Array):
-            placed = sharding or (leaf.sharding if leaf.committed else None)
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type, sharding=placed)
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type,
+                                        sharding=leaf.sharding if leaf.committed else None)
         leaf = np.asarray(leaf)
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
 
     return jax.tree.map(one, tree)
 

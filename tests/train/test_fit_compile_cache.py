@@ -47,6 +47,7 @@ def test_a_second_fit_loads_its_programs_instead_of_compiling(tmp_path, no_cache
     assert EVENTS["compile_requests_use_cache"] >= 2 and EVENTS["cache_misses"] == 0, EVENTS
     assert EVENTS["cache_hits"] == EVENTS["compile_requests_use_cache"]
 
+
 def test_a_cache_the_user_set_up_is_kept(tmp_path, no_cache_yet):
     mine = tmp_path / "my-cache"
     jax.config.update("jax_compilation_cache_dir", str(mine))
