@@ -19,8 +19,9 @@ import pytest
 from pipeline.durable import files, folder_locks, renames
 from pipeline.durable.files import write_json, write_parquet
 from pipeline.durable.folder_locks import FolderLocked, folder_lock
-from pipeline.durable.records import CorruptFile, read_json
-from pipeline.track.metrics import FANOUT, MetricsTable, read_metrics
+from pipeline.durable.records import CorruptFile, parquet_files, read_json, read_parquet_files
+from pipeline.track import metrics
+from pipeline.track.metrics import FANOUT, MEMBERS_SCHEMA, MetricsTable, read_metrics
 from tests.conftest import ROOT
 
 
@@ -93,6 +94,39 @@ def test_metrics_flushes_are_parts_and_merge_into_a_few(tmp_path):
 
     assert len(pandas.read_parquet(tmp_path / "metrics.parquet")) == 1000
     assert read_metrics(tmp_path / "metrics.parquet").schema.names == ["step", "split", "name", "value", "wall_s"]
+
+
+@pytest.mark.parametrize("kept", [metrics.KEPT_ROWS, 40], ids=["in-memory", "over-the-limit"])
+def test_the_writer_s_table_is_what_its_folder_holds(tmp_path, monkeypatch, kept):
+    """A writer keeps the parts it wrote (up to ``KEPT_ROWS`` rows) and reads them from memory: through
+    flushes, merges and both truncations (a part they rewrite is read from the disk again) its table
+    equals the folder's rows, and after flushes and merges within the limit the disk is not read."""
+    monkeypatch.setattr(metrics, "KEPT_ROWS", kept)
+    path = tmp_path / "metrics.parquet"
+    m = MetricsTable(path, members=True)
+
+    def add(steps: range) -> None:
+        for step in steps:
+            m.add(np.full(2, step), "train", {"loss": np.array([1.0 / step, 2.0 / step])}, 0.5, trial=np.array([3, 4]))
+            m.flush()
+
+    def check(from_memory: bool = False) -> None:
+        on_disk = read_parquet_files(parquet_files(path), MEMBERS_SCHEMA)
+        if from_memory and kept == metrics.KEPT_ROWS:
+            with monkeypatch.context() as patched:
+                patched.setattr(metrics, "read_parquet_files", lambda *a: pytest.fail("read from the disk"))
+                assert m.table().equals(on_disk)
+        else:
+            assert m.table().equals(on_disk)
+
+    add(range(1, 2 * FANOUT + 3))  # two merges
+    check(from_memory=True)
+    m.truncate_members({3: 2 * FANOUT, 4: 5})
+    check()
+    add(range(2 * FANOUT + 1, 3 * FANOUT))
+    m.truncate_after(2 * FANOUT + 4)
+    check()
+    assert sorted(set(np.asarray(m.table().column("step")).tolist())) == list(range(1, 2 * FANOUT + 5))
 
 
 def test_truncate_after_drops_rows_once(tmp_path):

@@ -129,10 +129,11 @@ def write_json(path: Path, data: Any) -> None:
     write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file through a new temporary file, fsync and an atomic rename."""
+def write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
+    """Write a Parquet file through a new temporary file, fsync and an atomic rename (``options``:
+    ``pyarrow.parquet.write_table``'s)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, **options)
     write_bytes(path, sink.getvalue().to_pybytes())
 
 

@@ -2,9 +2,10 @@
 
 Each round asks ``round_size`` trials of the search (the last round the rest of the budget),
 groups them by compiled program, trains each group's share as populations padded to the group's
-one population size, and tells every trial's result before the next round is asked. A group's
-data and compiled programs are made once and reused by every later round: a new batch of the
-same group compiles nothing.
+one population size, and tells every trial's result before the next round is asked (the round's
+last results and the next round's asks in one append of the journal). A group's data and compiled
+programs are made once and reused by every later round: a new batch of the same group compiles
+nothing.
 
 The loop talks to its search through ``ask(n, round)``, ``report(step, {trial: value})`` (at each
 evaluation, when a pruner reads it), ``report_curve(trial, {step: value})`` (with the result, when
@@ -125,15 +126,21 @@ class RoundLoop:
         self.told = {p.trial for p in asked} - running
         saved = records.read_records(self.sweep_dir / "trials.parquet")
         r = 0
+        last = None  # the round's last population, told in the same append as the next round's asks
         try:
             while r * self.size < self.budget:
                 want = min(self.size, self.budget - r * self.size)
                 points = [p for p in asked if p.round == r]
-                if len(points) < want:  # a new round, or one a kill cut short while it was asked
-                    points += self.search.ask(want - len(points), r)
+                with self.search.together():
+                    if last is not None:
+                        self._tell(*last)
+                    if len(points) < want:  # a new round, or one a kill cut short while it was asked
+                        points += self.search.ask(want - len(points), r)
                 self._add(r, points, saved)
-                self._train(r)
+                last = self._train(r)
                 r += 1
+            if last is not None:
+                self._tell(*last)
         finally:
             for compiled in self.compiled.values():
                 if compiled.prep.reader is not None:
@@ -178,9 +185,14 @@ class RoundLoop:
                                                                           self.opts.population_memory))
         return self.capacity[g.id]
 
-    def _train(self, r: int) -> None:
-        """The round's populations, one after another; each population's trials told as it ends."""
+    def _train(self, r: int) -> tuple[list[int], pa.Table | None] | None:
+        """The round's populations, one after another, each one's trials told as the next starts; the last
+        one's members and curves are returned untold (a kill before they are told loses nothing: a resumed
+        sweep tells finished trials first, from ``curves.parquet``)."""
+        last = None
         for gid, index in self.populations[r]:
+            if last is not None:
+                self._tell(*last)
             g = self.groups[gid]
             members = g.chunks[index]
             curves = None
@@ -190,11 +202,12 @@ class RoundLoop:
                 self.clock.population_starts()
                 population.execute()
                 self.clock.population_ended(population.engine)
-                curves = population.curves()
-                records.merge_curves(self.sweep_dir / "curves.parquet", curves, population.folder.name)
+                curves = records.merge_curves(self.sweep_dir / "curves.parquet", population.curves(),
+                                              population.folder.name)
                 self.write_trials()
                 population.forget_metrics()
-            self._tell(members, curves)
+            last = (members, curves)
+        return last
 
     def _tell(self, members: list[int], curves: pa.Table | None = None) -> None:
         """Finished members' results, once: the selection metric at each one's selected step. Without a

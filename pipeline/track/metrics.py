@@ -22,6 +22,8 @@ On disk ``RUN_DIR/metrics.parquet/`` holds parts ``part-SEQUENCE-LEVEL.parquet``
   past the checkpoint (the next resume removes them), never a row twice.
 * Hidden names (``.part-...tmp``, ``.metrics.parquet.new-...``) are a killed writer's
   leftovers; readers skip them and the next owner of the run folder deletes them.
+* The writer keeps the parts it wrote in memory, up to ``KEPT_ROWS`` rows: a merge and ``table``
+  (a sweep reads a population's table as the population ends) read those without the disk.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ SCHEMA = pa.schema([
 MEMBERS_SCHEMA = pa.schema([("trial", pa.int32()), *SCHEMA])
 PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 FANOUT = 8  # parts of one level that merge into one of the next
+KEPT_ROWS = 1 << 18  # rows of the parts it wrote that a writer keeps in memory, to read them without the disk
 
 
 def part_name(sequence: int, level: int) -> str:
@@ -64,6 +67,7 @@ class MetricsTable:
         self.schema = MEMBERS_SCHEMA if members else SCHEMA
         self._pending: list[pa.Table] = []
         self._parts: list[tuple[int, int, Path]] = []  # (sequence, level, path), oldest first
+        self._kept: dict[Path, pa.Table] = {}  # parts this writer wrote, as written (``KEPT_ROWS``)
         tie_lock_to(self.path.parent, self)  # a library run's folder lock ends with its metrics writer
         self._open()
 
@@ -129,6 +133,7 @@ class MetricsTable:
         sequence = self._parts[-1][0] + 1 if self._parts else 1
         path = self.path / part_name(sequence, 0)
         write_parquet(table, path)
+        self._keep(path, table)
         self._pending = []
         self._parts.append((sequence, 0, path))
         self._merge()
@@ -137,7 +142,7 @@ class MetricsTable:
         while len(self._parts) >= FANOUT and len({level for _, level, _ in self._parts[-FANOUT:]}) == 1:
             group, keep = self._parts[-FANOUT:], self._parts[:-FANOUT]
             sequence, level = group[0][0], group[0][1] + 1
-            merged = read_parquet_files([p for _, _, p in group], self.schema)
+            merged = self._read([p for _, _, p in group])
             new = new_folder_beside(self.path, "new")
             try:
                 for _, _, p in keep:
@@ -147,7 +152,10 @@ class MetricsTable:
             except BaseException:
                 remove_path(new)
                 raise
+            for _, _, p in group:
+                self._kept.pop(p, None)
             self._parts = keep + [(sequence, level, self.path / part_name(sequence, level))]
+            self._keep(self._parts[-1][2], merged)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows past ``step``: a resumed run rewrites them exactly once (see the module's rule)."""
@@ -159,6 +167,7 @@ class MetricsTable:
             if len(steps) and pc.max(steps).as_py() <= step:
                 continue
             changed = True
+            self._kept.pop(path, None)
             if not len(steps) or pc.min(steps).as_py() > step:
                 os.unlink(path)
                 self._parts.remove(entry)
@@ -187,6 +196,7 @@ class MetricsTable:
             if mask.all():
                 continue
             changed = True
+            self._kept.pop(entry[2], None)
             if not mask.any():
                 os.unlink(entry[2])
                 self._parts.remove(entry)
@@ -198,8 +208,18 @@ class MetricsTable:
     # -- reading -------------------------------------------------------------------------------
     def table(self) -> pa.Table:
         """Every row: those on disk, then those not flushed yet."""
-        on_disk = read_parquet_files([p for _, _, p in self._parts], self.schema)
+        on_disk = self._read([p for _, _, p in self._parts])
         return pa.concat_tables([on_disk, *self._pending]) if self._pending else on_disk
+
+    def _keep(self, path: Path, table: pa.Table) -> None:
+        if sum(t.num_rows for t in self._kept.values()) + table.num_rows <= KEPT_ROWS:
+            self._kept[path] = table
+
+    def _read(self, paths: list[Path]) -> pa.Table:
+        """The parts ``paths`` as one table: those kept from memory, the others from the disk."""
+        if not all(p in self._kept for p in paths):
+            return read_parquet_files(paths, self.schema)
+        return pa.concat_tables([self._kept[p] for p in paths]) if paths else self.schema.empty_table()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

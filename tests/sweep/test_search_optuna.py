@@ -33,15 +33,26 @@ def study(folder):
 
 @pytest.fixture(scope="module")
 def tpe(home):
-    """Two rounds of four (TPE: the first round at random, the second from the model, constant liar), and
-    the traces of the population programs over the whole sweep."""
+    """Two rounds of four (TPE: the first round at random, the second from the model, constant liar), the
+    traces of the population programs over the whole sweep, and the journal's appends (their operations)."""
     TRACES.clear()
-    swept = sweep("digits_mlp", *TINY, *SEARCH)
-    return swept, dict(TRACES)
+    backend = optuna.storages.journal.JournalFileBackend
+    append, appends = backend.append_logs, []
+
+    def counted(self, logs):
+        appends.append({log["op_code"] for log in logs})
+        return append(self, logs)
+
+    backend.append_logs = counted
+    try:
+        swept = sweep("digits_mlp", *TINY, *SEARCH)
+    finally:
+        backend.append_logs = append
+    return swept, dict(TRACES), appends
 
 
 def test_rounds_of_distinct_points_compile_once(tpe):
-    swept, traces = tpe
+    swept, traces, _ = tpe
     assert [r["round"] for r in swept.trials] == [0] * 4 + [1] * 4
     for r in (0, 1):
         rates = [row["optimizer.learning_rate"] for row in swept.trials if row["round"] == r]
@@ -61,7 +72,7 @@ def test_rounds_of_distinct_points_compile_once(tpe):
 
 
 def test_values_told_are_the_trials_table(tpe):
-    swept, _ = tpe
+    swept, _, _ = tpe
     trials = study(swept.folder).trials
     assert [t.number for t in trials] == [row["trial"] for row in swept.trials]
     for t, row in zip(trials, swept.trials):
@@ -75,6 +86,19 @@ def test_values_told_are_the_trials_table(tpe):
     val = {(c["trial"], c["step"]): c["value"] for c in curves if c["split"] == "val" and c["name"] == "accuracy"}
     assert {(t.number, step): v for t in trials for step, v in t.intermediate_values.items()} == val
     assert study(swept.folder).direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_a_round_s_results_and_the_next_round_s_asks_are_one_append(tpe):
+    """Between two rounds the journal is written once: the first round's values and results, then the
+    second round's trials (a kill inside it leaves neither: test_search_killed_while_telling_resumes_exactly)."""
+    *_, appends = tpe
+    op = optuna.storages.journal._storage.JournalOperation
+    trial_ops = [ops for ops in appends if ops & {op.CREATE_TRIAL, op.SET_TRIAL_STATE_VALUES}]
+    assert trial_ops == [{op.CREATE_TRIAL, op.SET_TRIAL_PARAM, op.SET_TRIAL_USER_ATTR},  # round 0 asked
+                         {op.SET_TRIAL_INTERMEDIATE_VALUE, op.SET_TRIAL_STATE_VALUES,  # round 0 told ...
+                          op.CREATE_TRIAL, op.SET_TRIAL_PARAM, op.SET_TRIAL_USER_ATTR,  # ... round 1 asked
+                          op.SET_TRIAL_SYSTEM_ATTR},  # (by TPE's model: what it sampled relative to the others)
+                         {op.SET_TRIAL_INTERMEDIATE_VALUE, op.SET_TRIAL_STATE_VALUES}]  # round 1 told
 
 
 def test_median_pruner_stops_members(home):
@@ -199,18 +223,21 @@ def test_search_killed_mid_round_resumes_exactly(home, pruner):
     np.testing.assert_array_equal(np.asarray(got.column("value")), np.asarray(want.column("value")))
 
 
-def test_search_killed_while_telling_resumes_exactly(home):
-    """Killed inside the append of the second round's results, after its population was recorded finished:
-    the resume trains nothing more and tells that round, its values read back from ``curves.parquet``."""
+@pytest.mark.parametrize("at", [0, 4], ids=["first-round", "last-round"])
+def test_search_killed_while_telling_resumes_exactly(home, at):
+    """Killed inside the append of a round's results, after its population was recorded finished: the
+    resume trains nothing more and tells that round, its values read back from ``curves.parquet``. The
+    first round's results share their append with the second round's asks: neither is in the journal."""
     reference = sweep(*["digits_mlp", *KILLED])
-    folder = home / "killed-telling"
-    env = {**os.environ, "PIPELINE_TEST_PLUGIN": "tests.plugins.kill_at_tell", "PIPELINE_TEST_KILL_AT_TELL": "4"}
+    folder = home / f"killed-telling-{at}"
+    env = {**os.environ, "PIPELINE_TEST_PLUGIN": "tests.plugins.kill_at_tell", "PIPELINE_TEST_KILL_AT_TELL": str(at)}
     killed = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "digits_mlp", *KILLED, "--sweep-dir",
                              str(folder)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr
     assert {r["status"] for r in table(folder)} == {"done"}  # every trial recorded ...
     untold = [t for t in study(folder).trials if t.state == optuna.trial.TrialState.RUNNING]
-    assert [(t.number, t.intermediate_values) for t in untold] == [(n, {}) for n in range(4, 8)]  # ... 4 not told
+    assert [(t.number, t.intermediate_values) for t in untold] == [(n, {}) for n in range(at, at + 4)]  # ... 4 not told
+    assert len(study(folder).trials) == at + 4  # nothing asked after them
 
     r = pipeline("sweep", "digits_mlp", *KILLED, "--sweep-dir", str(folder))
     assert r.code == 0, r.err
