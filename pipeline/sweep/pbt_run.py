@@ -135,7 +135,7 @@ def run_pbt(experiment: str, args: list[str], store: Store, opts: runner.SweepOp
     summary["plans"], summary["timing"] = plans, clock.record(wall)
     summary["pbt"] = {**pbt_opts.record(), "lineage": str(sweep_dir / "pbt.parquet")}
     write_json(sweep_dir / "summary.json", summary)
-    if sp.base.plot:
+    if sp.plots:
         plot_later(sweep_dir)
     return summary
 

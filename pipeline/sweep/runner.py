@@ -113,6 +113,12 @@ class ResolvedSweep:
     def swept(self) -> list[str]:
         return [d.key for d in self.space.dimensions]
 
+    @property
+    def plots(self) -> bool:
+        """Whether the finished sweep draws its plots: ``plot`` with the command's fixed values applied
+        (``plot=false`` on the command line; ``base`` is the experiment's own config)."""
+        return bool(apply_overrides(self.base, list(self.space.fixed)).plot)
+
 
 def resolve_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions) -> ResolvedSweep:
     """The trials, groups and identity of a sweep (every input checked; nothing written)."""
@@ -176,7 +182,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     if sp.strategy in strategy.SEARCHES:
         return run_search(sp, store, opts, started)
     trials, infos, groups, identity, module = sp.trials, sp.infos, sp.groups, sp.identity, sp.module
-    name, base, space = sp.name, sp.base, sp.space
+    name, space = sp.name, sp.space
     saved = folder.check_resumable(opts.sweep_dir, identity) if opts.sweep_dir else None
     if saved is not None:
         sweep_dir = opts.sweep_dir
@@ -243,7 +249,7 @@ def run_sweep(experiment: str, args: list[str], store: Store, opts: SweepOptions
     if ray is None:
         summary["timing"] = clock.record(wall)
     write_json(sweep_dir / "summary.json", summary)
-    if base.plot:
+    if sp.plots:
         plot_later(sweep_dir)
     return summary
 
@@ -257,7 +263,7 @@ def run_search(sp: ResolvedSweep, store: Store, opts: SweepOptions, started: flo
                         done.infos)
     summary["plans"], summary["rounds"], summary["timing"] = done.plans, done.rounds, done.clock.record(wall)
     write_json(done.sweep_dir / "summary.json", summary)
-    if sp.base.plot:
+    if sp.plots:
         plot_later(done.sweep_dir)
     return summary
 
