@@ -16,6 +16,14 @@ class TracedHyperparams(NamedTuple):
     inner_state: Any
 
 
+class Made(NamedTuple):
+    """What a ``traced_hyperparams`` optimizer of a known shape was made of (its ``init.made``)."""
+
+    shape: Hashable
+    build: Callable[..., optax.GradientTransformation]
+    values: dict[str, float]
+
+
 def traced_hyperparams(build: Callable[..., optax.GradientTransformation], shape: Hashable | None = None,
                        **values: float) -> optax.GradientTransformation:
     """``build(**values)`` with ``values`` kept as float32 arrays of the state, read at every update.
@@ -40,10 +48,24 @@ def traced_hyperparams(build: Callable[..., optax.GradientTransformation], shape
         updates, inner = build(**state.hyperparams).update(updates, state.inner_state, params)
         return updates, TracedHyperparams(state.hyperparams, inner)
 
+    if shape is not None:
+        init.made = Made(shape, build, values)  # what ``init_population`` reads
     return optax.GradientTransformation(init, update)
 
 
+def init_population(txs: list[optax.GradientTransformation], params: Any) -> TracedHyperparams | None:
+    """The initial states of ``txs`` for one ``params``, stacked along a new leading axis on the host, by
+    one compiled call (the one-optimizer init vmapped over the values); None unless every one was made
+    by ``traced_hyperparams`` with one ``shape`` (and its init is then each one's, value for value)."""
+    made = [getattr(tx.init, "made", None) for tx in txs]
+    if not made or any(m is None or m.shape != made[0].shape for m in made):
+        return None
+    values = {k: np.asarray([m.values[k] for m in made], np.float32) for k in made[0].values}
+    return jax.device_get(_compiled_population_init(made[0].shape, made[0].build)(values, params))
+
+
 _INITS: dict[Hashable, Callable] = {}
+_POPULATION_INITS: dict[Hashable, Callable] = {}
 
 
 def _compiled_init(shape: Hashable, build: Callable[..., optax.GradientTransformation]) -> Callable:
@@ -57,3 +79,15 @@ def _compiled_init(shape: Hashable, build: Callable[..., optax.GradientTransform
 
         _INITS[shape] = init
     return _INITS[shape]
+
+
+def _compiled_population_init(shape: Hashable, build: Callable[..., optax.GradientTransformation]) -> Callable:
+    """``_compiled_init`` of ``shape`` vmapped over the values (one row a member), the parameters shared."""
+    if shape not in _POPULATION_INITS:
+
+        @jax.jit
+        def init(hyperparams: dict[str, Any], params: Any) -> TracedHyperparams:
+            return jax.vmap(lambda h: TracedHyperparams(h, build(**h).init(params)))(hyperparams)
+
+        _POPULATION_INITS[shape] = init
+    return _POPULATION_INITS[shape]

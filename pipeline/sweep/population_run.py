@@ -26,7 +26,7 @@ from pipeline.sweep.grouping import Group, Trial
 from pipeline.track.trackers import trackers
 from pipeline.train.engine import Engine, Events, Policy
 from pipeline.train.evaluation import Bookkeeping
-from pipeline.train.population import SoloPopulation, VmapPopulation, stack, unstack
+from pipeline.train.population import SoloPopulation, VmapPopulation, fresh_population, unstack
 from pipeline.train.prepare import Prepared
 from pipeline.train.selection import Selection
 from pipeline.train.session import Session, Start, stop_message
@@ -116,7 +116,7 @@ class PopulationRun:
                 f"continue the sweep with the same command and --sweep-dir {sweep_dir}"))
         state, start, meta = None, Start(slots=slots, books=run.records), None
         # A sweep runs in one process: a population folder not yet on disk has nothing to restore.
-        restored = (session.restore(lambda meta: stack(self._fresh_states(meta["slots"])))
+        restored = (session.restore(lambda meta: self._fresh_state(meta["slots"]))
                     if self.folder.exists() else None)
         if restored is not None and restored[1]["members"] == members:
             state, meta = restored
@@ -124,7 +124,7 @@ class PopulationRun:
         elif restored is not None:  # made by another chunking of the group: start over
             session.fresh_checkpoints()
         if state is None:
-            state = stack(self._fresh_states(start.slots))
+            state = self._fresh_state(start.slots)
         if run.on_start is not None:
             run.on_start(meta)
         seeds = [self._slot_cfg(slot).resolved_data_seed for slot in start.slots]
@@ -163,14 +163,13 @@ class PopulationRun:
                            self.run.group.total_steps, self.run.hooks,
                            self.run.on_checkpoint if trial == self.members[0] else None)
 
-    def _fresh_states(self, slots: list[int | None]) -> list[Any]:
-        states = []
-        for slot in slots:
-            spec, state = self.run.initial(self._slot_cfg(slot))
+    def _fresh_state(self, slots: list[int | None]) -> Any:
+        """The slots' trials' initial states, stacked (``fresh_population``)."""
+        specs, state = fresh_population(self.run.initial, [self._slot_cfg(slot) for slot in slots])
+        for slot, spec in zip(slots, specs):
             # grouping.check_programs refused this before the sweep began; a member must never run another program.
             assert same_program(spec, self.run.prep.spec), f"trial {slot} does not fit its population's program"
-            states.append(state)
-        return states
+        return state
 
     def _slot_cfg(self, slot: int | None):
         """A slot's trial config; padding slots (None) repeat the first member."""

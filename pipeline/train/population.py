@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from pipeline.config import Config
 from pipeline.data.device import EvalBatches
+from pipeline.optim.traced import init_population
 from pipeline.sharding import batch_sharding, replicated
 from pipeline.train.compile_ahead import CompileAhead, like
 from pipeline.train.exploit import make_exploit
 from pipeline.train.feeds import Feed
 from pipeline.train.programs import Programs
-from pipeline.train.state import TrainState
+from pipeline.train.state import InitialStates, StepSpec, TrainState
 
 
 def split_members(tree: Any, mesh: Mesh) -> Any:
@@ -62,6 +64,23 @@ def _placed_put(treedef: Any, state_shardings: tuple, live_sharding: Any, member
     placed = jax.tree.unflatten(treedef, state_shardings)
     return jax.jit(_put_member, donate_argnums=(0, 1), in_shardings=(placed, live_sharding, member_sharding, None),
                    out_shardings=(placed, live_sharding))
+
+
+def fresh_population(initial: InitialStates, cfgs: list[Config]) -> tuple[list[StepSpec], TrainState]:
+    """``initial(cfg)`` for each of ``cfgs``: their specs, and their states stacked (``stack``), leaf for leaf.
+
+    Members built from one model (its arrays shared) have their optimizer states made together, by
+    one compiled call (``traced.init_population``), instead of a call each: on a CPU that one call
+    costs about what each of the calls it replaces did, and the optimizer's leaves (most of a
+    state's) come out stacked."""
+    built = [initial(cfg, optimizer=False) for cfg in cfgs]
+    specs, states = [spec for spec, _ in built], [state for _, state in built]
+    first = jax.tree.leaves(states[0].params)
+    one_model = all(all(a is b for a, b in zip(first, jax.tree.leaves(s.params))) for s in states)
+    opt_state = init_population([spec.tx for spec in specs], states[0].params) if one_model else None
+    if opt_state is None:
+        return specs, stack([s.replace(opt_state=spec.tx.init(s.params)) for spec, s in zip(specs, states)])
+    return specs, stack(states).replace(opt_state=opt_state)
 
 
 def unstack(state: Any, size: int) -> list[Any]:

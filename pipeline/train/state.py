@@ -156,7 +156,9 @@ class InitialStates:
         self.info, self.total_steps = info, total_steps
         self.models: dict[tuple, tuple] = {}
 
-    def __call__(self, cfg: Config) -> tuple[StepSpec, TrainState]:
+    def __call__(self, cfg: Config, optimizer: bool = True) -> tuple[StepSpec, TrainState]:
+        """``create_state``'s spec and state; without ``optimizer``, no optimizer state yet (its ``opt_state``
+        None: ``population.fresh_population`` makes a population's together)."""
         objective = resolve(cfg, self.info)
         key = (cfg.seed, repr(cfg.model), cfg.data.normalize)
         if key not in self.models:
@@ -164,7 +166,7 @@ class InitialStates:
         graphdef, eval_graphdef, params, rest = self.models[key]
         # Each trial its own containers (the leaves, immutable arrays, are shared).
         parts = (graphdef, eval_graphdef, jax.tree.map(lambda a: a, params), jax.tree.map(lambda a: a, rest))
-        return _assemble(cfg, self.info, self.total_steps, objective, parts)
+        return _assemble(cfg, self.info, self.total_steps, objective, parts, optimizer)
 
 
 def _model_parts(cfg: Config, info: DatasetInfo) -> tuple[Any, Any, Any, Any]:
@@ -177,7 +179,7 @@ def _model_parts(cfg: Config, info: DatasetInfo) -> tuple[Any, Any, Any, Any]:
 
 
 def _assemble(cfg: Config, info: DatasetInfo, total_steps: int, objective: Objective,
-              parts: tuple) -> tuple[StepSpec, TrainState]:
+              parts: tuple, optimizer: bool = True) -> tuple[StepSpec, TrainState]:
     graphdef, eval_graphdef, params, rest = parts
     tx = make_optimizer(cfg.optimizer, total_steps, cfg.grad_accum)
     spec = StepSpec(
@@ -193,7 +195,7 @@ def _assemble(cfg: Config, info: DatasetInfo, total_steps: int, objective: Objec
     state = TrainState(
         params=params,
         rest=raw_keys(rest),
-        opt_state=tx.init(params),
+        opt_state=tx.init(params) if optimizer else None,
         step=jnp.zeros([], jnp.int32),
         hparams=state_hparams(cfg),
         ema=jax.tree.map(jnp.copy, params) if cfg.ema_decay > 0 else None,
