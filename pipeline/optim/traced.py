@@ -61,33 +61,21 @@ def init_population(txs: list[optax.GradientTransformation], params: Any) -> Tra
     if not made or any(m is None or m.shape != made[0].shape for m in made):
         return None
     values = {k: np.asarray([m.values[k] for m in made], np.float32) for k in made[0].values}
-    return jax.device_get(_compiled_population_init(made[0].shape, made[0].build)(values, params))
+    return jax.device_get(_compiled_init(made[0].shape, made[0].build, members=True)(values, params))
 
 
-_INITS: dict[Hashable, Callable] = {}
-_POPULATION_INITS: dict[Hashable, Callable] = {}
+_INITS: dict[tuple[Hashable, bool], Callable] = {}
 
 
-def _compiled_init(shape: Hashable, build: Callable[..., optax.GradientTransformation]) -> Callable:
+def _compiled_init(shape: Hashable, build: Callable[..., optax.GradientTransformation],
+                   members: bool = False) -> Callable:
     """The initial state of the optimizers of ``shape``, compiled once, with the first one's ``build``
-    (the others of that shape differ only in the values, which are its arguments)."""
-    if shape not in _INITS:
+    (the others of that shape differ only in the values, which are its arguments). ``members``: the
+    same init vmapped over the values (one row a member), the parameters shared."""
+    if (shape, members) not in _INITS:
 
-        @jax.jit
         def init(hyperparams: dict[str, Any], params: Any) -> TracedHyperparams:
             return TracedHyperparams(hyperparams, build(**hyperparams).init(params))
 
-        _INITS[shape] = init
-    return _INITS[shape]
-
-
-def _compiled_population_init(shape: Hashable, build: Callable[..., optax.GradientTransformation]) -> Callable:
-    """``_compiled_init`` of ``shape`` vmapped over the values (one row a member), the parameters shared."""
-    if shape not in _POPULATION_INITS:
-
-        @jax.jit
-        def init(hyperparams: dict[str, Any], params: Any) -> TracedHyperparams:
-            return jax.vmap(lambda h: TracedHyperparams(h, build(**h).init(params)))(hyperparams)
-
-        _POPULATION_INITS[shape] = init
-    return _POPULATION_INITS[shape]
+        _INITS[shape, members] = jax.jit(jax.vmap(init, in_axes=(0, None)) if members else init)
+    return _INITS[shape, members]

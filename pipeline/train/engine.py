@@ -346,8 +346,10 @@ class Engine:
             if self.books[trial].observe(own, evals, sel.split, sel.metric, sel.higher):
                 improved.append(int(slot))
             for s, values in evals.items():
-                for column, value in zip(rows.setdefault(s, ([], [], [])), (trial, own, values), strict=True):
-                    column.append(value)
+                trials, owns, split_values = rows.setdefault(s, ([], [], []))
+                trials.append(trial)
+                owns.append(own)
+                split_values.append(values)
             self._hook(trial, "on_eval", own, evals)
         for s, (trials, owns, values) in rows.items():
             self._add_evaluated(s, trials, owns, values, wall)
